@@ -1,0 +1,1 @@
+"""Image-generation bot for Discord, Telegram and the console."""

@@ -1,0 +1,1 @@
+"""Front ends: each translates its platform's commands and buttons into calls on the core."""

@@ -1,0 +1,188 @@
+"""The one configuration object, read once at start-up from the environment and `.env`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+ASPECT_RATIOS: tuple[str, ...] = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3")
+
+
+class ModelSpec(BaseModel):
+    """One entry of the model catalogue: a friendly name users pick, mapped to a provider's model."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+    provider: str
+    provider_model: str
+    label: str = ""
+    cost: int = Field(default=1, ge=0)
+    max_images_per_call: int = Field(default=1, ge=1, le=10)
+    supports_seed: bool = False
+    supports_negative_prompt: bool = False
+    supports_input_image: bool = False
+    aspect_ratios: tuple[str, ...] = ASPECT_RATIOS
+    # Provider-specific extras (quality, output format, steps...), passed through untouched.
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("aspect_ratios")
+    @classmethod
+    def _known_ratios(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [r for r in value if r not in ASPECT_RATIOS]
+        if unknown:
+            raise ValueError(f"unknown aspect ratios {unknown}; allowed: {', '.join(ASPECT_RATIOS)}")
+        return value
+
+
+DEFAULT_MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        name="offline",
+        provider="offline",
+        provider_model="offline-demo",
+        label="Offline demo (not AI)",
+        cost=1,
+        max_images_per_call=4,
+        supports_seed=True,
+        supports_negative_prompt=True,
+        supports_input_image=True,
+    ),
+    ModelSpec(
+        name="gpt-image-2",
+        provider="openai",
+        provider_model="gpt-image-2",
+        label="OpenAI GPT Image 2",
+        cost=4,
+        max_images_per_call=4,
+        options={"quality": "medium", "output_format": "png"},
+    ),
+    ModelSpec(
+        name="gpt-image-1-mini",
+        provider="openai",
+        provider_model="gpt-image-1-mini",
+        label="OpenAI GPT Image 1 mini",
+        cost=2,
+        max_images_per_call=4,
+        options={"quality": "medium", "output_format": "png"},
+    ),
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Storage of records
+    database_url: SecretStr | None = None
+    data_dir: Path = Path("data")
+    db_pool_max_size: int = Field(default=10, ge=2, le=200)
+
+    # Storage of image files
+    storage_backend: Literal["local", "s3"] = "local"
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_bucket: str | None = None
+    s3_prefix: str = "images/"
+    s3_public_base_url: str | None = None
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_presign_seconds: int = Field(default=7 * 24 * 3600, ge=60, le=7 * 24 * 3600)
+
+    # Credits
+    credits_enabled: bool = True
+    starting_credits: int = Field(default=20, ge=0)
+    admin_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Models and providers
+    models: tuple[ModelSpec, ...] = DEFAULT_MODELS
+    default_model: str | None = None
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str = "https://api.openai.com/v1"
+    provider_timeout_seconds: float = Field(default=180.0, gt=0)
+    provider_max_retries: int = Field(default=4, ge=0, le=10)
+
+    # Jobs
+    max_provider_calls: int = Field(default=8, ge=1, le=1024)
+    max_jobs_in_flight: int = Field(default=8, ge=1, le=1024)
+    per_user_jobs_in_flight: int = Field(default=2, ge=1, le=100)
+    per_user_queued_limit: int = Field(default=10, ge=1, le=1000)
+    job_lease_seconds: float = Field(default=60.0, ge=5)
+    worker_poll_seconds: float = Field(default=1.0, gt=0)
+    prompt_max_chars: int = Field(default=1000, ge=10, le=4000)
+
+    # Front ends
+    discord_token: SecretStr | None = None
+    discord_guild_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    telegram_token: SecretStr | None = None
+    telegram_base_url: str = "https://api.telegram.org/bot"
+    telegram_base_file_url: str = "https://api.telegram.org/file/bot"
+    telegram_webhook_url: str | None = None
+    telegram_webhook_secret: SecretStr | None = None
+    telegram_webhook_listen: str = "0.0.0.0"
+    telegram_webhook_port: int = Field(default=8443, ge=1, le=65535)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("admin_ids", mode="before")
+    @classmethod
+    def _split_admins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("admin_ids")
+    @classmethod
+    def _admin_format(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            platform, sep, user_id = entry.partition(":")
+            if not sep or not platform or not user_id:
+                raise ValueError(f"{entry!r} is not platform:user_id (e.g. discord:1234)")
+        return value
+
+    @field_validator("discord_guild_ids", mode="before")
+    @classmethod
+    def _split_guilds(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError("MODELS: model names must be unique")
+        if self.default_model is not None and self.default_model not in names:
+            raise ValueError(f"DEFAULT_MODEL: {self.default_model!r} is not in the model catalogue")
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError("S3_BUCKET: required when STORAGE_BACKEND=s3")
+        return self
+
+    @property
+    def pg_data_dir(self) -> Path:
+        return self.data_dir / "postgres"
+
+    @property
+    def local_images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    def is_admin(self, platform: str, platform_user_id: str) -> bool:
+        return f"{platform}:{platform_user_id}" in self.admin_ids
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line naming the variable and what is wrong with it."""
+    first = error.errors()[0]
+    location = "_".join(str(part) for part in first["loc"] if isinstance(part, str)).upper()
+    message = first["msg"].removeprefix("Value error, ")
+    return f"configuration error: {location or 'settings'}: {message}" if location else f"configuration error: {message}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings or exit with status 2 and one clear line (no traceback)."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        print(describe_error(error), file=sys.stderr)
+        raise SystemExit(2) from None

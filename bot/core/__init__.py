@@ -1,0 +1,1 @@
+"""Platform-agnostic core: requests, credits, providers, storage, jobs, history. Never imports an adapter."""

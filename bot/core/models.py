@@ -1,0 +1,152 @@
+"""Data that crosses the boundary between the core and the front ends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+GenerationKind = Literal["imagine", "regenerate", "variation"]
+GenerationStatus = Literal["queued", "running", "succeeded", "partial", "failed", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "partial", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class UserIdentity:
+    """Who is asking, as the platform names them."""
+
+    platform: str
+    platform_user_id: str
+    display_name: str = ""
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a result goes: the chat or channel, optionally the message to update, and adapter context
+    (e.g. a Discord interaction token), stored with the job so delivery survives a restart."""
+
+    platform: str
+    chat_id: str
+    message_id: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImagineRequest:
+    """What a user asked for, before validation (see core.prompt.validate_request)."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    model: str | None = None
+    aspect_ratio: str | None = None
+    count: int | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Generation:
+    id: str
+    user_id: int
+    owner: UserIdentity
+    prompt: str
+    negative_prompt: str | None
+    model: str
+    aspect_ratio: str
+    count: int
+    seed: int
+    kind: GenerationKind
+    parent_generation_id: str | None
+    parent_image_id: str | None
+    status: GenerationStatus
+    error_code: str | None
+    error_message: str | None
+    warnings: tuple[str, ...]
+    credits_reserved: int
+    credits_refunded: int
+    destination: Destination
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: str
+    generation_id: str
+    index: int
+    storage_key: str
+    url: str
+    mime_type: str
+    width: int
+    height: int
+    bytes: int
+    seed: int | None
+    file_refs: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image with its bytes, as handed to a front end for upload."""
+
+    record: ImageRecord
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Accepted:
+    generation: Generation
+    position: int  # jobs ahead of this one in the queue
+    balance: int | None  # after the reservation; None when credits are off
+    duplicate: bool = False  # the same platform event was delivered twice: nothing new was charged
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    generation: Generation
+    images: tuple[ImageRecord, ...]
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    items: tuple[HistoryItem, ...]
+    page: int  # 0-based
+    page_size: int
+    total: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.page_size))
+
+    @property
+    def has_previous(self) -> bool:
+        return self.page > 0
+
+    @property
+    def has_next(self) -> bool:
+        return self.page + 1 < self.pages
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    name: str
+    label: str
+    cost: int
+
+
+@dataclass(frozen=True)
+class Balance:
+    credits_enabled: bool
+    balance: int
+    models: tuple[ModelPrice, ...]
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    delta: int
+    reason: str
+    generation_id: str | None
+    created_at: datetime

@@ -1,0 +1,165 @@
+"""Turning what a user typed into a valid request: cleaning, inline `--flags`, bounds."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import unicodedata
+from dataclasses import dataclass, replace
+
+from bot.config import ASPECT_RATIOS, ModelSpec
+from bot.core.errors import InvalidRequest
+from bot.core.models import ImagineRequest
+
+MAX_COUNT = 4
+MAX_SEED = 2**32 - 1
+MIN_PROMPT_CHARS = 2
+
+# Midjourney-style aliases people type.
+_FLAG_ALIASES = {
+    "--ar": "aspect_ratio",
+    "--aspect": "aspect_ratio",
+    "--n": "count",
+    "--count": "count",
+    "--seed": "seed",
+    "--model": "model",
+    "--m": "model",
+    "--no": "negative_prompt",
+}
+_FLAG_RE = re.compile(r"(?:(?<=\s)|^)(--[A-Za-z]+)\b")
+
+
+@dataclass(frozen=True)
+class ValidRequest:
+    """A request that passed validation: every field is set and within bounds."""
+
+    prompt: str
+    negative_prompt: str | None
+    model: ModelSpec
+    aspect_ratio: str
+    count: int
+    seed: int
+
+
+def clean_text(text: str) -> str:
+    """NFC-normalise, drop control, format (zero-width, bidi) and private-use characters, collapse spaces."""
+    normalised = unicodedata.normalize("NFC", text)
+    kept = []
+    for char in normalised:
+        category = unicodedata.category(char)
+        if category in ("Cc", "Cf", "Cs", "Co", "Cn"):
+            kept.append(" " if char in "\t\n\r\x0b\x0c" else "")
+        else:
+            kept.append(char)
+    return " ".join("".join(kept).split())
+
+
+def parse_inline_options(text: str) -> ImagineRequest:
+    """Split `a lighthouse --ar 16:9 --seed 7 --no text` into the prompt and its options.
+
+    Raises InvalidRequest for an unknown flag or a flag without its value.
+    """
+    parts = _FLAG_RE.split(text)
+    prompt = parts[0]
+    values: dict[str, str] = {}
+    for flag, value in zip(parts[1::2], parts[2::2], strict=True):
+        field_name = _FLAG_ALIASES.get(flag.lower())
+        if field_name is None:
+            known = ", ".join(sorted(_FLAG_ALIASES))
+            raise InvalidRequest(f"I don't know the option {flag}. Options: {known}.")
+        value = value.strip()
+        if not value:
+            raise InvalidRequest(f"The option {flag} needs a value, e.g. {_example(flag)}.")
+        if field_name != "negative_prompt":
+            first, _, rest = value.partition(" ")
+            value = first
+            prompt = f"{prompt} {rest}" if rest.strip() else prompt
+        if field_name in values:
+            raise InvalidRequest(f"The option {flag} was given twice.")
+        values[field_name] = value
+    return ImagineRequest(
+        prompt=prompt,
+        negative_prompt=values.get("negative_prompt"),
+        model=values.get("model"),
+        aspect_ratio=values.get("aspect_ratio"),
+        count=_parse_int(values["count"], "--n") if "count" in values else None,
+        seed=_parse_int(values["seed"], "--seed") if "seed" in values else None,
+    )
+
+
+def merge(explicit: ImagineRequest, inline: ImagineRequest) -> ImagineRequest:
+    """Options chosen in a command form win over the same option typed inside the prompt."""
+    return replace(
+        inline,
+        negative_prompt=explicit.negative_prompt if explicit.negative_prompt is not None else inline.negative_prompt,
+        model=explicit.model or inline.model,
+        aspect_ratio=explicit.aspect_ratio or inline.aspect_ratio,
+        count=explicit.count if explicit.count is not None else inline.count,
+        seed=explicit.seed if explicit.seed is not None else inline.seed,
+    )
+
+
+def parse_command_text(text: str, explicit: ImagineRequest | None = None) -> ImagineRequest:
+    """The one entry point front ends use: typed text (with inline flags) plus any form options."""
+    inline = parse_inline_options(text)
+    return merge(explicit, inline) if explicit is not None else inline
+
+
+def validate_request(
+    request: ImagineRequest, models: dict[str, ModelSpec], default_model: str, max_chars: int
+) -> ValidRequest:
+    prompt = clean_text(request.prompt)
+    if len(prompt) < MIN_PROMPT_CHARS:
+        raise InvalidRequest("Please describe the image you want, e.g. `/imagine a lighthouse at dusk`.")
+    if len(prompt) > max_chars:
+        raise InvalidRequest(f"That prompt is {len(prompt)} characters; the limit is {max_chars}.")
+    negative = clean_text(request.negative_prompt) if request.negative_prompt else None
+    if negative and len(negative) > max_chars:
+        raise InvalidRequest(f"The negative prompt is too long; the limit is {max_chars} characters.")
+
+    name = (request.model or default_model).strip()
+    model = models.get(name) or models.get(name.lower())
+    if model is None:
+        raise InvalidRequest(f"There is no model called {_quote(name)}. Models: {', '.join(models)}.")
+
+    ratio = (request.aspect_ratio or "1:1").strip()
+    if ratio not in ASPECT_RATIOS:
+        raise InvalidRequest(f"Aspect ratio {_quote(ratio)} isn't supported. Choose one of {', '.join(ASPECT_RATIOS)}.")
+    if ratio not in model.aspect_ratios:
+        raise InvalidRequest(f"{model.name} doesn't do {ratio}. It does {', '.join(model.aspect_ratios)}.")
+
+    count = 1 if request.count is None else request.count
+    if not 1 <= count <= MAX_COUNT:
+        raise InvalidRequest(f"You can ask for 1 to {MAX_COUNT} images at once, not {count}.")
+
+    seed = request.seed
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise InvalidRequest(f"The seed must be a whole number from 0 to {MAX_SEED}.")
+    return ValidRequest(
+        prompt=prompt,
+        negative_prompt=negative or None,
+        model=model,
+        aspect_ratio=ratio,
+        count=count,
+        seed=random_seed() if seed is None else seed,
+    )
+
+
+def random_seed() -> int:
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+def _parse_int(value: str, flag: str) -> int:
+    try:
+        return int(value, 10)
+    except ValueError:
+        raise InvalidRequest(f"The option {flag} needs a whole number, not {_quote(value)}.") from None
+
+
+def _example(flag: str) -> str:
+    return {"--ar": "--ar 16:9", "--aspect": "--aspect 16:9", "--no": "--no text"}.get(flag, f"{flag} 2")
+
+
+def _quote(value: str, limit: int = 40) -> str:
+    shown = value if len(value) <= limit else value[: limit - 1] + "…"
+    return f"“{shown}”"
