@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 ASPECT_RATIOS: tuple[str, ...] = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3")
 
@@ -110,6 +109,8 @@ class Settings(BaseSettings):
     per_user_queued_limit: int = Field(default=10, ge=1, le=1000)
     job_lease_seconds: float = Field(default=60.0, ge=5)
     worker_poll_seconds: float = Field(default=1.0, gt=0)
+    job_deadline_seconds: float = Field(default=600.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0)
     prompt_max_chars: int = Field(default=1000, ge=10, le=4000)
 
     # Front ends
@@ -176,7 +177,7 @@ def describe_error(error: ValidationError) -> str:
     first = error.errors()[0]
     location = "_".join(str(part) for part in first["loc"] if isinstance(part, str)).upper()
     message = first["msg"].removeprefix("Value error, ")
-    return f"configuration error: {location or 'settings'}: {message}" if location else f"configuration error: {message}"
+    return f"configuration error: {location}: {message}" if location else f"configuration error: {message}"
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -11,7 +11,14 @@ import random
 from PIL import Image, ImageDraw, ImageFont
 
 from bot.config import ModelSpec
-from bot.core.providers.base import GeneratedImage, ImageProvider, InputImage, PreviewCallback, ProviderCall, size_for_pixels
+from bot.core.providers.base import (
+    GeneratedImage,
+    ImageProvider,
+    InputImage,
+    PreviewCallback,
+    ProviderCall,
+    size_for_pixels,
+)
 
 PIXELS = 768 * 768
 

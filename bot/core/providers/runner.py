@@ -52,7 +52,9 @@ def warnings_for(model: ModelSpec, *, seed_given: bool, negative: bool, variatio
     if negative and not model.supports_negative_prompt:
         warnings.append(f"The negative prompt is ignored by {model.name}.")
     if variation and not model.supports_input_image:
-        warnings.append(f"{model.name} can't take an image as input, so this variation reuses the prompt with a new seed.")
+        warnings.append(
+            f"{model.name} can't take an image as input, so this variation reuses the prompt with a new seed."
+        )
     return warnings
 
 

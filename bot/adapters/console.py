@@ -1,0 +1,248 @@
+"""The console front end: the same core as Discord and Telegram, in a terminal or driven by a script
+on stdin. Buttons become commands: `regenerate`, `vary 2`, `cancel`. Images land as files."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from bot.core.errors import BotError, InvalidRequest
+from bot.core.events import DeliveryReceipt
+from bot.core.models import Destination, Generation, HistoryPage, ImageFile, UserIdentity
+from bot.core.prompt import parse_command_text
+from bot.core.service import GenerationService
+from bot.core.storage.base import EXTENSIONS
+
+PLATFORM = "console"
+CHAT_ID = "console"
+
+HELP = """Commands:
+  /imagine <prompt> [--ar 16:9] [--n 4] [--seed 7] [--model name] [--no <negative>]
+                    (plain text works too)
+  regenerate [id]   same prompt, new seed (default: the last generation)
+  vary <k> [id]     a variation of image k
+  cancel [id]       cancel a queued or running generation
+  delete [id]       remove a generation from your history
+  /history [page]   your earlier generations
+  /balance          your credits and what each model costs
+  /models           the models you can use
+  wait              wait until every generation you started has finished
+  /help, /quit"""
+
+
+class ConsoleObserver:
+    """Shows a job's life on the terminal and writes its images to files."""
+
+    platform = PLATFORM
+
+    def __init__(self, output_dir: Path, write: Callable[[str], None]) -> None:
+        self.output_dir = output_dir
+        self.write = write
+        self.finished: dict[str, asyncio.Event] = {}
+
+    def expect(self, generation_id: str) -> asyncio.Event:
+        return self.finished.setdefault(generation_id, asyncio.Event())
+
+    async def on_queued(self, job: Generation, position: int) -> str | None:
+        self.expect(job.id)
+        ahead = f", {position} ahead of it" if position else ""
+        self.write(f"[{job.id}] queued: {job.count} × {job.model}, {job.aspect_ratio}, seed {job.seed}{ahead}")
+        for warning in job.warnings:
+            self.write(f"[{job.id}] note: {warning}")
+        return None
+
+    async def on_started(self, job: Generation) -> None:
+        self.write(f"[{job.id}] generating…")
+
+    async def on_preview(self, job: Generation, image: bytes, mime_type: str) -> None:
+        self.write(f"[{job.id}] preview received ({len(image)} bytes)")
+
+    async def on_completed(self, job: Generation, images: Sequence[ImageFile]) -> DeliveryReceipt | None:
+        paths = await asyncio.to_thread(self._save, job, images)
+        self.write(f"[{job.id}] done: “{job.prompt}” · {job.model} · seed {job.seed}")
+        for image, path in zip(images, paths, strict=True):
+            self.write(f"  {image.record.index + 1}: {path}")
+        if job.status == "partial":
+            self.write(f"[{job.id}] {job.error_message} {_refund_text(job)}")
+        self._finish(job.id)
+        return None
+
+    async def on_failed(self, job: Generation) -> None:
+        self.write(f"[{job.id}] failed: {job.error_message} {_refund_text(job)}")
+        self._finish(job.id)
+
+    async def on_cancelled(self, job: Generation) -> None:
+        self.write(f"[{job.id}] cancelled. {_refund_text(job)}")
+        self._finish(job.id)
+
+    def _finish(self, generation_id: str) -> None:
+        self.expect(generation_id).set()
+
+    def _save(self, job: Generation, images: Sequence[ImageFile]) -> list[Path]:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for image in images:
+            extension = EXTENSIONS.get(image.record.mime_type, "bin")
+            path = self.output_dir / f"{job.id}-{image.record.index + 1}.{extension}"
+            path.write_bytes(image.data)
+            paths.append(path.resolve())
+        return paths
+
+
+def _refund_text(job: Generation) -> str:
+    return f"{job.credits_refunded} credits refunded." if job.credits_refunded else ""
+
+
+class Console:
+    """Reads commands and calls the core: one line, one call."""
+
+    def __init__(self, service: GenerationService, observer: ConsoleObserver, user: UserIdentity) -> None:
+        self.service = service
+        self.observer = observer
+        self.user = user
+        self.write = observer.write
+        self.last_generation: str | None = None
+        self.destination = Destination(PLATFORM, CHAT_ID)
+
+    async def handle(self, line: str) -> bool:
+        """Run one command. False means quit."""
+        line = line.strip()
+        if not line:
+            return True
+        command, _, rest = line.partition(" ")
+        command = command.lower().lstrip("/")
+        try:
+            if command in ("quit", "exit"):
+                return False
+            await self._dispatch(command, rest.strip(), line)
+        except BotError as error:
+            self.write(f"! {error.user_message}")
+        return True
+
+    async def _dispatch(self, command: str, rest: str, line: str) -> None:
+        if command == "help":
+            self.write(HELP)
+        elif command == "imagine":
+            await self._imagine(rest)
+        elif command in ("regenerate", "reroll"):
+            await self._regenerate(rest)
+        elif command in ("vary", "variation"):
+            await self._vary(rest)
+        elif command == "cancel":
+            job = await self.service.cancel(self.user, self._target(rest), CHAT_ID)
+            self.last_generation = job.id
+        elif command == "delete":
+            await self.service.delete(self.user, self._target(rest), CHAT_ID)
+            self.write("Removed from your history.")
+        elif command == "history":
+            self._show_history(await self.service.history(self.user, _page_number(rest), page_size=5))
+        elif command == "balance":
+            self._show_balance()
+            balance = await self.service.balance(self.user)
+            self.write(f"Balance: {balance.balance} credits" if balance.credits_enabled else "Credits are off.")
+        elif command == "models":
+            self._show_balance()
+        elif command == "wait":
+            await self.wait_all()
+        elif line.startswith("/"):
+            raise InvalidRequest(f"Unknown command /{command}. Type /help.")
+        else:
+            await self._imagine(line)
+
+    async def _imagine(self, text: str) -> None:
+        accepted = await self.service.imagine(self.user, parse_command_text(text), self.destination)
+        self.last_generation = accepted.generation.id
+        if accepted.balance is not None:
+            self.write(f"Reserved {accepted.generation.credits_reserved} credits; balance {accepted.balance}.")
+
+    async def _regenerate(self, rest: str) -> None:
+        accepted = await self.service.regenerate(self.user, self._target(rest), self.destination)
+        self.last_generation = accepted.generation.id
+
+    async def _vary(self, rest: str) -> None:
+        parts = shlex.split(rest)
+        if not parts or not parts[0].isdigit():
+            raise InvalidRequest("Say which image to vary, e.g. `vary 2`.")
+        number = int(parts[0])
+        generation_id = self._target(" ".join(parts[1:]))
+        await self._wait_for(generation_id)
+        item = await self.service.generation(self.user, generation_id, CHAT_ID)
+        image = next((i for i in item.images if i.index + 1 == number), None)
+        if image is None:
+            raise InvalidRequest(f"That generation has no image {number}.")
+        accepted = await self.service.vary(self.user, image.id, self.destination)
+        self.last_generation = accepted.generation.id
+
+    def _target(self, rest: str) -> str:
+        target = rest.strip() or self.last_generation
+        if target is None:
+            raise InvalidRequest("There is no generation yet. Start with /imagine <prompt>.")
+        return target
+
+    def _show_history(self, page: HistoryPage) -> None:
+        if not page.items:
+            self.write("No generations yet.")
+            return
+        self.write(f"History, page {page.page + 1} of {page.pages} ({page.total} in all):")
+        for item in page.items:
+            g = item.generation
+            self.write(
+                f"  [{g.id}] {g.created_at:%Y-%m-%d %H:%M} · {g.status} · {g.model} · {g.aspect_ratio} · "
+                f"seed {g.seed} · “{g.prompt}”"
+            )
+            for image in item.images:
+                self.write(f"      {image.index + 1}: {image.url}")
+
+    def _show_balance(self) -> None:
+        self.write("Models:")
+        for price in self.service.model_choices():
+            default = " (default)" if price.name == self.service.default_model else ""
+            self.write(f"  {price.name}{default}: {price.label}, {price.cost} credits per image")
+
+    async def _wait_for(self, generation_id: str) -> None:
+        event = self.observer.finished.get(generation_id)
+        if event is not None:
+            await event.wait()
+
+    async def wait_all(self) -> None:
+        await asyncio.gather(*(event.wait() for event in list(self.observer.finished.values())))
+
+
+def _page_number(rest: str) -> int:
+    return int(rest) - 1 if rest.strip().isdigit() and int(rest) > 0 else 0
+
+
+def console_user() -> UserIdentity:
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = "local"
+    return UserIdentity(PLATFORM, name, name)
+
+
+async def run_console(service: GenerationService, observer: ConsoleObserver, stdin: TextIO = sys.stdin) -> None:
+    console = Console(service, observer, console_user())
+    interactive = stdin.isatty()
+    if interactive:
+        observer.write("Image bot console (offline demo model unless a provider key is set). Type /help.")
+    while True:
+        line = await asyncio.to_thread(_read_line, stdin, interactive)
+        if line is None or not await console.handle(line):
+            break
+    # A script's last line may be a request: let what was started finish before exiting.
+    await console.wait_all()
+
+
+def _read_line(stdin: TextIO, interactive: bool) -> str | None:
+    if interactive:
+        try:
+            return input("> ")
+        except EOFError:
+            return None
+    line = stdin.readline()
+    return line if line else None

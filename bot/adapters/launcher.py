@@ -1,0 +1,51 @@
+"""`run`: every platform front end whose token is configured, in one asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from bot.config import Settings
+from bot.runtime import open_runtime
+
+log = logging.getLogger(__name__)
+
+
+async def run_front_ends(settings: Settings) -> int:
+    if settings.discord_token is None and settings.telegram_token is None:
+        print(
+            "No front end configured: set DISCORD_TOKEN and/or TELEGRAM_TOKEN "
+            "(or try the offline console: python -m bot console).",
+            file=sys.stderr,
+        )
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with open_runtime(settings) as runtime:
+        front_ends = []
+        if settings.discord_token is not None:
+            from bot.adapters.discord.frontend import DiscordFrontEnd
+
+            front_ends.append(DiscordFrontEnd(settings, runtime.service))
+        if settings.telegram_token is not None:
+            from bot.adapters.telegram.frontend import TelegramFrontEnd
+
+            front_ends.append(TelegramFrontEnd(settings, runtime.service))
+        for front_end in front_ends:
+            runtime.register(front_end.observer)
+        for front_end in front_ends:
+            await front_end.start()
+        await runtime.start()
+        log.info("running: %s", ", ".join(f.observer.platform for f in front_ends))
+        await stop.wait()
+        log.info("shutting down: no new work, finishing what runs")
+        for front_end in front_ends:
+            await front_end.stop_taking_work()
+        await runtime.worker.stop(settings.shutdown_grace_seconds)
+        for front_end in front_ends:
+            await front_end.close()
+    return 0

@@ -1,0 +1,113 @@
+"""`python -m bot <subcommand>`: console, run, migrate, credits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from bot.config import Settings, load_settings
+from bot.core import database
+from bot.core.errors import BotError
+from bot.core.models import UserIdentity
+from bot.logs import setup_logging
+from bot.runtime import open_database, open_runtime
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bot", description="Image-generation bot")
+    commands = parser.add_subparsers(dest="command", required=True)
+    console = commands.add_parser("console", help="the offline front end in this terminal (or a script on stdin)")
+    console.add_argument("--output", default=None, help="where images are written (default: DATA_DIR/output)")
+    commands.add_parser("run", help="start the Discord and Telegram front ends whose tokens are set")
+    commands.add_parser("migrate", help="apply database migrations and exit")
+
+    credit = commands.add_parser("credits", help="operator tools: grant, revoke, show a ledger")
+    actions = credit.add_subparsers(dest="action", required=True)
+    for name in ("grant", "revoke"):
+        action = actions.add_parser(name)
+        action.add_argument("user", help="platform:user_id, e.g. telegram:12345 or discord:98765")
+        action.add_argument("amount", type=int)
+    ledger = actions.add_parser("ledger")
+    ledger.add_argument("user", help="platform:user_id")
+    ledger.add_argument("--limit", type=int, default=30)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = load_settings()
+    setup_logging(settings)
+    try:
+        return asyncio.run(_dispatch(args, settings))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "migrate":
+        return await _migrate(settings)
+    if args.command == "console":
+        return await _console(settings, args.output)
+    if args.command == "credits":
+        return await _credits(settings, args)
+    if args.command == "run":
+        from bot.adapters.launcher import run_front_ends
+
+        return await run_front_ends(settings)
+    raise AssertionError(args.command)
+
+
+async def _migrate(settings: Settings) -> int:
+    async with open_database(settings) as pool:
+        # open_database already migrated; say what is in place.
+        versions = await pool.fetch("SELECT version, name FROM public.schema_migrations ORDER BY version")
+    for row in versions:
+        print(f"{row['version']:04d}_{row['name']} applied")
+    print(f"{len(database.load_migrations())} migrations, database up to date")
+    return 0
+
+
+async def _console(settings: Settings, output: str | None) -> int:
+    from pathlib import Path
+
+    from bot.adapters.console import ConsoleObserver, run_console
+
+    output_dir = Path(output) if output else settings.data_dir / "output"
+    observer = ConsoleObserver(output_dir, lambda text: print(text, flush=True))
+    async with open_runtime(settings) as runtime:
+        runtime.register(observer)
+        await runtime.start()
+        await run_console(runtime.service, observer)
+    return 0
+
+
+async def _credits(settings: Settings, args: argparse.Namespace) -> int:
+    platform, sep, user_id = args.user.partition(":")
+    if not sep or not platform or not user_id:
+        print("user must be platform:user_id, e.g. telegram:12345", file=sys.stderr)
+        return 2
+    target = UserIdentity(platform, user_id)
+    async with open_runtime(settings) as runtime:
+        try:
+            if args.action == "ledger":
+                balance, entries = await runtime.service.ledger(target, args.limit)
+                print(f"{args.user}: balance {balance}")
+                for entry in entries:
+                    generation = f" {entry.generation_id}" if entry.generation_id else ""
+                    print(f"  {entry.created_at:%Y-%m-%d %H:%M:%S} {entry.delta:+6d} {entry.reason}{generation}")
+                return 0
+            amount = args.amount if args.action == "grant" else -args.amount
+            if args.amount <= 0:
+                print("amount must be a positive whole number", file=sys.stderr)
+                return 2
+            result = await runtime.service.operator_adjust(target, amount)
+        except BotError as error:
+            print(error.user_message, file=sys.stderr)
+            return 1
+    print(f"{args.user}: {result.applied:+d}, balance now {result.balance}")
+    return 0

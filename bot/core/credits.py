@@ -1,0 +1,125 @@
+"""The credit ledger. Every change is a ledger row plus the cached balance, in one transaction,
+with a guarded update so a balance can never go below zero, and a unique idempotency key so the same
+event never counts twice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from bot.core.errors import InsufficientCredits
+from bot.core.models import LedgerEntry, UserIdentity
+
+
+@dataclass(frozen=True)
+class UserRow:
+    id: int
+    balance: int
+
+
+async def ensure_user(conn: asyncpg.Connection, who: UserIdentity, starting_credits: int) -> UserRow:
+    """The user's row, created (with the welcome grant) on first contact."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            """INSERT INTO image.users (platform, platform_user_id, display_name)
+               VALUES ($1, $2, $3)
+               ON CONFLICT (platform, platform_user_id) DO NOTHING
+               RETURNING id, balance""",
+            who.platform, who.platform_user_id, who.display_name[:100],
+        )
+        if row is not None:
+            balance = 0
+            if starting_credits > 0:
+                balance = await _apply(conn, row["id"], starting_credits, "welcome", f"welcome:{row['id']}")
+            return UserRow(row["id"], balance)
+        row = await conn.fetchrow(
+            "SELECT id, balance, display_name FROM image.users WHERE platform = $1 AND platform_user_id = $2",
+            who.platform, who.platform_user_id,
+        )
+        assert row is not None
+        if who.display_name and row["display_name"] != who.display_name[:100]:
+            await conn.execute(
+                "UPDATE image.users SET display_name = $2 WHERE id = $1", row["id"], who.display_name[:100]
+            )
+        return UserRow(row["id"], row["balance"])
+
+
+async def find_user(conn: asyncpg.Connection, platform: str, platform_user_id: str) -> UserRow | None:
+    row = await conn.fetchrow(
+        "SELECT id, balance FROM image.users WHERE platform = $1 AND platform_user_id = $2",
+        platform, platform_user_id,
+    )
+    return UserRow(row["id"], row["balance"]) if row else None
+
+
+async def reserve(conn: asyncpg.Connection, user_id: int, cost: int, generation_id: str, key: str) -> int:
+    """Take `cost` for a generation. Must run inside the transaction that records the job."""
+    balance = await conn.fetchval(
+        "UPDATE image.users SET balance = balance - $2 WHERE id = $1 AND balance >= $2 RETURNING balance",
+        user_id, cost,
+    )
+    if balance is None:
+        current = await conn.fetchval("SELECT balance FROM image.users WHERE id = $1", user_id)
+        raise InsufficientCredits(balance=current, cost=cost)
+    await conn.execute(
+        """INSERT INTO image.credit_ledger (user_id, delta, reason, generation_id, idempotency_key)
+           VALUES ($1, $2, 'reserve', $3, $4)""",
+        user_id, -cost, generation_id, key,
+    )
+    return balance
+
+
+async def refund(conn: asyncpg.Connection, user_id: int, amount: int, generation_id: str) -> None:
+    """Give back what a generation did not deliver. One refund per generation (its key says so)."""
+    if amount <= 0:
+        return
+    await conn.execute(
+        """INSERT INTO image.credit_ledger (user_id, delta, reason, generation_id, idempotency_key)
+           VALUES ($1, $2, 'refund', $3, $4)""",
+        user_id, amount, generation_id, f"refund:{generation_id}",
+    )
+    await conn.execute("UPDATE image.users SET balance = balance + $2 WHERE id = $1", user_id, amount)
+
+
+async def adjust(
+    conn: asyncpg.Connection, user_id: int, delta: int, *, admin_id: int | None, key: str
+) -> tuple[int, int]:
+    """An admin's grant (delta > 0) or revoke (delta < 0, capped at the balance).
+    Returns (applied delta, new balance); a repeated key applies nothing again."""
+    async with conn.transaction():
+        current = await conn.fetchval("SELECT balance FROM image.users WHERE id = $1 FOR UPDATE", user_id)
+        applied = delta if delta >= 0 else -min(-delta, current)
+        if applied == 0:
+            return 0, current
+        reason = "grant" if applied > 0 else "revoke"
+        inserted = await conn.fetchval(
+            """INSERT INTO image.credit_ledger (user_id, delta, reason, admin_id, idempotency_key)
+               VALUES ($1, $2, $3, $4, $5) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id""",
+            user_id, applied, reason, admin_id, key,
+        )
+        if inserted is None:
+            return 0, current
+        balance = await conn.fetchval(
+            "UPDATE image.users SET balance = balance + $2 WHERE id = $1 RETURNING balance", user_id, applied
+        )
+        return applied, balance
+
+
+async def ledger(conn: asyncpg.Connection, user_id: int, limit: int = 50) -> list[LedgerEntry]:
+    rows = await conn.fetch(
+        """SELECT delta, reason, generation_id, created_at FROM image.credit_ledger
+           WHERE user_id = $1 ORDER BY id DESC LIMIT $2""",
+        user_id, limit,
+    )
+    return [LedgerEntry(r["delta"], r["reason"], r["generation_id"], r["created_at"]) for r in rows]
+
+
+async def _apply(conn: asyncpg.Connection, user_id: int, delta: int, reason: str, key: str) -> int:
+    await conn.execute(
+        "INSERT INTO image.credit_ledger (user_id, delta, reason, idempotency_key) VALUES ($1, $2, $3, $4)",
+        user_id, delta, reason, key,
+    )
+    return await conn.fetchval(
+        "UPDATE image.users SET balance = balance + $2 WHERE id = $1 RETURNING balance", user_id, delta
+    )

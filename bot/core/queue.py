@@ -1,0 +1,185 @@
+"""The durable job queue: generations are the jobs. Claims use FOR UPDATE SKIP LOCKED so several bot
+processes can share one database; leases let a crashed process's jobs be taken over."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from bot.core import credits
+from bot.core.generations import insert_image
+from bot.core.models import ImageRecord
+
+# A job interrupted this many times (crashes mid-run) is failed and refunded rather than retried again.
+MAX_ATTEMPTS = 3
+# Results that could not be delivered for this long are given up on (the chat is gone).
+DELIVERY_WINDOW = "1 day"
+
+INTERRUPTED_MESSAGE = "The bot restarted while making your images and could not finish them."
+
+
+async def claim_next(
+    conn: asyncpg.Connection, platforms: Sequence[str], per_user_limit: int, owner: str, lease_seconds: float
+) -> str | None:
+    """Take the oldest queued job of the user with the fewest jobs running, below the per-user cap."""
+    return await conn.fetchval(
+        """WITH busy AS (
+               SELECT user_id, count(*) AS n FROM image.generations WHERE status = 'running' GROUP BY user_id
+           ), candidate AS (
+               SELECT g.id FROM image.generations g LEFT JOIN busy b ON b.user_id = g.user_id
+               WHERE g.status = 'queued' AND g.platform = ANY($1) AND coalesce(b.n, 0) < $2
+               ORDER BY coalesce(b.n, 0), g.created_at, g.id
+               LIMIT 1
+               FOR UPDATE OF g SKIP LOCKED
+           )
+           UPDATE image.generations g
+           SET status = 'running', attempts = attempts + 1, lease_owner = $3,
+               lease_expires_at = now() + make_interval(secs => $4), started_at = now()
+           FROM candidate WHERE g.id = candidate.id
+           RETURNING g.id""",
+        list(platforms), per_user_limit, owner, lease_seconds,
+    )
+
+
+async def queue_position(conn: asyncpg.Connection, generation_id: str) -> int:
+    """How many queued jobs were accepted before this one."""
+    return await conn.fetchval(
+        """SELECT count(*) FROM image.generations q, image.generations me
+           WHERE me.id = $1 AND q.status = 'queued' AND (q.created_at, q.id) < (me.created_at, me.id)""",
+        generation_id,
+    )
+
+
+async def count_active(conn: asyncpg.Connection, user_id: int) -> int:
+    return await conn.fetchval(
+        "SELECT count(*) FROM image.generations WHERE user_id = $1 AND status IN ('queued', 'running')", user_id
+    )
+
+
+async def renew_leases(conn: asyncpg.Connection, owner: str, ids: Sequence[str], lease_seconds: float) -> None:
+    await conn.execute(
+        """UPDATE image.generations SET lease_expires_at = now() + make_interval(secs => $3)
+           WHERE lease_owner = $1 AND id = ANY($2)""",
+        owner, list(ids), lease_seconds,
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # succeeded | partial | failed
+    images: Sequence[ImageRecord]
+    refund: int
+    error_code: str | None
+    error_message: str | None
+
+
+async def finish(
+    conn: asyncpg.Connection, generation_id: str, owner: str, outcome: Outcome, lease_seconds: float
+) -> bool:
+    """Record a run's result, its images and its refund in one transaction.
+    False when the job is no longer ours (cancelled meanwhile, or taken over after a lost lease)."""
+    async with conn.transaction():
+        user_id = await conn.fetchval(
+            """UPDATE image.generations
+               SET status = $3, error_code = $4, error_message = $5, credits_refunded = $6,
+                   finished_at = now(), lease_expires_at = now() + make_interval(secs => $7)
+               WHERE id = $1 AND status = 'running' AND lease_owner = $2
+               RETURNING user_id""",
+            generation_id, owner, outcome.status, outcome.error_code, outcome.error_message,
+            outcome.refund, lease_seconds,
+        )
+        if user_id is None:
+            return False
+        for image in outcome.images:
+            await insert_image(conn, image)
+        await credits.refund(conn, user_id, outcome.refund, generation_id)
+    return True
+
+
+async def cancel(
+    conn: asyncpg.Connection, generation_id: str, message: str, owner: str, lease_seconds: float
+) -> bool:
+    """Cancel a queued or running job and refund all of it (nothing was delivered). False if already over.
+    The canceller takes the delivery lease: it tells the user."""
+    return await _end_with_full_refund(conn, generation_id, "cancelled", "cancelled", message, owner, lease_seconds)
+
+
+async def fail_unstarted(
+    conn: asyncpg.Connection, generation_id: str, code: str, message: str, owner: str, lease_seconds: float
+) -> bool:
+    """Fail a queued or running job with a full refund (shutdown, deadline, too many interruptions)."""
+    return await _end_with_full_refund(conn, generation_id, "failed", code, message, owner, lease_seconds)
+
+
+async def _end_with_full_refund(
+    conn: asyncpg.Connection, generation_id: str, status: str, code: str, message: str, owner: str,
+    lease_seconds: float,
+) -> bool:
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            """UPDATE image.generations
+               SET status = $2, error_code = $3, error_message = $4, credits_refunded = credits_reserved,
+                   finished_at = now(), lease_owner = $5, lease_expires_at = now() + make_interval(secs => $6)
+               WHERE id = $1 AND status IN ('queued', 'running')
+               RETURNING user_id, credits_reserved""",
+            generation_id, status, code, message, owner, lease_seconds,
+        )
+        if row is None:
+            return False
+        await credits.refund(conn, row["user_id"], row["credits_reserved"], generation_id)
+    return True
+
+
+async def mark_delivered(conn: asyncpg.Connection, generation_id: str) -> None:
+    await conn.execute(
+        "UPDATE image.generations SET delivered_at = now(), lease_owner = NULL WHERE id = $1", generation_id
+    )
+
+
+async def recover_expired(
+    conn: asyncpg.Connection, platforms: Sequence[str], owner: str, lease_seconds: float
+) -> list[str]:
+    """Jobs whose worker died: requeue them, or fail and refund those interrupted too often.
+    Returns the ids that were failed (they need their failure delivered)."""
+    await conn.execute(
+        """UPDATE image.generations SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL
+           WHERE status = 'running' AND lease_expires_at < now() AND attempts < $2 AND platform = ANY($1)""",
+        list(platforms), MAX_ATTEMPTS,
+    )
+    ids = await conn.fetch(
+        """SELECT id FROM image.generations
+           WHERE status = 'running' AND lease_expires_at < now() AND attempts >= $2 AND platform = ANY($1)""",
+        list(platforms), MAX_ATTEMPTS,
+    )
+    failed = []
+    for row in ids:
+        if await fail_unstarted(conn, row["id"], "interrupted", INTERRUPTED_MESSAGE, owner, lease_seconds):
+            failed.append(row["id"])
+    return failed
+
+
+async def claim_undelivered(
+    conn: asyncpg.Connection, platforms: Sequence[str], owner: str, lease_seconds: float, limit: int = 20
+) -> list[str]:
+    """Finished jobs nobody is delivering (the deliverer died): take them over for delivery."""
+    await conn.execute(
+        f"""UPDATE image.generations SET delivered_at = now()
+            WHERE delivered_at IS NULL AND finished_at < now() - interval '{DELIVERY_WINDOW}'"""
+    )
+    rows = await conn.fetch(
+        """WITH candidate AS (
+               SELECT id FROM image.generations
+               WHERE delivered_at IS NULL AND status IN ('succeeded', 'partial', 'failed', 'cancelled')
+                 AND platform = ANY($1) AND (lease_expires_at IS NULL OR lease_expires_at < now())
+               ORDER BY finished_at LIMIT $4
+               FOR UPDATE SKIP LOCKED
+           )
+           UPDATE image.generations g
+           SET lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3)
+           FROM candidate WHERE g.id = candidate.id
+           RETURNING g.id""",
+        list(platforms), owner, lease_seconds, limit,
+    )
+    return [r["id"] for r in rows]

@@ -1,0 +1,362 @@
+"""The generation service: the one place front ends call. It knows nothing of Discord or Telegram."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import asyncpg
+
+from bot.config import ModelSpec
+from bot.core import credits, generations, queue
+from bot.core.errors import Forbidden, InvalidRequest, NotFound, TooBusy
+from bot.core.events import JobObserver
+from bot.core.ids import is_valid_id, new_id
+from bot.core.models import (
+    Accepted,
+    Balance,
+    Destination,
+    Generation,
+    HistoryItem,
+    HistoryPage,
+    ImageFile,
+    ImageRecord,
+    ImagineRequest,
+    LedgerEntry,
+    ModelPrice,
+    UserIdentity,
+)
+from bot.core.prompt import MAX_SEED, ValidRequest, random_seed, validate_request
+from bot.core.providers.runner import warnings_for
+from bot.core.worker import Worker
+
+log = logging.getLogger(__name__)
+
+CANCELLED_MESSAGE = "Cancelled."
+MAX_HISTORY_PAGE_SIZE = 10
+
+
+@dataclass(frozen=True)
+class CreditPolicy:
+    enabled: bool
+    starting_credits: int
+    admin_ids: frozenset[str]  # "platform:user_id"
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    applied: int
+    balance: int
+
+
+class GenerationService:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        worker: Worker,
+        models: Mapping[str, ModelSpec],
+        default_model: str,
+        credit_policy: CreditPolicy,
+        observers: Mapping[str, JobObserver],
+        prompt_max_chars: int,
+        per_user_queued_limit: int,
+    ) -> None:
+        self.pool = pool
+        self.worker = worker
+        self.models = dict(models)
+        self.default_model = default_model
+        self.credit_policy = credit_policy
+        self.observers = observers
+        self.prompt_max_chars = prompt_max_chars
+        self.per_user_queued_limit = per_user_queued_limit
+
+    # --- asking for images ---------------------------------------------------------------------
+
+    async def imagine(
+        self, who: UserIdentity, request: ImagineRequest, destination: Destination, idempotency_key: str | None = None
+    ) -> Accepted:
+        valid = validate_request(request, self.models, self.default_model, self.prompt_max_chars)
+        warnings = warnings_for(
+            valid.model, seed_given=request.seed is not None, negative=bool(valid.negative_prompt), variation=False
+        )
+        return await self._accept(who, valid, "imagine", None, None, warnings, destination, idempotency_key)
+
+    async def regenerate(
+        self, who: UserIdentity, generation_id: str, destination: Destination, idempotency_key: str | None = None
+    ) -> Accepted:
+        """Same parameters, a new seed: a new charged generation linked to its parent."""
+        parent = await self.visible_generation(who, generation_id, destination.chat_id)
+        valid = self._replay(parent, random_seed())
+        return await self._accept(who, valid, "regenerate", parent.id, None, (), destination, idempotency_key)
+
+    async def vary(
+        self, who: UserIdentity, image_id: str, destination: Destination, idempotency_key: str | None = None
+    ) -> Accepted:
+        """A new generation conditioned on one image (or, for models without image input, the same prompt
+        with a seed derived from the image's)."""
+        image = await self._visible_image(who, image_id, destination.chat_id)
+        parent = await self.visible_generation(who, image.generation_id, destination.chat_id)
+        valid = self._replay(parent, _derived_seed(image.seed if image.seed is not None else parent.seed))
+        warnings = warnings_for(valid.model, seed_given=False, negative=False, variation=True)
+        return await self._accept(who, valid, "variation", parent.id, image.id, warnings, destination, idempotency_key)
+
+    def _replay(self, parent: Generation, seed: int) -> ValidRequest:
+        model = self.models.get(parent.model)
+        if model is None:
+            raise InvalidRequest(f"The model {parent.model} is no longer available. Try /imagine with another model.")
+        return ValidRequest(
+            prompt=parent.prompt,
+            negative_prompt=parent.negative_prompt,
+            model=model,
+            aspect_ratio=parent.aspect_ratio,
+            count=parent.count,
+            seed=seed,
+        )
+
+    async def _accept(
+        self,
+        who: UserIdentity,
+        valid: ValidRequest,
+        kind: str,
+        parent_generation_id: str | None,
+        parent_image_id: str | None,
+        warnings: tuple[str, ...] | list[str],
+        destination: Destination,
+        idempotency_key: str | None,
+    ) -> Accepted:
+        key = f"{who.platform}:{idempotency_key}" if idempotency_key else None
+        cost = valid.model.cost * valid.count if self.credit_policy.enabled else 0
+        async with self.pool.acquire() as conn:
+            user = await credits.ensure_user(conn, who, self._starting_credits)
+            try:
+                async with conn.transaction():
+                    if key is not None and (existing := await generations.get_by_idempotency_key(conn, key)):
+                        return await self._duplicate(conn, existing, user.id)
+                    active = await queue.count_active(conn, user.id)
+                    if active >= self.per_user_queued_limit:
+                        raise TooBusy(
+                            f"You already have {active} generations waiting. "
+                            "Please wait for them to finish, or cancel one."
+                        )
+                    generation_id = new_id()
+                    balance = user.balance
+                    if cost > 0:
+                        balance = await credits.reserve(
+                            conn, user.id, cost, generation_id, f"reserve:{key or generation_id}"
+                        )
+                    await generations.insert_generation(
+                        conn,
+                        generation_id=generation_id,
+                        user_id=user.id,
+                        prompt=valid.prompt,
+                        negative_prompt=valid.negative_prompt,
+                        model=valid.model.name,
+                        aspect_ratio=valid.aspect_ratio,
+                        count=valid.count,
+                        seed=valid.seed,
+                        kind=kind,
+                        parent_generation_id=parent_generation_id,
+                        parent_image_id=parent_image_id,
+                        warnings=warnings,
+                        credits_reserved=cost,
+                        idempotency_key=key,
+                        destination=destination,
+                    )
+                    position = await queue.queue_position(conn, generation_id)
+            except asyncpg.UniqueViolationError:
+                # The same platform event raced itself: the other attempt won and charged once.
+                assert key is not None
+                existing = await generations.get_by_idempotency_key(conn, key)
+                assert existing is not None
+                return await self._duplicate(conn, existing, user.id)
+            generation = await generations.get_generation(conn, generation_id)
+        assert generation is not None
+        log.info("job %s accepted: %s by %s:%s, cost %d", generation.id, kind, who.platform, who.platform_user_id, cost)
+        await self._announce(generation, position)
+        self.worker.wake()
+        return Accepted(generation, position, balance if self.credit_policy.enabled else None)
+
+    async def _duplicate(self, conn: asyncpg.Connection, existing: Generation, user_id: int) -> Accepted:
+        position = await queue.queue_position(conn, existing.id) if existing.status == "queued" else 0
+        balance = await conn.fetchval("SELECT balance FROM image.users WHERE id = $1", user_id)
+        return Accepted(existing, position, balance if self.credit_policy.enabled else None, duplicate=True)
+
+    async def _announce(self, generation: Generation, position: int) -> None:
+        observer = self.observers.get(generation.destination.platform)
+        if observer is None:
+            return
+        try:
+            message_id = await observer.on_queued(generation, position)
+        except Exception:
+            log.warning("job %s: queued notification failed", generation.id, exc_info=True)
+            return
+        if message_id is not None:
+            async with self.pool.acquire() as conn:
+                await generations.set_message(conn, generation.id, message_id, None)
+
+    # --- acting on a generation ----------------------------------------------------------------
+
+    async def cancel(self, who: UserIdentity, generation_id: str, chat_id: str) -> Generation:
+        """Only the owner may cancel. Refunds everything (nothing was delivered)."""
+        generation = await self._owned(who, generation_id, chat_id)
+        async with self.pool.acquire() as conn:
+            cancelled = await queue.cancel(
+                conn, generation.id, CANCELLED_MESSAGE, self.worker.owner, self.worker.limits.lease_seconds
+            )
+        if not cancelled:
+            raise InvalidRequest("That generation has already finished, so it can't be cancelled.")
+        self.worker.abort(generation.id)
+        await self.worker.deliver(generation.id)
+        return await self._reload(generation.id)
+
+    async def delete(self, who: UserIdentity, generation_id: str, chat_id: str) -> None:
+        """Only the owner may delete: the generation leaves their history and its buttons stop working."""
+        generation = await self._owned(who, generation_id, chat_id)
+        if not generation.is_finished:
+            raise InvalidRequest("That generation is still running. Cancel it first.")
+        async with self.pool.acquire() as conn:
+            await generations.mark_deleted(conn, generation.id)
+
+    async def attach_message(self, generation_id: str, message_id: str, context: dict | None = None) -> None:
+        """Remember where a front end showed a job (to edit it later)."""
+        async with self.pool.acquire() as conn:
+            await generations.set_message(conn, generation_id, message_id, context)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    async def history(self, who: UserIdentity, page: int = 0, page_size: int = 5) -> HistoryPage:
+        """The caller's own generations, newest first. Nobody else's, ever."""
+        page_size = max(1, min(page_size, MAX_HISTORY_PAGE_SIZE))
+        page = max(0, page)
+        async with self.pool.acquire() as conn:
+            user = await credits.find_user(conn, who.platform, who.platform_user_id)
+            if user is None:
+                return HistoryPage((), 0, page_size, 0)
+            rows, total = await generations.history(conn, user.id, page * page_size, page_size)
+            if not rows and total and page > 0:
+                # Asked past the end (an old button): show the last page instead.
+                page = (total - 1) // page_size
+                rows, total = await generations.history(conn, user.id, page * page_size, page_size)
+            images = await generations.get_images(conn, [g.id for g in rows])
+        items = tuple(HistoryItem(g, tuple(images[g.id])) for g in rows)
+        return HistoryPage(items, page, page_size, total)
+
+    async def generation(self, who: UserIdentity, generation_id: str, chat_id: str) -> HistoryItem:
+        """One generation with its images, if the caller may see it."""
+        generation = await self.visible_generation(who, generation_id, chat_id)
+        async with self.pool.acquire() as conn:
+            images = await generations.get_images(conn, [generation.id])
+        return HistoryItem(generation, tuple(images[generation.id]))
+
+    async def image_file(self, who: UserIdentity, image_id: str, chat_id: str) -> ImageFile:
+        """An image with its bytes (e.g. to send the original file), if the caller may see it."""
+        image = await self._visible_image(who, image_id, chat_id)
+        await self.visible_generation(who, image.generation_id, chat_id)
+        return (await self.worker.load_files([image]))[0]
+
+    async def load_files(self, images: tuple[ImageRecord, ...] | list[ImageRecord]) -> list[ImageFile]:
+        return await self.worker.load_files(images)
+
+    async def record_file_ref(self, image_id: str, platform: str, ref: str) -> None:
+        """Remember a platform's handle for an uploaded image (a Telegram file_id) so it is never uploaded twice."""
+        async with self.pool.acquire() as conn:
+            await generations.set_file_ref(conn, image_id, platform, ref)
+
+    async def balance(self, who: UserIdentity) -> Balance:
+        async with self.pool.acquire() as conn:
+            user = await credits.ensure_user(conn, who, self._starting_credits)
+        prices = tuple(ModelPrice(m.name, m.label or m.name, m.cost) for m in self.models.values())
+        return Balance(self.credit_policy.enabled, user.balance, prices)
+
+    def model_choices(self) -> list[ModelPrice]:
+        return [ModelPrice(m.name, m.label or m.name, m.cost) for m in self.models.values()]
+
+    # --- credits administration ----------------------------------------------------------------
+
+    def is_admin(self, who: UserIdentity) -> bool:
+        return f"{who.platform}:{who.platform_user_id}" in self.credit_policy.admin_ids
+
+    async def grant(
+        self, admin: UserIdentity, target: UserIdentity, amount: int, idempotency_key: str | None = None
+    ) -> Adjustment:
+        """An admin adds (amount > 0) or removes (amount < 0) credits. Removal stops at zero."""
+        if not self.is_admin(admin):
+            raise Forbidden("Only the bot's admins can change credits.")
+        if amount == 0 or abs(amount) > 1_000_000:
+            raise InvalidRequest("The amount must be a whole number between 1 and 1000000.")
+        async with self.pool.acquire() as conn:
+            admin_row = await credits.ensure_user(conn, admin, self._starting_credits)
+            target_row = await credits.ensure_user(conn, target, self._starting_credits)
+            key = f"admin:{admin.platform}:{idempotency_key or secrets.token_hex(8)}"
+            applied, balance = await credits.adjust(conn, target_row.id, amount, admin_id=admin_row.id, key=key)
+        log.info("credits: %s:%s changed %s:%s by %d", admin.platform, admin.platform_user_id,
+                 target.platform, target.platform_user_id, applied)
+        return Adjustment(applied, balance)
+
+    async def operator_adjust(self, target: UserIdentity, amount: int) -> Adjustment:
+        """The same, from the operator's command line (no chat admin involved)."""
+        async with self.pool.acquire() as conn:
+            row = await credits.ensure_user(conn, target, self._starting_credits)
+            applied, balance = await credits.adjust(
+                conn, row.id, amount, admin_id=None, key=f"operator:{secrets.token_hex(8)}"
+            )
+        return Adjustment(applied, balance)
+
+    async def ledger(self, target: UserIdentity, limit: int = 50) -> tuple[int, list[LedgerEntry]]:
+        async with self.pool.acquire() as conn:
+            row = await credits.find_user(conn, target.platform, target.platform_user_id)
+            if row is None:
+                raise NotFound("That user")
+            return row.balance, await credits.ledger(conn, row.id, limit)
+
+    # --- visibility ----------------------------------------------------------------------------
+
+    @property
+    def _starting_credits(self) -> int:
+        return self.credit_policy.starting_credits if self.credit_policy.enabled else 0
+
+    async def visible_generation(self, who: UserIdentity, generation_id: str, chat_id: str) -> Generation:
+        """A generation the caller may see: their own, or one posted in the chat they are acting from.
+        Anything else looks exactly like a missing one."""
+        if not is_valid_id(generation_id):
+            raise NotFound()
+        async with self.pool.acquire() as conn:
+            generation = await generations.get_generation(conn, generation_id)
+        if generation is None:
+            raise NotFound()
+        own = generation.owner.platform == who.platform and generation.owner.platform_user_id == who.platform_user_id
+        same_chat = generation.destination.platform == who.platform and generation.destination.chat_id == chat_id
+        if not (own or same_chat):
+            raise NotFound()
+        return generation
+
+    async def _visible_image(self, who: UserIdentity, image_id: str, chat_id: str) -> ImageRecord:
+        if not is_valid_id(image_id):
+            raise NotFound("That image")
+        async with self.pool.acquire() as conn:
+            image = await generations.get_image(conn, image_id)
+        if image is None:
+            raise NotFound("That image")
+        await self.visible_generation(who, image.generation_id, chat_id)
+        return image
+
+    async def _owned(self, who: UserIdentity, generation_id: str, chat_id: str) -> Generation:
+        generation = await self.visible_generation(who, generation_id, chat_id)
+        if generation.owner.platform_user_id != who.platform_user_id or generation.owner.platform != who.platform:
+            raise Forbidden("Only the person who asked for these images can do that.")
+        return generation
+
+    async def _reload(self, generation_id: str) -> Generation:
+        async with self.pool.acquire() as conn:
+            generation = await generations.get_generation(conn, generation_id)
+        assert generation is not None
+        return generation
+
+
+def _derived_seed(seed: int) -> int:
+    """A fresh seed derived from the parent's, different on every press."""
+    digest = hashlib.sha256(f"{seed}:{secrets.token_hex(4)}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (MAX_SEED + 1)

@@ -1,0 +1,339 @@
+"""The in-process worker: claims queued jobs, runs them on their provider, stores the images,
+settles credits and hands the result to the front end's observer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+from PIL import Image
+
+from bot.config import ModelSpec
+from bot.core import generations, queue
+from bot.core.errors import ProviderError, ProviderUnavailable
+from bot.core.events import JobObserver
+from bot.core.ids import new_id
+from bot.core.models import Generation, ImageFile, ImageRecord
+from bot.core.providers.base import GeneratedImage, ImageProvider, InputImage
+from bot.core.providers.runner import GenerationSpec, ProviderRunner
+from bot.core.safety import safety_identifier
+from bot.core.storage.base import ImageStore, StorageError, new_key
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_MESSAGE = "The bot was restarted before your images were ready."
+STORAGE_FAILED_MESSAGE = "The images were made but could not be saved."
+DEADLINE_MESSAGE = "The image service took too long."
+
+
+@dataclass(frozen=True)
+class WorkerLimits:
+    max_jobs: int
+    per_user_jobs: int
+    lease_seconds: float
+    poll_seconds: float
+    job_deadline_seconds: float
+
+
+class Worker:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        store: ImageStore,
+        providers: Mapping[str, ImageProvider],
+        models: Mapping[str, ModelSpec],
+        runner: ProviderRunner,
+        observers: Mapping[str, JobObserver],
+        limits: WorkerLimits,
+    ) -> None:
+        self.pool = pool
+        self.store = store
+        self.providers = providers
+        self.models = models
+        self.runner = runner
+        self.observers = observers
+        self.limits = limits
+        self.owner = f"worker-{secrets.token_hex(6)}"  # this process's name on the leases it holds
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loops: list[asyncio.Task[None]] = []
+
+    @property
+    def platforms(self) -> list[str]:
+        return list(self.observers)
+
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
+
+    def start(self) -> None:
+        self._loops = [asyncio.create_task(self._claim_loop()), asyncio.create_task(self._lease_loop())]
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Take no new work, give running jobs `grace_seconds`, then fail and refund the rest."""
+        self._stopping = True
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=grace_seconds)
+        for generation_id, task in list(self._tasks.items()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            async with self.pool.acquire() as conn:
+                ended = await queue.fail_unstarted(
+                    conn, generation_id, "shutdown", SHUTDOWN_MESSAGE, self.owner, self.limits.lease_seconds
+                )
+            if ended:
+                await self.deliver(generation_id)
+
+    def abort(self, generation_id: str) -> None:
+        """Stop a job running in this process (its owner cancelled it; the database already says so)."""
+        task = self._tasks.get(generation_id)
+        if task is not None:
+            task.cancel()
+
+    # --- loops -------------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping:
+            try:
+                await self._claim_available()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                log.warning("claiming jobs failed, will retry: %s", error)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.limits.poll_seconds):
+                    await self._wake.wait()
+
+    async def _claim_available(self) -> None:
+        while not self._stopping and len(self._tasks) < self.limits.max_jobs:
+            async with self.pool.acquire() as conn:
+                generation_id = await queue.claim_next(
+                    conn, self.platforms, self.limits.per_user_jobs, self.owner, self.limits.lease_seconds
+                )
+            if generation_id is None:
+                return
+            self._spawn(generation_id, self._run(generation_id))
+
+    async def _lease_loop(self) -> None:
+        """Keep our leases alive, and take over the jobs of processes that died."""
+        while not self._stopping:
+            await asyncio.sleep(self.limits.lease_seconds / 3)
+            try:
+                await self.recover()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                log.warning("lease upkeep failed, will retry: %s", error)
+
+    async def recover(self) -> None:
+        """Renew our leases; requeue or fail jobs whose lease ran out; deliver what nobody delivered."""
+        async with self.pool.acquire() as conn:
+            if self._tasks:
+                await queue.renew_leases(conn, self.owner, list(self._tasks), self.limits.lease_seconds)
+            failed = await queue.recover_expired(conn, self.platforms, self.owner, self.limits.lease_seconds)
+            undelivered = await queue.claim_undelivered(conn, self.platforms, self.owner, self.limits.lease_seconds)
+        for generation_id in [*failed, *undelivered]:
+            if generation_id not in self._tasks:
+                self._spawn(generation_id, self.deliver(generation_id))
+        if failed:
+            self.wake()
+
+    def _spawn(self, generation_id: str, work: object) -> None:
+        task = asyncio.create_task(work)  # type: ignore[arg-type]
+        self._tasks[generation_id] = task
+
+        def _done(finished: asyncio.Task[None]) -> None:
+            if self._tasks.get(generation_id) is finished:
+                del self._tasks[generation_id]
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error("job %s crashed", generation_id, exc_info=finished.exception())
+            self._wake.set()
+
+        task.add_done_callback(_done)
+
+    # --- one job -----------------------------------------------------------------------------
+
+    async def _run(self, generation_id: str) -> None:
+        async with self.pool.acquire() as conn:
+            job = await generations.get_generation(conn, generation_id)
+        if job is None:
+            return
+        log.info("job %s started: model=%s n=%d", job.id, job.model, job.count)
+        await self._notify(job, "on_started")
+        stored: list[ImageRecord] = []
+        try:
+            outcome, files = await self._make(job, stored)
+            async with self.pool.acquire() as conn:
+                recorded = await queue.finish(conn, job.id, self.owner, outcome, self.limits.lease_seconds)
+        except BaseException:
+            await self._discard(stored)
+            raise
+        if not recorded:
+            log.info("job %s was cancelled or taken over while running; result discarded", job.id)
+            await self._discard(stored)
+            return
+        log.info("job %s %s: %d images, refund %d", job.id, outcome.status, len(outcome.images), outcome.refund)
+        await self.deliver(job.id, files)
+
+    async def _make(self, job: Generation, stored: list[ImageRecord]) -> tuple[queue.Outcome, list[ImageFile]]:
+        model = self.models.get(job.model)
+        provider = self.providers.get(model.provider) if model else None
+        if model is None or provider is None or not provider.available():
+            error = ProviderUnavailable(f"The model {job.model} is no longer available.")
+            return _failed(job, error), []
+        try:
+            async with asyncio.timeout(self.limits.job_deadline_seconds):
+                spec = GenerationSpec(
+                    prompt=job.prompt,
+                    negative_prompt=job.negative_prompt,
+                    count=job.count,
+                    aspect_ratio=job.aspect_ratio,
+                    seed=job.seed,
+                    input_image=await self._input_image(job, model),
+                    safety_identifier=safety_identifier(job.owner),
+                )
+
+                async def preview(data: bytes, mime_type: str) -> None:
+                    await self._notify(job, "on_preview", data, mime_type)
+
+                outcomes = await self.runner.run(provider, model, spec, preview)
+        except TimeoutError:
+            return _failed(job, ProviderUnavailable(DEADLINE_MESSAGE)), []
+
+        files: list[ImageFile] = []
+        first_error: ProviderError | None = None
+        for outcome in outcomes:
+            if outcome.image is None:
+                first_error = first_error or outcome.error
+                continue
+            try:
+                record = await self._store(job, outcome.index, outcome.image)
+            except StorageError as error:
+                log.warning("job %s: storing image %d failed: %s", job.id, outcome.index, error)
+                first_error = first_error or ProviderUnavailable(STORAGE_FAILED_MESSAGE)
+                continue
+            stored.append(record)
+            files.append(ImageFile(record, outcome.image.data))
+        return _settle(job, [f.record for f in files], first_error), files
+
+    async def _input_image(self, job: Generation, model: ModelSpec) -> InputImage | None:
+        if job.parent_image_id is None or not model.supports_input_image:
+            return None
+        async with self.pool.acquire() as conn:
+            parent = await generations.get_image(conn, job.parent_image_id)
+        if parent is None:
+            return None
+        try:
+            return InputImage(await self.store.get(parent.storage_key), parent.mime_type)
+        except StorageError as error:
+            log.warning("job %s: parent image unavailable, varying by seed only: %s", job.id, error)
+            return None
+
+    async def _store(self, job: Generation, index: int, image: GeneratedImage) -> ImageRecord:
+        width, height = image.width, image.height
+        if not width or not height:
+            width, height = _measure(image.data)
+        key = new_key(image.mime_type)
+        await self.store.put(key, image.data, image.mime_type)
+        return ImageRecord(
+            id=new_id(),
+            generation_id=job.id,
+            index=index,
+            storage_key=key,
+            url=await self.store.url(key),
+            mime_type=image.mime_type,
+            width=width,
+            height=height,
+            bytes=len(image.data),
+            seed=image.seed,
+            file_refs={},
+        )
+
+    async def _discard(self, stored: Sequence[ImageRecord]) -> None:
+        for record in stored:
+            with contextlib.suppress(StorageError, OSError):
+                await self.store.delete(record.storage_key)
+
+    # --- delivery ----------------------------------------------------------------------------
+
+    async def deliver(self, generation_id: str, files: Sequence[ImageFile] | None = None) -> bool:
+        """Hand a finished job to its front end. True once delivered; on a platform error it stays
+        undelivered and is retried when its lease runs out."""
+        async with self.pool.acquire() as conn:
+            job = await generations.get_generation(conn, generation_id)
+            records = (await generations.get_images(conn, [generation_id]))[generation_id] if job else []
+        if job is None or not job.is_finished:
+            return False
+        observer = self.observers.get(job.destination.platform)
+        if observer is None:
+            return False
+        try:
+            if job.status in ("succeeded", "partial"):
+                files = files if files is not None else await self.load_files(records)
+                receipt = await observer.on_completed(job, files)
+                if receipt is not None:
+                    await self._record_receipt(job, receipt.message_id, receipt.file_refs)
+            elif job.status == "cancelled":
+                await observer.on_cancelled(job)
+            else:
+                await observer.on_failed(job)
+        except Exception:
+            log.exception("job %s: delivery to %s failed; will retry", job.id, job.destination.platform)
+            return False
+        async with self.pool.acquire() as conn:
+            await queue.mark_delivered(conn, job.id)
+        return True
+
+    async def load_files(self, records: Sequence[ImageRecord]) -> list[ImageFile]:
+        return [ImageFile(r, await self.store.get(r.storage_key)) for r in records]
+
+    async def _record_receipt(self, job: Generation, message_id: str | None, refs: Mapping[str, str]) -> None:
+        async with self.pool.acquire() as conn:
+            if message_id is not None:
+                await generations.set_message(conn, job.id, message_id, None)
+            for image_id, ref in refs.items():
+                await generations.set_file_ref(conn, image_id, job.destination.platform, ref)
+
+    async def _notify(self, job: Generation, event: str, *args: object) -> None:
+        """Progress events are best effort: a platform hiccup must not fail the job."""
+        observer = self.observers.get(job.destination.platform)
+        if observer is None:
+            return
+        try:
+            await getattr(observer, event)(job, *args)
+        except Exception:
+            log.warning("job %s: %s notification failed", job.id, event, exc_info=True)
+
+
+def _failed(job: Generation, error: ProviderError) -> queue.Outcome:
+    return queue.Outcome("failed", (), job.credits_reserved, error.code, error.user_message)
+
+
+def _settle(job: Generation, images: Sequence[ImageRecord], error: ProviderError | None) -> queue.Outcome:
+    """Refund the images that were not made, at the price reserved for each."""
+    per_image = job.credits_reserved // job.count if job.count else 0
+    missing = job.count - len(images)
+    refund = job.credits_reserved if not images else per_image * missing
+    if not images:
+        assert error is not None
+        return queue.Outcome("failed", (), refund, error.code, error.user_message)
+    if missing:
+        message = error.user_message if error else "Some images could not be made."
+        return queue.Outcome("partial", images, refund, error.code if error else "partial", message)
+    return queue.Outcome("succeeded", images, 0, None, None)
+
+
+def _measure(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size

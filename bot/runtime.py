@@ -1,0 +1,141 @@
+"""The composition root: everything the bot needs, built once from the settings, in one readable place."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from bot.config import Settings
+from bot.core import database
+from bot.core.catalogue import available_models, choose_default
+from bot.core.events import JobObserver
+from bot.core.providers.base import ImageProvider
+from bot.core.providers.offline import OfflineProvider
+from bot.core.providers.openai_images import OpenAIImagesProvider
+from bot.core.providers.runner import ProviderRunner, RetryPolicy
+from bot.core.service import CreditPolicy, GenerationService
+from bot.core.storage.base import ImageStore
+from bot.core.storage.local import LocalStore
+from bot.core.storage.s3 import S3Store
+from bot.core.worker import Worker, WorkerLimits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    pool: asyncpg.Pool
+    store: ImageStore
+    providers: dict[str, ImageProvider]
+    worker: Worker
+    service: GenerationService
+    observers: dict[str, JobObserver] = field(default_factory=dict)
+
+    def register(self, observer: JobObserver) -> None:
+        """A front end registers before start(): the worker then takes jobs for its platform."""
+        self.observers[observer.platform] = observer
+
+    async def start(self) -> None:
+        await self.worker.recover()
+        self.worker.start()
+
+
+def build_providers(settings: Settings) -> dict[str, ImageProvider]:
+    return {
+        "offline": OfflineProvider(),
+        "openai": OpenAIImagesProvider(settings.openai_api_key, settings.openai_base_url),
+    }
+
+
+def build_store(settings: Settings) -> ImageStore:
+    if settings.storage_backend == "s3":
+        assert settings.s3_bucket is not None
+        return S3Store(
+            bucket=settings.s3_bucket,
+            prefix=settings.s3_prefix,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            access_key_id=settings.s3_access_key_id,
+            secret_access_key=settings.s3_secret_access_key,
+            public_base_url=settings.s3_public_base_url,
+            presign_seconds=settings.s3_presign_seconds,
+        )
+    return LocalStore(settings.local_images_dir)
+
+
+@asynccontextmanager
+async def open_database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on DATABASE_URL, or on the embedded Postgres (started here, stopped on exit). Migrated."""
+    embedded = None
+    if settings.database_url is not None:
+        dsn = settings.database_url.get_secret_value()
+    else:
+        embedded = database.EmbeddedPostgres(settings.pg_data_dir)
+        dsn = await asyncio.to_thread(embedded.start)
+    try:
+        pool = await database.create_pool(dsn, settings.db_pool_max_size)
+        try:
+            await database.migrate(pool)
+            yield pool
+        finally:
+            await pool.close()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings, pool: asyncpg.Pool | None = None) -> AsyncIterator[Runtime]:
+    """Build the runtime. With `pool` given (tests), the caller owns the database."""
+    if pool is None:
+        async with open_database(settings) as own_pool, open_runtime(settings, own_pool) as runtime:
+            yield runtime
+        return
+
+    store = build_store(settings)
+    providers = build_providers(settings)
+    models = available_models(settings.models, providers)
+    observers: dict[str, JobObserver] = {}
+    runner = ProviderRunner(
+        settings.max_provider_calls,
+        RetryPolicy(max_retries=settings.provider_max_retries, timeout=settings.provider_timeout_seconds),
+    )
+    worker = Worker(
+        pool,
+        store,
+        providers,
+        models,
+        runner,
+        observers,
+        WorkerLimits(
+            max_jobs=settings.max_jobs_in_flight,
+            per_user_jobs=settings.per_user_jobs_in_flight,
+            lease_seconds=settings.job_lease_seconds,
+            poll_seconds=settings.worker_poll_seconds,
+            job_deadline_seconds=settings.job_deadline_seconds,
+        ),
+    )
+    service = GenerationService(
+        pool,
+        worker,
+        models,
+        choose_default(models, settings.default_model),
+        CreditPolicy(settings.credits_enabled, settings.starting_credits, frozenset(settings.admin_ids)),
+        observers,
+        settings.prompt_max_chars,
+        settings.per_user_queued_limit,
+    )
+    runtime = Runtime(settings, pool, store, providers, worker, service, observers)
+    try:
+        yield runtime
+    finally:
+        await worker.stop(settings.shutdown_grace_seconds)
+        for provider in providers.values():
+            await provider.aclose()
+        await store.aclose()
