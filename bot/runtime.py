@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -91,15 +91,20 @@ async def open_database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 
 @asynccontextmanager
-async def open_runtime(settings: Settings, pool: asyncpg.Pool | None = None) -> AsyncIterator[Runtime]:
-    """Build the runtime. With `pool` given (tests), the caller owns the database."""
+async def open_runtime(
+    settings: Settings,
+    pool: asyncpg.Pool | None = None,
+    extra_providers: Mapping[str, ImageProvider] | None = None,
+) -> AsyncIterator[Runtime]:
+    """Build the runtime. With `pool` given (tests), the caller owns the database. `extra_providers`
+    adds or replaces providers by name (tests and the benchmark plug in stand-ins this way)."""
     if pool is None:
-        async with open_database(settings) as own_pool, open_runtime(settings, own_pool) as runtime:
+        async with open_database(settings) as own_pool, open_runtime(settings, own_pool, extra_providers) as runtime:
             yield runtime
         return
 
     store = build_store(settings)
-    providers = build_providers(settings)
+    providers = {**build_providers(settings), **(extra_providers or {})}
     models = available_models(settings.models, providers)
     observers: dict[str, JobObserver] = {}
     runner = ProviderRunner(

@@ -210,7 +210,8 @@ def _success_body(recorded: RecordedRequest, images: int | None) -> bytes:
 async def fake_openai_server(api_key: str | None = None) -> AsyncIterator[FakeOpenAI]:
     """Serve a FakeOpenAI on 127.0.0.1 at a free port; `base_url` ends in /v1 like OpenAI's."""
     fake = FakeOpenAI(api_key)
-    runner = web.AppRunner(fake.app(), access_log=None, shutdown_timeout=0.5)
+    # handler_cancellation: a client that gave up (a timeout test) ends its slow handler at once.
+    runner = web.AppRunner(fake.app(), access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -64,7 +64,8 @@ class OpenAIImagesProvider(ImageProvider):
         self._api_key = api_key
         self._base_url = base_url.rstrip("/")
         self._owns_http = http is None
-        self._http = http if http is not None else httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
+        # Our own client is made on first use: a provider without a key never opens one.
+        self._http = http
 
     def available(self) -> bool:
         return bool(self._api_key and self._api_key.get_secret_value())
@@ -94,11 +95,13 @@ class OpenAIImagesProvider(ImageProvider):
         return self._parse(response, call)
 
     async def aclose(self) -> None:
-        if self._owns_http:
+        if self._owns_http and self._http is not None:
             await self._http.aclose()
+            self._http = None
 
     async def _send(self, call: ProviderCall) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"} if self._api_key else {}
+        # Catalogue options go first so that they can never override the core fields.
         fields: dict[str, Any] = {
             **call.model.options,
             "model": call.model.provider_model,
@@ -107,14 +110,20 @@ class OpenAIImagesProvider(ImageProvider):
             "size": f"{call.width}x{call.height}",
             "safety_identifier": call.safety_identifier,
         }
+        http = self._client()
         if call.input_image is None:
-            return await self._http.post(f"{self._base_url}/images/generations", json=fields, headers=headers)
-        return await self._http.post(
+            return await http.post(f"{self._base_url}/images/generations", json=fields, headers=headers)
+        return await http.post(
             f"{self._base_url}/images/edits",
             data={key: _form_value(value) for key, value in fields.items()},
             files=[("image[]", _upload(call.input_image))],
             headers=headers,
         )
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
+        return self._http
 
     def _error_for(self, response: httpx.Response) -> ProviderError:
         status = response.status_code
@@ -126,7 +135,8 @@ class OpenAIImagesProvider(ImageProvider):
             return ProviderAuthError(AUTH_MESSAGE, detail=detail)
         if status == 429:
             return RateLimited(RATE_LIMITED_MESSAGE, detail=detail, retry_after=_retry_after(response))
-        if status >= 500:
+        # 408 and 409 are transient on OpenAI's side too; its own SDK retries them like a 5xx.
+        if status >= 500 or status in (408, 409):
             return ProviderUnavailable(UNAVAILABLE_MESSAGE, detail=detail)
         # 400/404/422 and anything else unexpected: retrying the same request would fail the same way.
         return ProviderBadRequest(BAD_REQUEST_MESSAGE, detail=detail)
@@ -141,7 +151,7 @@ class OpenAIImagesProvider(ImageProvider):
             raise _malformed("response has no data list")
         metadata = {"created": body.get("created"), "model": call.model.provider_model}
         if isinstance(body.get("usage"), dict):
-            # The usage covers the whole call; each image gets its share of the record.
+            # Token usage is per call, not per image: each image of the call carries the same record.
             metadata["usage"] = body["usage"]
         return [_decode(item, index, metadata) for index, item in enumerate(items)]
 
@@ -165,7 +175,7 @@ def _decode(item: object, index: int, metadata: dict[str, Any]) -> GeneratedImag
         with Image.open(io.BytesIO(data)) as image:
             mime_type = image.get_format_mimetype() or "application/octet-stream"
             width, height = image.size
-    except (UnidentifiedImageError, OSError):
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError):
         raise _malformed(f"data[{index}] is not a readable image") from None
     extra = {"revised_prompt": item["revised_prompt"]} if item.get("revised_prompt") else {}
     return GeneratedImage(data, mime_type, width, height, seed=None, metadata={**metadata, **extra})

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from contextlib import AsyncExitStack
 from typing import Any
 from urllib.parse import quote
 
 import aioboto3
+from aiobotocore.session import AioSession
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr
@@ -40,7 +42,10 @@ class S3Store(ImageStore):
         self.presign_seconds = presign_seconds
         self._endpoint_url = endpoint_url
         # None lets boto's default chain (environment, instance role...) find credentials.
+        botocore_session = AioSession()
+        botocore_session.register_component("data_loader", _shared_data_loader())
         self._session = aioboto3.Session(
+            botocore_session=botocore_session,
             aws_access_key_id=access_key_id.get_secret_value() if access_key_id else None,
             aws_secret_access_key=secret_access_key.get_secret_value() if secret_access_key else None,
             region_name=region,
@@ -51,7 +56,8 @@ class S3Store(ImageStore):
             signature_version="s3v4",
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            retries={"max_attempts": max_attempts, "mode": "standard"},
+            # total_max_attempts counts the first try; botocore's plain max_attempts counts only retries.
+            retries={"total_max_attempts": max_attempts, "mode": "standard"},
         )
         self._stack: AsyncExitStack | None = None
         self._client: Any = None
@@ -126,6 +132,13 @@ class S3Store(ImageStore):
                     raise StorageError(f"cannot open the S3 client: {_describe(error)}") from error
                 self._stack = stack
         return self._client
+
+
+@functools.cache
+def _shared_data_loader() -> Any:
+    """botocore's loader of service models, shared by every store in the process. It is a read-only cache,
+    and parsing S3's model anew for each session costs a noticeable fraction of a second."""
+    return AioSession().get_component("data_loader")
 
 
 def _describe(error: Exception) -> str:
