@@ -112,9 +112,9 @@ def runtime_factory(pool: asyncpg.Pool, tmp_path: Path) -> RuntimeFactory:
     return factory
 
 
-async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+async def wait_for(predicate: Callable[[], Any], within: float = 10.0, interval: float = 0.02) -> Any:
     """Poll until `predicate()` (sync or async) is truthy; fail the test on timeout."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         value = predicate()
         if asyncio.iscoroutine(value):

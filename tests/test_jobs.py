@@ -120,7 +120,9 @@ async def test_a_failed_delivery_is_retried(runtime_factory, pool) -> None:
             lambda: pool.fetchval("SELECT delivered_at FROM image.generations WHERE id = $1", job.id)
         )
     assert delivered is not None
-    refs = await pool.fetchval("SELECT array_agg(file_refs->>'test') FROM image.images WHERE generation_id = $1", job.id)
+    refs = await pool.fetchval(
+        "SELECT array_agg(file_refs->>'test') FROM image.images WHERE generation_id = $1", job.id
+    )
     assert refs == ["file-0"]
 
 
