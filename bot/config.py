@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     job_deadline_seconds: float = Field(default=600.0, gt=0)
     shutdown_grace_seconds: float = Field(default=20.0, ge=0)
     prompt_max_chars: int = Field(default=1000, ge=10, le=4000)
+    # Words (or phrases) refused in prompts, checked before anything is charged. Comma-separated.
+    banned_words: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    requests_per_minute: int = Field(default=10, ge=1, le=10_000)
+    # Makes the offline demo model as slow as a real one, to watch queueing and progress.
+    offline_delay_seconds: float = Field(default=0.0, ge=0, le=600)
 
     # Front ends
     discord_token: SecretStr | None = None
@@ -140,6 +145,13 @@ class Settings(BaseSettings):
             platform, sep, user_id = entry.partition(":")
             if not sep or not platform or not user_id:
                 raise ValueError(f"{entry!r} is not platform:user_id (e.g. discord:1234)")
+        return value
+
+    @field_validator("banned_words", mode="before")
+    @classmethod
+    def _split_words(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("discord_guild_ids", mode="before")

@@ -18,7 +18,7 @@ from bot.core.providers.base import ImageProvider
 from bot.core.providers.offline import OfflineProvider
 from bot.core.providers.openai_images import OpenAIImagesProvider
 from bot.core.providers.runner import ProviderRunner, RetryPolicy
-from bot.core.service import CreditPolicy, GenerationService
+from bot.core.service import CreditPolicy, GenerationService, RequestPolicy
 from bot.core.storage.base import ImageStore
 from bot.core.storage.local import LocalStore
 from bot.core.storage.s3 import S3Store
@@ -48,7 +48,7 @@ class Runtime:
 
 def build_providers(settings: Settings) -> dict[str, ImageProvider]:
     return {
-        "offline": OfflineProvider(),
+        "offline": OfflineProvider(settings.offline_delay_seconds),
         "openai": OpenAIImagesProvider(settings.openai_api_key, settings.openai_base_url),
     }
 
@@ -133,8 +133,12 @@ async def open_runtime(
         choose_default(models, settings.default_model),
         CreditPolicy(settings.credits_enabled, settings.starting_credits, frozenset(settings.admin_ids)),
         observers,
-        settings.prompt_max_chars,
-        settings.per_user_queued_limit,
+        RequestPolicy(
+            prompt_max_chars=settings.prompt_max_chars,
+            banned_words=tuple(settings.banned_words),
+            per_user_queued_limit=settings.per_user_queued_limit,
+            requests_per_minute=settings.requests_per_minute,
+        ),
     )
     runtime = Runtime(settings, pool, store, providers, worker, service, observers)
     try:

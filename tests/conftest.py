@@ -91,6 +91,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "provider_max_retries": 1,
         "starting_credits": 20,
         "shutdown_grace_seconds": 2.0,
+        "requests_per_minute": 1000,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

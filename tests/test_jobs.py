@@ -208,3 +208,37 @@ async def test_delete_is_owner_only_and_hides_from_history(runtime_factory) -> N
         with pytest.raises(NotFound):
             await rt.service.regenerate(ALICE, accepted.generation.id, HERE)
     assert history.total == 0
+
+
+async def test_requests_per_minute_limit(runtime_factory, pool) -> None:
+    async with runtime_factory(requests_per_minute=3, per_user_queued_limit=100) as rt:
+        results = await asyncio.gather(
+            *(rt.service.imagine(ALICE, ImagineRequest(f"fast {i}"), HERE) for i in range(8)), return_exceptions=True
+        )
+        other = await rt.service.imagine(BOB, ImagineRequest("bob is not limited by alice"), HERE)
+    refused = [r for r in results if isinstance(r, Exception)]
+    assert len(refused) == 5
+    assert all("try again in" in r.user_message for r in refused)
+    assert other.generation.status == "queued"
+    assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = 'alice'") == 17
+
+
+async def test_banned_words_are_refused_before_charging(runtime_factory, pool) -> None:
+    async with runtime_factory(banned_words="gore, Forbidden Thing") as rt:
+        for prompt in ["some GORE please", "a forbidden\u200b thing", "a Forbidden Thing here"]:
+            with pytest.raises(InvalidRequest, match="doesn't allow"):
+                await rt.service.imagine(ALICE, ImagineRequest(prompt), HERE)
+        await rt.service.imagine(ALICE, ImagineRequest("gorgeous scenery"), HERE)  # whole words only
+    assert await pool.fetchval("SELECT count(*) FROM image.generations") == 1
+
+
+async def test_a_job_past_its_deadline_is_failed_and_refunded(runtime_factory, pool) -> None:
+    provider = ScriptedProvider(steps=["block"])
+    observer = RecordingObserver()
+    async with runtime_factory({"scripted": provider}, models=(scripted_model(cost=2),), job_deadline_seconds=0.3) as rt:
+        rt.register(observer)
+        await rt.start()
+        accepted = await rt.service.imagine(ALICE, ImagineRequest("never finishes"), HERE)
+        job = await wait_for(lambda: observer.done.get(accepted.generation.id))
+    assert job.status == "failed" and job.credits_refunded == 2
+    assert "took too long" in job.error_message

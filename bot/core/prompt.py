@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from bot.config import ASPECT_RATIOS, ModelSpec
@@ -106,13 +107,19 @@ def parse_command_text(text: str, explicit: ImagineRequest | None = None) -> Ima
 
 
 def validate_request(
-    request: ImagineRequest, models: dict[str, ModelSpec], default_model: str, max_chars: int
+    request: ImagineRequest,
+    models: dict[str, ModelSpec],
+    default_model: str,
+    max_chars: int,
+    banned_words: Sequence[str] = (),
 ) -> ValidRequest:
     prompt = clean_text(request.prompt)
     if len(prompt) < MIN_PROMPT_CHARS:
         raise InvalidRequest("Please describe the image you want, e.g. `/imagine a lighthouse at dusk`.")
     if len(prompt) > max_chars:
         raise InvalidRequest(f"That prompt is {len(prompt)} characters; the limit is {max_chars}.")
+    if contains_banned(prompt, banned_words):
+        raise InvalidRequest("That prompt contains something this bot doesn't allow. Nothing was charged.")
     negative = clean_text(request.negative_prompt) if request.negative_prompt else None
     if negative and len(negative) > max_chars:
         raise InvalidRequest(f"The negative prompt is too long; the limit is {max_chars} characters.")
@@ -143,6 +150,12 @@ def validate_request(
         count=count,
         seed=random_seed() if seed is None else seed,
     )
+
+
+def contains_banned(text: str, banned_words: Sequence[str]) -> bool:
+    """Whole-word, case-insensitive. Runs on cleaned text, so zero-width characters can't split a word."""
+    folded = text.casefold()
+    return any(re.search(rf"(?<!\w){re.escape(word.casefold())}(?!\w)", folded) for word in banned_words if word)
 
 
 def random_seed() -> int:

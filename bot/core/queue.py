@@ -58,6 +58,17 @@ async def count_active(conn: asyncpg.Connection, user_id: int) -> int:
     )
 
 
+async def recent_requests(conn: asyncpg.Connection, user_id: int) -> tuple[int, int]:
+    """Requests the user made in the last minute, and the seconds until the oldest of them leaves the window."""
+    row = await conn.fetchrow(
+        """SELECT count(*) AS n,
+                  ceil(extract(epoch FROM min(created_at) + interval '1 minute' - now()))::int AS wait
+           FROM image.generations WHERE user_id = $1 AND created_at > now() - interval '1 minute'""",
+        user_id,
+    )
+    return row["n"], max(1, row["wait"] or 1)
+
+
 async def renew_leases(conn: asyncpg.Connection, owner: str, ids: Sequence[str], lease_seconds: float) -> None:
     await conn.execute(
         """UPDATE image.generations SET lease_expires_at = now() + make_interval(secs => $3)

@@ -47,6 +47,14 @@ class CreditPolicy:
 
 
 @dataclass(frozen=True)
+class RequestPolicy:
+    prompt_max_chars: int
+    banned_words: tuple[str, ...]
+    per_user_queued_limit: int  # unfinished jobs one user may have
+    requests_per_minute: int  # new requests one user may make per minute
+
+
+@dataclass(frozen=True)
 class Adjustment:
     applied: int
     balance: int
@@ -61,8 +69,7 @@ class GenerationService:
         default_model: str,
         credit_policy: CreditPolicy,
         observers: Mapping[str, JobObserver],
-        prompt_max_chars: int,
-        per_user_queued_limit: int,
+        request_policy: RequestPolicy,
     ) -> None:
         self.pool = pool
         self.worker = worker
@@ -70,15 +77,17 @@ class GenerationService:
         self.default_model = default_model
         self.credit_policy = credit_policy
         self.observers = observers
-        self.prompt_max_chars = prompt_max_chars
-        self.per_user_queued_limit = per_user_queued_limit
+        self.request_policy = request_policy
 
     # --- asking for images ---------------------------------------------------------------------
 
     async def imagine(
         self, who: UserIdentity, request: ImagineRequest, destination: Destination, idempotency_key: str | None = None
     ) -> Accepted:
-        valid = validate_request(request, self.models, self.default_model, self.prompt_max_chars)
+        policy = self.request_policy
+        valid = validate_request(
+            request, self.models, self.default_model, policy.prompt_max_chars, policy.banned_words
+        )
         warnings = warnings_for(
             valid.model, seed_given=request.seed is not None, negative=bool(valid.negative_prompt), variation=False
         )
@@ -135,12 +144,7 @@ class GenerationService:
                 async with conn.transaction():
                     if key is not None and (existing := await generations.get_by_idempotency_key(conn, key)):
                         return await self._duplicate(conn, existing, user.id)
-                    active = await queue.count_active(conn, user.id)
-                    if active >= self.per_user_queued_limit:
-                        raise TooBusy(
-                            f"You already have {active} generations waiting. "
-                            "Please wait for them to finish, or cancel one."
-                        )
+                    await self._check_limits(conn, user.id)
                     generation_id = new_id()
                     balance = user.balance
                     if cost > 0:
@@ -178,6 +182,18 @@ class GenerationService:
         await self._announce(generation, position)
         self.worker.wake()
         return Accepted(generation, position, balance if self.credit_policy.enabled else None)
+
+    async def _check_limits(self, conn: asyncpg.Connection, user_id: int) -> None:
+        # Serialise one user's concurrent requests so the counts below are exact, not racy.
+        await conn.execute("SELECT 1 FROM image.users WHERE id = $1 FOR UPDATE", user_id)
+        active = await queue.count_active(conn, user_id)
+        if active >= self.request_policy.per_user_queued_limit:
+            raise TooBusy(
+                f"You already have {active} generations waiting. Please wait for them to finish, or cancel one."
+            )
+        recent, wait = await queue.recent_requests(conn, user_id)
+        if recent >= self.request_policy.requests_per_minute:
+            raise TooBusy(f"You're making requests very fast. Please try again in {wait} seconds.")
 
     async def _duplicate(self, conn: asyncpg.Connection, existing: Generation, user_id: int) -> Accepted:
         position = await queue.queue_position(conn, existing.id) if existing.status == "queued" else 0

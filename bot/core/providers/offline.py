@@ -26,6 +26,9 @@ PIXELS = 768 * 768
 class OfflineProvider(ImageProvider):
     name = "offline"
 
+    def __init__(self, delay_seconds: float = 0.0) -> None:
+        self.delay_seconds = delay_seconds
+
     def available(self) -> bool:
         return True
 
@@ -33,6 +36,8 @@ class OfflineProvider(ImageProvider):
         return size_for_pixels(aspect_ratio, PIXELS, 16)
 
     async def generate(self, call: ProviderCall, on_preview: PreviewCallback | None) -> list[GeneratedImage]:
+        if self.delay_seconds:
+            await asyncio.sleep(self.delay_seconds)
         # Drawing and PNG encoding hold the CPU for tens of milliseconds: keep them off the event loop.
         return await asyncio.to_thread(self._draw_all, call)
 
