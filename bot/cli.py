@@ -13,7 +13,7 @@ from bot.core import database
 from bot.core.errors import BotError
 from bot.core.models import UserIdentity
 from bot.logs import setup_logging
-from bot.runtime import open_database, open_runtime
+from bot.runtime import open_database, open_runtime, stop_on_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,12 @@ async def _console(settings: Settings, output: str | None) -> int:
 
     output_dir = Path(output) if output else settings.data_dir / "output"
     observer = ConsoleObserver(output_dir, lambda text: print(text, flush=True))
+    stop = stop_on_sigterm()
     async with open_runtime(settings) as runtime:
         runtime.register(observer)
         await runtime.start()
-        await run_console(runtime.service, observer)
+        if not await run_console(runtime.service, observer, stop):
+            observer.write("Shutting down: letting running generations finish, refunding the rest.")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -148,3 +149,12 @@ async def open_runtime(
         for provider in providers.values():
             await provider.aclose()
         await store.aclose()
+
+
+def stop_on_sigterm() -> asyncio.Event:
+    """SIGTERM (what process managers send) and SIGINT set the event: stop taking work, then shut down."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop

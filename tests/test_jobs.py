@@ -235,7 +235,8 @@ async def test_banned_words_are_refused_before_charging(runtime_factory, pool) -
 async def test_a_job_past_its_deadline_is_failed_and_refunded(runtime_factory, pool) -> None:
     provider = ScriptedProvider(steps=["block"])
     observer = RecordingObserver()
-    async with runtime_factory({"scripted": provider}, models=(scripted_model(cost=2),), job_deadline_seconds=0.3) as rt:
+    model = scripted_model(cost=2)
+    async with runtime_factory({"scripted": provider}, models=(model,), job_deadline_seconds=0.3) as rt:
         rt.register(observer)
         await rt.start()
         accepted = await rt.service.imagine(ALICE, ImagineRequest("never finishes"), HERE)

@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import shlex
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -225,17 +226,48 @@ def console_user() -> UserIdentity:
     return UserIdentity(PLATFORM, name, name)
 
 
-async def run_console(service: GenerationService, observer: ConsoleObserver, stdin: TextIO = sys.stdin) -> None:
+async def run_console(
+    service: GenerationService, observer: ConsoleObserver, stop: asyncio.Event, stdin: TextIO = sys.stdin
+) -> bool:
+    """Read and run commands until EOF, /quit or `stop` (SIGTERM). True if it ended normally, in which case
+    what was started is awaited (a script's last line may be a request); on `stop` the caller's shutdown
+    gives running jobs their grace period and refunds the rest."""
     console = Console(service, observer, console_user())
     interactive = stdin.isatty()
     if interactive:
         observer.write("Image bot console (offline demo model unless a provider key is set). Type /help.")
-    while True:
-        line = await asyncio.to_thread(_read_line, stdin, interactive)
-        if line is None or not await console.handle(line):
-            break
-    # A script's last line may be a request: let what was started finish before exiting.
-    await console.wait_all()
+    lines = _start_reader(stdin, interactive)
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        while True:
+            next_line = asyncio.create_task(lines.get())
+            await asyncio.wait({next_line, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set():
+                next_line.cancel()
+                return False
+            line = next_line.result()
+            if line is None or not await console.handle(line):
+                break
+        await console.wait_all()
+        return True
+    finally:
+        stopped.cancel()
+
+
+def _start_reader(stdin: TextIO, interactive: bool) -> asyncio.Queue[str | None]:
+    """Lines from stdin, read by a daemon thread: a blocked read must never keep the process from exiting."""
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def read() -> None:
+        while True:
+            line = _read_line(stdin, interactive)
+            loop.call_soon_threadsafe(lines.put_nowait, line)
+            if line is None:
+                return
+
+    threading.Thread(target=read, name="console-stdin", daemon=True).start()
+    return lines
 
 
 def _read_line(stdin: TextIO, interactive: bool) -> str | None:

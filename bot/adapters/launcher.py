@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 import sys
 
 from bot.config import Settings
-from bot.runtime import open_runtime
+from bot.runtime import open_runtime, stop_on_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +19,7 @@ async def run_front_ends(settings: Settings) -> int:
             file=sys.stderr,
         )
         return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_sigterm()
     async with open_runtime(settings) as runtime:
         front_ends = []
         if settings.discord_token is not None:
