@@ -56,7 +56,9 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
         label="OpenAI GPT Image 2",
         cost=4,
         max_images_per_call=4,
-        options={"quality": "medium", "output_format": "png"},
+        # Single-image calls stream two partial images as live previews (multi-image calls can't:
+        # OpenAI's partial-image events don't say which image they belong to).
+        options={"quality": "medium", "output_format": "png", "partial_images": 2},
     ),
     ModelSpec(
         name="gpt-image-1-mini",
@@ -66,6 +68,38 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
         cost=2,
         max_images_per_call=4,
         options={"quality": "medium", "output_format": "png"},
+    ),
+    ModelSpec(
+        # Gemini 2.5 Flash Image ("Nano Banana"): the GA id, the same on OpenRouter and Vercel's gateway.
+        name="gemini-flash-image-gw",
+        provider="gateway",
+        provider_model="google/gemini-2.5-flash-image",
+        label="Gemini 2.5 Flash Image (gateway)",
+        cost=3,
+        max_images_per_call=1,
+        supports_input_image=True,
+    ),
+    ModelSpec(
+        name="gemini-flash-image",
+        provider="gemini",
+        provider_model="gemini-2.5-flash-image",
+        label="Gemini 2.5 Flash Image",
+        cost=3,
+        max_images_per_call=1,
+        supports_input_image=True,
+    ),
+    ModelSpec(
+        # "default" means whichever checkpoint the server has loaded; name a checkpoint to switch.
+        name="sd",
+        provider="automatic1111",
+        provider_model="default",
+        label="Stable Diffusion (self-hosted)",
+        cost=1,
+        max_images_per_call=4,
+        supports_seed=True,
+        supports_negative_prompt=True,
+        supports_input_image=True,
+        options={"steps": 30, "cfg_scale": 7},
     ),
 )
 
@@ -99,6 +133,20 @@ class Settings(BaseSettings):
     default_model: str | None = None
     openai_api_key: SecretStr | None = None
     openai_base_url: str = "https://api.openai.com/v1"
+    # An OpenAI-compatible chat-completions gateway with image output (OpenRouter, Vercel AI Gateway...).
+    gateway_api_key: SecretStr | None = None
+    gateway_base_url: str = "https://openrouter.ai/api/v1"
+    # Google's Gemini API (generateContent), keyed from Google AI Studio.
+    gemini_api_key: SecretStr | None = None
+    gemini_base_url: str = "https://generativelanguage.googleapis.com/v1beta"
+    # A self-hosted AUTOMATIC1111-compatible web UI started with --api (also Forge, SD.Next).
+    a1111_base_url: str | None = None
+    a1111_username: str | None = None  # for a server started with --api-auth user:password
+    a1111_password: SecretStr | None = None
+    # Such a server renders one job at a time; more in flight only queue there and time out here.
+    a1111_max_concurrency: int = Field(default=1, ge=1, le=16)
+    # How far an img2img variation may move from its parent (0 = identical, 1 = ignore the parent).
+    a1111_denoising_strength: float = Field(default=0.55, gt=0, le=1)
     provider_timeout_seconds: float = Field(default=180.0, gt=0)
     provider_max_retries: int = Field(default=4, ge=0, le=10)
 
@@ -130,6 +178,9 @@ class Settings(BaseSettings):
     telegram_webhook_port: int = Field(default=8443, ge=1, le=65535)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Health endpoint and Prometheus metrics: off unless a port is set.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("admin_ids", mode="before")
     @classmethod

@@ -8,6 +8,7 @@ import logging
 from pydantic import SecretStr
 
 from bot.config import Settings
+from bot.core.logcontext import JobIdFilter
 
 REDACTED = "[redacted]"
 # Libraries that log full request URLs at INFO.
@@ -42,7 +43,8 @@ def secret_values(settings: Settings) -> list[str]:
 
 def setup_logging(settings: Settings) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s job=%(job_id)s: %(message)s"))
+    handler.addFilter(JobIdFilter())
     handler.addFilter(RedactSecrets(secret_values(settings)))
     root = logging.getLogger()
     root.handlers[:] = [handler]

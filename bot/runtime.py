@@ -24,6 +24,7 @@ from bot.core.storage.base import ImageStore
 from bot.core.storage.local import LocalStore
 from bot.core.storage.s3 import S3Store
 from bot.core.worker import Worker, WorkerLimits
+from bot.observability import HealthServer
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,16 @@ class Runtime:
     worker: Worker
     service: GenerationService
     observers: dict[str, JobObserver] = field(default_factory=dict)
+    health: HealthServer | None = None
 
     def register(self, observer: JobObserver) -> None:
         """A front end registers before start(): the worker then takes jobs for its platform."""
         self.observers[observer.platform] = observer
 
     async def start(self) -> None:
+        if self.settings.metrics_port is not None:
+            self.health = HealthServer(self.pool, self.settings.metrics_host, self.settings.metrics_port)
+            await self.health.start()
         await self.worker.recover()
         self.worker.start()
 
@@ -146,6 +151,8 @@ async def open_runtime(
         yield runtime
     finally:
         await worker.stop(settings.shutdown_grace_seconds)
+        if runtime.health is not None:
+            await runtime.health.close()
         for provider in providers.values():
             await provider.aclose()
         await store.aclose()

@@ -53,3 +53,21 @@ def test_configured_secrets_are_redacted_from_log_lines(tmp_path: Path, caplog) 
     assert token not in message and "sk-test-secret-key" not in message
     assert message.count("[redacted]") == 2
     assert token not in repr(settings) and token not in str(settings.model_dump())
+
+
+async def test_health_and_metrics_endpoint(runtime_factory, unused_port) -> None:
+    import httpx
+
+    from bot.core.models import Destination, ImagineRequest, UserIdentity
+
+    async with runtime_factory(metrics_port=unused_port) as rt:
+        await rt.start()
+        await rt.service.imagine(UserIdentity("test", "m"), ImagineRequest("a metric fox", count=2),
+                                 Destination("test", "c"))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{unused_port}") as client:
+            health = await client.get("/healthz")
+            metrics = await client.get("/metrics")
+    assert health.status_code == 200 and health.json() == {"status": "ok", "database": "ok"}
+    assert 'imagebot_jobs{status="queued"} 1.0' in metrics.text
+    assert "imagebot_queue_depth 1.0" in metrics.text
+    assert "imagebot_credits_reserved_total" in metrics.text

@@ -10,6 +10,7 @@ import asyncpg
 
 from bot.core import credits
 from bot.core.generations import insert_image
+from bot.core.metrics import CREDITS_REFUNDED, JOBS_FINISHED
 from bot.core.models import ImageRecord
 
 # A job interrupted this many times (crashes mid-run) is failed and refunded rather than retried again.
@@ -106,28 +107,31 @@ async def finish(
         for image in outcome.images:
             await insert_image(conn, image)
         await credits.refund(conn, user_id, outcome.refund, generation_id)
+    JOBS_FINISHED.labels(outcome.status).inc()
+    CREDITS_REFUNDED.inc(outcome.refund)
     return True
 
 
 async def cancel(
     conn: asyncpg.Connection, generation_id: str, message: str, owner: str, lease_seconds: float
-) -> bool:
-    """Cancel a queued or running job and refund all of it (nothing was delivered). False if already over.
-    The canceller takes the delivery lease: it tells the user."""
+) -> int | None:
+    """Cancel a queued or running job and refund all of it (nothing was delivered): the credits refunded,
+    or None if it had already ended. The canceller takes the delivery lease: it tells the user."""
     return await _end_with_full_refund(conn, generation_id, "cancelled", "cancelled", message, owner, lease_seconds)
 
 
 async def fail_unstarted(
     conn: asyncpg.Connection, generation_id: str, code: str, message: str, owner: str, lease_seconds: float
-) -> bool:
-    """Fail a queued or running job with a full refund (shutdown, deadline, too many interruptions)."""
+) -> int | None:
+    """Fail a queued or running job with a full refund (shutdown, too many interruptions): the credits
+    refunded, or None if it had already ended."""
     return await _end_with_full_refund(conn, generation_id, "failed", code, message, owner, lease_seconds)
 
 
 async def _end_with_full_refund(
     conn: asyncpg.Connection, generation_id: str, status: str, code: str, message: str, owner: str,
     lease_seconds: float,
-) -> bool:
+) -> int | None:
     async with conn.transaction():
         row = await conn.fetchrow(
             """UPDATE image.generations
@@ -138,9 +142,11 @@ async def _end_with_full_refund(
             generation_id, status, code, message, owner, lease_seconds,
         )
         if row is None:
-            return False
+            return None
         await credits.refund(conn, row["user_id"], row["credits_reserved"], generation_id)
-    return True
+    JOBS_FINISHED.labels(status).inc()
+    CREDITS_REFUNDED.inc(row["credits_reserved"])
+    return row["credits_reserved"]
 
 
 async def mark_delivered(conn: asyncpg.Connection, generation_id: str) -> None:
@@ -166,7 +172,8 @@ async def recover_expired(
     )
     failed = []
     for row in ids:
-        if await fail_unstarted(conn, row["id"], "interrupted", INTERRUPTED_MESSAGE, owner, lease_seconds):
+        refunded = await fail_unstarted(conn, row["id"], "interrupted", INTERRUPTED_MESSAGE, owner, lease_seconds)
+        if refunded is not None:
             failed.append(row["id"])
     return failed
 

@@ -15,6 +15,7 @@ from bot.core import credits, generations, queue
 from bot.core.errors import Forbidden, InvalidRequest, NotFound, TooBusy
 from bot.core.events import JobObserver
 from bot.core.ids import is_valid_id, new_id
+from bot.core.metrics import CREDITS_RESERVED
 from bot.core.models import (
     Accepted,
     Balance,
@@ -178,6 +179,7 @@ class GenerationService:
                 return await self._duplicate(conn, existing, user.id)
             generation = await generations.get_generation(conn, generation_id)
         assert generation is not None
+        CREDITS_RESERVED.inc(cost)
         log.info("job %s accepted: %s by %s:%s, cost %d", generation.id, kind, who.platform, who.platform_user_id, cost)
         await self._announce(generation, position)
         self.worker.wake()
@@ -222,7 +224,7 @@ class GenerationService:
             cancelled = await queue.cancel(
                 conn, generation.id, CANCELLED_MESSAGE, self.worker.owner, self.worker.limits.lease_seconds
             )
-        if not cancelled:
+        if cancelled is None:
             raise InvalidRequest("That generation has already finished, so it can't be cancelled.")
         self.worker.abort(generation.id)
         await self.worker.deliver(generation.id)

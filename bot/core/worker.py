@@ -19,6 +19,7 @@ from bot.core import generations, queue
 from bot.core.errors import ProviderError, ProviderUnavailable
 from bot.core.events import JobObserver
 from bot.core.ids import new_id
+from bot.core.logcontext import job_id
 from bot.core.models import Generation, ImageFile, ImageRecord
 from bot.core.providers.base import GeneratedImage, ImageProvider, InputImage
 from bot.core.providers.runner import GenerationSpec, ProviderRunner
@@ -95,7 +96,7 @@ class Worker:
                 ended = await queue.fail_unstarted(
                     conn, generation_id, "shutdown", SHUTDOWN_MESSAGE, self.owner, self.limits.lease_seconds
                 )
-            if ended:
+            if ended is not None:
                 await self.deliver(generation_id)
 
     def abort(self, generation_id: str) -> None:
@@ -165,6 +166,7 @@ class Worker:
     # --- one job -----------------------------------------------------------------------------
 
     async def _run(self, generation_id: str) -> None:
+        job_id.set(generation_id)
         async with self.pool.acquire() as conn:
             job = await generations.get_generation(conn, generation_id)
         if job is None:
@@ -270,6 +272,7 @@ class Worker:
     async def deliver(self, generation_id: str, files: Sequence[ImageFile] | None = None) -> bool:
         """Hand a finished job to its front end. True once delivered; on a platform error it stays
         undelivered and is retried when its lease runs out."""
+        job_id.set(generation_id)
         async with self.pool.acquire() as conn:
             job = await generations.get_generation(conn, generation_id)
             records = (await generations.get_images(conn, [generation_id]))[generation_id] if job else []

@@ -1,45 +1,42 @@
 """OpenAI's Images API (gpt-image models): POST /images/generations, or /images/edits for variations.
 
-One call here is one HTTP request; splitting, retries and the overall timeout belong to the runner."""
+One call here is one HTTP request; splitting, retries and the overall timeout belong to the runner.
+With a `partial_images` catalogue option (1-3) and a single image per call, the request is streamed
+(`stream: true`) and each `image_generation.partial_image` / `image_edit.partial_image` event becomes a
+preview; the `*.completed` event carries the final image."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
-import re
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+import json
+from collections.abc import Iterable
 from typing import Any
 
 import httpx
-from PIL import Image, UnidentifiedImageError
 from pydantic import SecretStr
 
 from bot.config import ModelSpec
-from bot.core.errors import (
-    ContentRefused,
-    ProviderAuthError,
-    ProviderBadRequest,
-    ProviderError,
-    ProviderUnavailable,
-    RateLimited,
-)
+from bot.core.errors import ProviderAuthError, ProviderError, RateLimited
 from bot.core.providers.base import (
     GeneratedImage,
-    ImageProvider,
     InputImage,
     PreviewCallback,
     ProviderCall,
     ratio_parts,
     size_for_pixels,
 )
-
-REFUSED_MESSAGE = "The image service declined this prompt under its content policy."
-AUTH_MESSAGE = "The image service rejected the bot's credentials. The operator has been told."
-BAD_REQUEST_MESSAGE = "The image service couldn't accept this request."
-UNAVAILABLE_MESSAGE = "The image service isn't answering properly right now. Please try again later."
-RATE_LIMITED_MESSAGE = "The image service is busy right now. Please try again in a moment."
+from bot.core.providers.http import (
+    AUTH_MESSAGE,
+    RATE_LIMITED_MESSAGE,
+    HttpProvider,
+    decode_base64_image,
+    error_for_status,
+    json_body,
+    malformed,
+    refused,
+    retry_after,
+    send_preview,
+    server_sent_events,
+)
 
 REFUSAL_CODES = frozenset({"moderation_blocked", "content_policy_violation"})
 # Only these model families take any WxH; older gpt-image models accept three fixed sizes.
@@ -48,27 +45,25 @@ FIXED_SIZES = {"square": (1024, 1024), "landscape": (1536, 1024), "portrait": (1
 TARGET_PIXELS = 1024 * 1024
 SIZE_MULTIPLE = 16
 MAX_RATIO = 3.0
-# Generous: the runner's own timeout is what normally ends a slow call; this only stops a dead socket.
-DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=15.0)
-# OpenAI echoes (part of) a wrong key in its 401 message; keep anything key-shaped out of logs.
-KEY_PATTERN = re.compile(r"sk-[A-Za-z0-9_\-*]+")
-MAX_DETAIL_CHARS = 500
+MAX_PARTIAL_IMAGES = 3
+# Catalogue options this provider consumes itself rather than sending as they are.
+OWN_OPTIONS = frozenset({"partial_images"})
 
 
-class OpenAIImagesProvider(ImageProvider):
+class OpenAIImagesProvider(HttpProvider):
     name = "openai"
 
     def __init__(
         self, api_key: SecretStr | None, base_url: str, http: httpx.AsyncClient | None = None
     ) -> None:
+        super().__init__(base_url, http)
         self._api_key = api_key
-        self._base_url = base_url.rstrip("/")
-        self._owns_http = http is None
-        # Our own client is made on first use: a provider without a key never opens one.
-        self._http = http
 
     def available(self) -> bool:
         return bool(self._api_key and self._api_key.get_secret_value())
+
+    def _secrets(self) -> Iterable[str]:
+        return (self._api_key.get_secret_value(),) if self._api_key else ()
 
     def size_for(self, model: ModelSpec, aspect_ratio: str) -> tuple[int, int]:
         rw, rh = ratio_parts(aspect_ratio)
@@ -79,146 +74,161 @@ class OpenAIImagesProvider(ImageProvider):
         return size_for_pixels(_ratio_string(ratio, rw, rh), TARGET_PIXELS, SIZE_MULTIPLE)
 
     async def generate(self, call: ProviderCall, on_preview: PreviewCallback | None) -> list[GeneratedImage]:
-        # on_preview is unused: streamed partial images are a later feature.
         if not self.available():
             raise ProviderAuthError(AUTH_MESSAGE, detail="no OpenAI API key configured")
-        try:
-            response = await self._send(call)
-        except httpx.TimeoutException as error:
-            detail = f"timeout: {type(error).__name__}"
-            raise ProviderUnavailable(UNAVAILABLE_MESSAGE, detail=detail) from None
-        except httpx.TransportError as error:
-            detail = self._redact(f"transport error: {type(error).__name__}: {error}")
-            raise ProviderUnavailable(UNAVAILABLE_MESSAGE, detail=detail) from None
+        partial_images = _partial_images(call) if on_preview is not None else 0
+        async with self._transport_errors():
+            if partial_images:
+                return await self._stream(call, partial_images, on_preview)
+            response = await self._client().send(self._request(call, partial_images=0))
         if response.status_code != 200:
             raise self._error_for(response)
         return self._parse(response, call)
 
-    async def aclose(self) -> None:
-        if self._owns_http and self._http is not None:
-            await self._http.aclose()
-            self._http = None
-
-    async def _send(self, call: ProviderCall) -> httpx.Response:
+    def _request(self, call: ProviderCall, partial_images: int) -> httpx.Request:
         headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"} if self._api_key else {}
         # Catalogue options go first so that they can never override the core fields.
         fields: dict[str, Any] = {
-            **call.model.options,
+            **{key: value for key, value in call.model.options.items() if key not in OWN_OPTIONS},
             "model": call.model.provider_model,
             "prompt": call.prompt,
             "n": call.n,
             "size": f"{call.width}x{call.height}",
             "safety_identifier": call.safety_identifier,
         }
+        if partial_images:
+            fields.update(stream=True, partial_images=partial_images)
         http = self._client()
         if call.input_image is None:
-            return await http.post(f"{self._base_url}/images/generations", json=fields, headers=headers)
-        return await http.post(
+            return http.build_request(
+                "POST", f"{self._base_url}/images/generations", json=fields, headers=headers
+            )
+        return http.build_request(
+            "POST",
             f"{self._base_url}/images/edits",
             data={key: _form_value(value) for key, value in fields.items()},
             files=[("image[]", _upload(call.input_image))],
             headers=headers,
         )
 
-    def _client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
-        return self._http
+    async def _stream(
+        self, call: ProviderCall, partial_images: int, on_preview: PreviewCallback | None
+    ) -> list[GeneratedImage]:
+        response = await self._client().send(self._request(call, partial_images), stream=True)
+        try:
+            if response.status_code != 200:
+                await response.aread()
+                raise self._error_for(response)
+            return await self._read_stream(response, call, on_preview)
+        finally:
+            await response.aclose()
+
+    async def _read_stream(
+        self, response: httpx.Response, call: ProviderCall, on_preview: PreviewCallback | None
+    ) -> list[GeneratedImage]:
+        images: list[GeneratedImage] = []
+        previewed: set[int] = set()
+        async for sse in server_sent_events(response):
+            if sse.data.startswith("[DONE]"):
+                break
+            try:
+                event = json.loads(sse.data)
+            except ValueError:
+                raise malformed("stream event is not JSON") from None
+            if not isinstance(event, dict):
+                raise malformed("stream event is not an object")
+            kind = str(event.get("type") or sse.event)
+            if isinstance(event.get("error"), dict) or kind == "error":
+                raise self._stream_error(event)
+            if kind.endswith(".partial_image"):
+                index = event.get("partial_image_index")
+                # At most one preview per partial image, even if a proxy repeats an event.
+                if isinstance(index, int):
+                    if index in previewed:
+                        continue
+                    previewed.add(index)
+                await send_preview(on_preview, decode_base64_image(event.get("b64_json"), "partial image"))
+            elif kind.endswith(".completed"):
+                decoded = decode_base64_image(event.get("b64_json"), f"completed image {len(images)}")
+                metadata: dict[str, Any] = {"created": event.get("created_at"), "model": call.model.provider_model}
+                if isinstance(event.get("usage"), dict):
+                    metadata["usage"] = event["usage"]
+                images.append(
+                    GeneratedImage(decoded.data, decoded.mime_type, decoded.width, decoded.height, None, metadata)
+                )
+        if not images:
+            raise malformed("stream ended without a completed image")
+        return images
 
     def _error_for(self, response: httpx.Response) -> ProviderError:
         status = response.status_code
-        code, message = _error_fields(response)
+        code, message = _error_fields(json_body(response))
         detail = self._redact(f"HTTP {status} code={code or '-'}: {message or response.text}")
         if status == 400 and code in REFUSAL_CODES:
-            return ContentRefused(REFUSED_MESSAGE, detail=detail)
-        if status in (401, 403):
-            return ProviderAuthError(AUTH_MESSAGE, detail=detail)
-        if status == 429:
-            return RateLimited(RATE_LIMITED_MESSAGE, detail=detail, retry_after=_retry_after(response))
-        # 408 and 409 are transient on OpenAI's side too; its own SDK retries them like a 5xx.
-        if status >= 500 or status in (408, 409):
-            return ProviderUnavailable(UNAVAILABLE_MESSAGE, detail=detail)
-        # 400/404/422 and anything else unexpected: retrying the same request would fail the same way.
-        return ProviderBadRequest(BAD_REQUEST_MESSAGE, detail=detail)
+            return refused(detail)
+        return error_for_status(status, detail, retry_after(response.headers))
+
+    def _stream_error(self, event: dict[str, Any]) -> ProviderError:
+        """An error sent inside a 200 stream: there is no status, so its code and type say what it is."""
+        # Either {"error": {...}} or a flat {"type": "error", "code": ..., "message": ...}.
+        error = event["error"] if isinstance(event.get("error"), dict) else event
+        code, message, kind = (_text(error.get(key)) for key in ("code", "message", "type"))
+        detail = self._redact(f"stream error type={kind or '-'} code={code or '-'}: {message or '-'}")
+        if code in REFUSAL_CODES:
+            return refused(detail)
+        if code == "rate_limit_exceeded":
+            return RateLimited(RATE_LIMITED_MESSAGE, detail=detail)
+        if kind in ("invalid_request_error", "image_generation_user_error"):
+            return error_for_status(400, detail)
+        return error_for_status(500, detail)
 
     def _parse(self, response: httpx.Response, call: ProviderCall) -> list[GeneratedImage]:
-        try:
-            body = response.json()
-        except ValueError:
-            raise _malformed("response is not JSON") from None
+        body = json_body(response)
+        if body is None:
+            raise malformed("response is not JSON")
         items = body.get("data") if isinstance(body, dict) else None
         if not isinstance(items, list) or not items:
-            raise _malformed("response has no data list")
+            raise malformed("response has no data list")
         metadata = {"created": body.get("created"), "model": call.model.provider_model}
         if isinstance(body.get("usage"), dict):
             # Token usage is per call, not per image: each image of the call carries the same record.
             metadata["usage"] = body["usage"]
         return [_decode(item, index, metadata) for index, item in enumerate(items)]
 
-    def _redact(self, text: str) -> str:
-        if self._api_key and self._api_key.get_secret_value():
-            text = text.replace(self._api_key.get_secret_value(), "[redacted]")
-        return KEY_PATTERN.sub("sk-[redacted]", text)[:MAX_DETAIL_CHARS]
+
+def _partial_images(call: ProviderCall) -> int:
+    """How many partial images to ask for; 0 means don't stream.
+
+    Only single-image calls stream: partial-image events carry no image index, so the previews of
+    several images of one call would be indistinguishable. For previews with n > 1, give the model
+    max_images_per_call=1 and the runner makes parallel single-image calls instead."""
+    value = call.model.options.get("partial_images", 0)
+    if call.n != 1 or isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return max(0, min(int(value), MAX_PARTIAL_IMAGES))
 
 
 def _decode(item: object, index: int, metadata: dict[str, Any]) -> GeneratedImage:
     if not isinstance(item, dict):
-        raise _malformed(f"data[{index}] is not an object")
-    encoded = item.get("b64_json")
-    if not isinstance(encoded, str) or not encoded:
-        raise _malformed(f"data[{index}] has no b64_json")
-    try:
-        data = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise _malformed(f"data[{index}].b64_json is not valid base64") from None
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            mime_type = image.get_format_mimetype() or "application/octet-stream"
-            width, height = image.size
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError):
-        raise _malformed(f"data[{index}] is not a readable image") from None
+        raise malformed(f"data[{index}] is not an object")
+    decoded = decode_base64_image(item.get("b64_json"), f"data[{index}]")
     extra = {"revised_prompt": item["revised_prompt"]} if item.get("revised_prompt") else {}
-    return GeneratedImage(data, mime_type, width, height, seed=None, metadata={**metadata, **extra})
+    return GeneratedImage(
+        decoded.data, decoded.mime_type, decoded.width, decoded.height, seed=None, metadata={**metadata, **extra}
+    )
 
 
-def _malformed(why: str) -> ProviderUnavailable:
-    return ProviderUnavailable(UNAVAILABLE_MESSAGE, detail=f"malformed response: {why}")
-
-
-def _error_fields(response: httpx.Response) -> tuple[str | None, str | None]:
+def _error_fields(body: object) -> tuple[str | None, str | None]:
     """The `code` and `message` of OpenAI's `{"error": {...}}` body, when it has one."""
-    try:
-        error = response.json().get("error")
-    except (ValueError, AttributeError):
-        return None, None
+    error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
         return None, None
     code, message = error.get("code"), error.get("message")
     return (code if isinstance(code, str) else None), (message if isinstance(message, str) else None)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    """Seconds to wait, from `retry-after-ms` (OpenAI's own), `Retry-After` seconds, or an HTTP date."""
-    millis = response.headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(float(millis) / 1000, 0.0)
-        except ValueError:
-            pass
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _fixed_size(rw: int, rh: int) -> tuple[int, int]:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from dataclasses import dataclass
 
 from bot.config import ModelSpec
 from bot.core.errors import ProviderError, ProviderUnavailable
+from bot.core.metrics import PROVIDER_ERRORS, PROVIDER_LATENCY
 from bot.core.providers.base import GeneratedImage, ImageProvider, InputImage, PreviewCallback, ProviderCall
 
 log = logging.getLogger(__name__)
@@ -107,16 +109,22 @@ class ProviderRunner:
     ) -> list[GeneratedImage] | ProviderError:
         attempt = 0
         while True:
+            started = time.monotonic()
             try:
                 async with self._calls:
+                    started = time.monotonic()
                     async with asyncio.timeout(self.policy.timeout):
-                        return await provider.generate(call, on_preview)
+                        images = await provider.generate(call, on_preview)
+                PROVIDER_LATENCY.labels(provider.name, "ok").observe(time.monotonic() - started)
+                return images
             except TimeoutError:
                 error: ProviderError = ProviderUnavailable(
                     "The image service took too long to answer.", detail=f"timeout after {self.policy.timeout}s"
                 )
             except ProviderError as caught:
                 error = caught
+            PROVIDER_LATENCY.labels(provider.name, "error").observe(time.monotonic() - started)
+            PROVIDER_ERRORS.labels(provider.name, error.code).inc()
             if not error.retryable or attempt >= self.policy.max_retries:
                 log.warning(
                     "provider %s model %s failed (%s, attempt %d): %s",
