@@ -43,6 +43,15 @@ class TooBusy(BotError):
     code = "too_busy"
 
 
+class TemporarilyUnavailable(BotError):
+    """The bot's own database could not be reached; the transaction did not commit."""
+
+    code = "unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("The bot can't reach its database right now. Nothing was charged; please try again shortly.")
+
+
 class ProviderError(BotError):
     """A failure reported by (or while talking to) an image provider."""
 

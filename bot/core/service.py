@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 import asyncpg
 
 from bot.config import ModelSpec
 from bot.core import credits, generations, queue
-from bot.core.errors import Forbidden, InvalidRequest, NotFound, TooBusy
+from bot.core.errors import Forbidden, InvalidRequest, NotFound, TemporarilyUnavailable, TooBusy
 from bot.core.events import JobObserver
 from bot.core.ids import is_valid_id, new_id
 from bot.core.metrics import CREDITS_RESERVED
@@ -35,6 +37,8 @@ from bot.core.providers.runner import warnings_for
 from bot.core.worker import Worker
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 CANCELLED_MESSAGE = "Cancelled."
 MAX_HISTORY_PAGE_SIZE = 10
@@ -61,6 +65,31 @@ class Adjustment:
     balance: int
 
 
+# The database connection failing, as opposed to a query being wrong.
+CONNECTION_ERRORS = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.InterfaceError,
+    # asyncpg's state machine on a connection that died mid-operation.
+    asyncpg.InternalClientError,
+    OSError,
+)
+
+
+def translates_connection_errors(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """A dropped connection becomes a plain-words error; the pool replaces the connection for the next call."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except CONNECTION_ERRORS as error:
+            log.warning("database unavailable during %s: %s", method.__name__, error)
+            raise TemporarilyUnavailable() from error
+
+    return wrapper
+
+
 class GenerationService:
     def __init__(
         self,
@@ -82,6 +111,7 @@ class GenerationService:
 
     # --- asking for images ---------------------------------------------------------------------
 
+    @translates_connection_errors
     async def imagine(
         self, who: UserIdentity, request: ImagineRequest, destination: Destination, idempotency_key: str | None = None
     ) -> Accepted:
@@ -94,6 +124,7 @@ class GenerationService:
         )
         return await self._accept(who, valid, "imagine", None, None, warnings, destination, idempotency_key)
 
+    @translates_connection_errors
     async def regenerate(
         self, who: UserIdentity, generation_id: str, destination: Destination, idempotency_key: str | None = None
     ) -> Accepted:
@@ -102,6 +133,7 @@ class GenerationService:
         valid = self._replay(parent, random_seed())
         return await self._accept(who, valid, "regenerate", parent.id, None, (), destination, idempotency_key)
 
+    @translates_connection_errors
     async def vary(
         self, who: UserIdentity, image_id: str, destination: Destination, idempotency_key: str | None = None
     ) -> Accepted:
@@ -217,6 +249,7 @@ class GenerationService:
 
     # --- acting on a generation ----------------------------------------------------------------
 
+    @translates_connection_errors
     async def cancel(self, who: UserIdentity, generation_id: str, chat_id: str) -> Generation:
         """Only the owner may cancel. Refunds everything (nothing was delivered)."""
         generation = await self._owned(who, generation_id, chat_id)
@@ -230,6 +263,7 @@ class GenerationService:
         await self.worker.deliver(generation.id)
         return await self._reload(generation.id)
 
+    @translates_connection_errors
     async def delete(self, who: UserIdentity, generation_id: str, chat_id: str) -> None:
         """Only the owner may delete: the generation leaves their history and its buttons stop working."""
         generation = await self._owned(who, generation_id, chat_id)
@@ -238,6 +272,7 @@ class GenerationService:
         async with self.pool.acquire() as conn:
             await generations.mark_deleted(conn, generation.id)
 
+    @translates_connection_errors
     async def attach_message(self, generation_id: str, message_id: str, context: dict | None = None) -> None:
         """Remember where a front end showed a job (to edit it later)."""
         async with self.pool.acquire() as conn:
@@ -245,6 +280,7 @@ class GenerationService:
 
     # --- reading -------------------------------------------------------------------------------
 
+    @translates_connection_errors
     async def history(self, who: UserIdentity, page: int = 0, page_size: int = 5) -> HistoryPage:
         """The caller's own generations, newest first. Nobody else's, ever."""
         page_size = max(1, min(page_size, MAX_HISTORY_PAGE_SIZE))
@@ -262,6 +298,7 @@ class GenerationService:
         items = tuple(HistoryItem(g, tuple(images[g.id])) for g in rows)
         return HistoryPage(items, page, page_size, total)
 
+    @translates_connection_errors
     async def generation(self, who: UserIdentity, generation_id: str, chat_id: str) -> HistoryItem:
         """One generation with its images, if the caller may see it."""
         generation = await self.visible_generation(who, generation_id, chat_id)
@@ -269,20 +306,24 @@ class GenerationService:
             images = await generations.get_images(conn, [generation.id])
         return HistoryItem(generation, tuple(images[generation.id]))
 
+    @translates_connection_errors
     async def image_file(self, who: UserIdentity, image_id: str, chat_id: str) -> ImageFile:
         """An image with its bytes (e.g. to send the original file), if the caller may see it."""
         image = await self._visible_image(who, image_id, chat_id)
         await self.visible_generation(who, image.generation_id, chat_id)
         return (await self.worker.load_files([image]))[0]
 
+    @translates_connection_errors
     async def load_files(self, images: tuple[ImageRecord, ...] | list[ImageRecord]) -> list[ImageFile]:
         return await self.worker.load_files(images)
 
+    @translates_connection_errors
     async def record_file_ref(self, image_id: str, platform: str, ref: str) -> None:
         """Remember a platform's handle for an uploaded image (a Telegram file_id) so it is never uploaded twice."""
         async with self.pool.acquire() as conn:
             await generations.set_file_ref(conn, image_id, platform, ref)
 
+    @translates_connection_errors
     async def balance(self, who: UserIdentity) -> Balance:
         async with self.pool.acquire() as conn:
             user = await credits.ensure_user(conn, who, self._starting_credits)
@@ -297,6 +338,7 @@ class GenerationService:
     def is_admin(self, who: UserIdentity) -> bool:
         return f"{who.platform}:{who.platform_user_id}" in self.credit_policy.admin_ids
 
+    @translates_connection_errors
     async def grant(
         self, admin: UserIdentity, target: UserIdentity, amount: int, idempotency_key: str | None = None
     ) -> Adjustment:
@@ -314,6 +356,7 @@ class GenerationService:
                  target.platform, target.platform_user_id, applied)
         return Adjustment(applied, balance)
 
+    @translates_connection_errors
     async def operator_adjust(self, target: UserIdentity, amount: int) -> Adjustment:
         """The same, from the operator's command line (no chat admin involved)."""
         async with self.pool.acquire() as conn:
@@ -323,6 +366,7 @@ class GenerationService:
             )
         return Adjustment(applied, balance)
 
+    @translates_connection_errors
     async def ledger(self, target: UserIdentity, limit: int = 50) -> tuple[int, list[LedgerEntry]]:
         async with self.pool.acquire() as conn:
             row = await credits.find_user(conn, target.platform, target.platform_user_id)
@@ -336,6 +380,7 @@ class GenerationService:
     def _starting_credits(self) -> int:
         return self.credit_policy.starting_credits if self.credit_policy.enabled else 0
 
+    @translates_connection_errors
     async def visible_generation(self, who: UserIdentity, generation_id: str, chat_id: str) -> Generation:
         """A generation the caller may see: their own, or one posted in the chat they are acting from.
         Anything else looks exactly like a missing one."""
