@@ -32,7 +32,7 @@ async def test_two_workers_never_take_the_same_job(runtime_factory, pool) -> Non
                 job = await queue.claim_next(conn, ["test"], 1000, owner, 60)
             if job is None:
                 return taken
-            taken.append(job)
+            taken.append(job.id)
 
     results = await asyncio.gather(*(claimer(f"w{i}") for i in range(4)))
     claimed = [job for taken in results for job in taken]
@@ -48,7 +48,7 @@ async def test_a_newcomer_does_not_wait_behind_a_heavy_user(runtime_factory, poo
     order = []
     async with pool.acquire() as conn:
         for _ in range(3):
-            order.append(await queue.claim_next(conn, ["test"], 2, "w", 60))
+            order.append((await queue.claim_next(conn, ["test"], 2, "w", 60)).id)
     # Alice's oldest runs first; with Alice now busy, Bob's job is next, ahead of her 19 others.
     assert order[1] == newcomer.generation.id
     owners = Counter([await pool.fetchval("SELECT user_id FROM image.generations WHERE id = $1", j) for j in order])
@@ -79,7 +79,8 @@ async def test_a_dead_workers_job_is_taken_over_and_delivered_once(runtime_facto
         accepted = await rt.service.imagine(ALICE, ImagineRequest("orphaned job"), HERE)
         # Another process claimed it, then died: its lease runs out.
         async with pool.acquire() as conn:
-            assert await queue.claim_next(conn, ["test"], 2, "dead-worker", 60) == accepted.generation.id
+            claimed = await queue.claim_next(conn, ["test"], 2, "dead-worker", 60)
+            assert claimed is not None and claimed.id == accepted.generation.id
             await conn.execute("UPDATE image.generations SET lease_expires_at = now() - interval '1 second'")
         await rt.start()
         job = await wait_for(lambda: observer.done.get(accepted.generation.id))

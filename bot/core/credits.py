@@ -20,29 +20,29 @@ class UserRow:
 
 async def ensure_user(conn: asyncpg.Connection, who: UserIdentity, starting_credits: int) -> UserRow:
     """The user's row, created (with the welcome grant) on first contact."""
+    name = who.display_name[:100]
+    row = await conn.fetchrow(
+        "SELECT id, balance, display_name FROM image.users WHERE platform = $1 AND platform_user_id = $2",
+        who.platform, who.platform_user_id,
+    )
+    if row is not None:
+        if name and row["display_name"] != name:
+            await conn.execute("UPDATE image.users SET display_name = $2 WHERE id = $1", row["id"], name)
+        return UserRow(row["id"], row["balance"])
     async with conn.transaction():
-        row = await conn.fetchrow(
+        created = await conn.fetchrow(
             """INSERT INTO image.users (platform, platform_user_id, display_name)
                VALUES ($1, $2, $3)
                ON CONFLICT (platform, platform_user_id) DO NOTHING
                RETURNING id, balance""",
-            who.platform, who.platform_user_id, who.display_name[:100],
+            who.platform, who.platform_user_id, name,
         )
-        if row is not None:
-            balance = 0
-            if starting_credits > 0:
-                balance = await _apply(conn, row["id"], starting_credits, "welcome", f"welcome:{row['id']}")
-            return UserRow(row["id"], balance)
-        row = await conn.fetchrow(
-            "SELECT id, balance, display_name FROM image.users WHERE platform = $1 AND platform_user_id = $2",
-            who.platform, who.platform_user_id,
-        )
-        assert row is not None
-        if who.display_name and row["display_name"] != who.display_name[:100]:
-            await conn.execute(
-                "UPDATE image.users SET display_name = $2 WHERE id = $1", row["id"], who.display_name[:100]
-            )
-        return UserRow(row["id"], row["balance"])
+        if created is None:  # created by a concurrent first request
+            return await ensure_user(conn, who, starting_credits)
+        balance = 0
+        if starting_credits > 0:
+            balance = await _apply(conn, created["id"], starting_credits, "welcome", f"welcome:{created['id']}")
+        return UserRow(created["id"], balance)
 
 
 async def find_user(conn: asyncpg.Connection, platform: str, platform_user_id: str) -> UserRow | None:
@@ -56,17 +56,18 @@ async def find_user(conn: asyncpg.Connection, platform: str, platform_user_id: s
 async def reserve(conn: asyncpg.Connection, user_id: int, cost: int, generation_id: str, key: str) -> int:
     """Take `cost` for a generation. Must run inside the transaction that records the job."""
     balance = await conn.fetchval(
-        "UPDATE image.users SET balance = balance - $2 WHERE id = $1 AND balance >= $2 RETURNING balance",
-        user_id, cost,
+        """WITH taken AS (
+               UPDATE image.users SET balance = balance - $2 WHERE id = $1 AND balance >= $2 RETURNING balance
+           ), entry AS (
+               INSERT INTO image.credit_ledger (user_id, delta, reason, generation_id, idempotency_key)
+               SELECT $1, -$2, 'reserve', $3, $4 FROM taken
+           )
+           SELECT balance FROM taken""",
+        user_id, cost, generation_id, key,
     )
     if balance is None:
         current = await conn.fetchval("SELECT balance FROM image.users WHERE id = $1", user_id)
         raise InsufficientCredits(balance=current, cost=cost)
-    await conn.execute(
-        """INSERT INTO image.credit_ledger (user_id, delta, reason, generation_id, idempotency_key)
-           VALUES ($1, $2, 'reserve', $3, $4)""",
-        user_id, -cost, generation_id, key,
-    )
     return balance
 
 
@@ -75,11 +76,13 @@ async def refund(conn: asyncpg.Connection, user_id: int, amount: int, generation
     if amount <= 0:
         return
     await conn.execute(
-        """INSERT INTO image.credit_ledger (user_id, delta, reason, generation_id, idempotency_key)
-           VALUES ($1, $2, 'refund', $3, $4)""",
-        user_id, amount, generation_id, f"refund:{generation_id}",
+        """WITH entry AS (
+               INSERT INTO image.credit_ledger (user_id, delta, reason, generation_id, idempotency_key)
+               VALUES ($1, $2, 'refund', $3, 'refund:' || $3)
+           )
+           UPDATE image.users SET balance = balance + $2 WHERE id = $1""",
+        user_id, amount, generation_id,
     )
-    await conn.execute("UPDATE image.users SET balance = balance + $2 WHERE id = $1", user_id, amount)
 
 
 async def adjust(

@@ -86,16 +86,25 @@ async def insert_generation(
     credits_reserved: int,
     idempotency_key: str | None,
     destination: Destination,
-) -> None:
-    await conn.execute(
+    owner: UserIdentity,
+) -> Generation:
+    created_at = await conn.fetchval(
         """INSERT INTO image.generations (
                id, user_id, prompt, negative_prompt, model, aspect_ratio, count, seed, kind,
                parent_generation_id, parent_image_id, warnings, credits_reserved, idempotency_key,
                platform, chat_id, message_id, reply_context)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)""",
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+           RETURNING created_at""",
         generation_id, user_id, prompt, negative_prompt, model, aspect_ratio, count, seed, kind,
         parent_generation_id, parent_image_id, list(warnings), credits_reserved, idempotency_key,
         destination.platform, destination.chat_id, destination.message_id, json.dumps(destination.context),
+    )
+    return Generation(
+        id=generation_id, user_id=user_id, owner=owner, prompt=prompt, negative_prompt=negative_prompt,
+        model=model, aspect_ratio=aspect_ratio, count=count, seed=seed, kind=kind,  # type: ignore[arg-type]
+        parent_generation_id=parent_generation_id, parent_image_id=parent_image_id, status="queued",
+        error_code=None, error_message=None, warnings=tuple(warnings), credits_reserved=credits_reserved,
+        credits_refunded=0, destination=destination, created_at=created_at, started_at=None, finished_at=None,
     )
 
 
@@ -127,19 +136,28 @@ async def get_image(conn: asyncpg.Connection, image_id: str) -> ImageRecord | No
     return image_from_row(row) if row else None
 
 
-async def insert_image(conn: asyncpg.Connection, image: ImageRecord) -> None:
-    await conn.execute(
+async def insert_images(conn: asyncpg.Connection, images: Sequence[ImageRecord]) -> None:
+    if not images:
+        return
+    await conn.executemany(
         f"""INSERT INTO image.images ({IMAGE_COLUMNS})
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
-        image.id, image.generation_id, image.index, image.storage_key, image.url, image.mime_type,
-        image.width, image.height, image.bytes, image.seed, json.dumps(image.file_refs),
+        [
+            (i.id, i.generation_id, i.index, i.storage_key, i.url, i.mime_type, i.width, i.height, i.bytes,
+             i.seed, json.dumps(i.file_refs))
+            for i in images
+        ],
     )
 
 
-async def set_file_ref(conn: asyncpg.Connection, image_id: str, platform: str, ref: str) -> None:
+async def set_file_refs(conn: asyncpg.Connection, platform: str, refs: dict[str, str]) -> None:
+    """Remember each image's platform handle (e.g. a Telegram file_id), all in one statement."""
+    if not refs:
+        return
     await conn.execute(
-        "UPDATE image.images SET file_refs = file_refs || jsonb_build_object($2::text, $3::text) WHERE id = $1",
-        image_id, platform, ref,
+        """UPDATE image.images i SET file_refs = i.file_refs || jsonb_build_object($1::text, r.ref)
+           FROM unnest($2::text[], $3::text[]) AS r(id, ref) WHERE i.id = r.id""",
+        platform, list(refs), list(refs.values()),
     )
 
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import asyncpg
 
 from bot.core import credits
-from bot.core.generations import insert_image
+from bot.core.generations import GENERATION_COLUMNS, generation_from_row, insert_images
 from bot.core.metrics import CREDITS_REFUNDED, JOBS_FINISHED
-from bot.core.models import ImageRecord
+from bot.core.models import Generation, ImageRecord
 
 # A job interrupted this many times (crashes mid-run) is failed and refunded rather than retried again.
 MAX_ATTEMPTS = 3
@@ -23,10 +23,10 @@ INTERRUPTED_MESSAGE = "The bot restarted while making your images and could not 
 
 async def claim_next(
     conn: asyncpg.Connection, platforms: Sequence[str], per_user_limit: int, owner: str, lease_seconds: float
-) -> str | None:
+) -> Generation | None:
     """Take the oldest queued job of the user with the fewest jobs running, below the per-user cap."""
-    return await conn.fetchval(
-        """WITH busy AS (
+    row = await conn.fetchrow(
+        f"""WITH busy AS (
                SELECT user_id, count(*) AS n FROM image.generations WHERE status = 'running' GROUP BY user_id
            ), candidate AS (
                SELECT g.id FROM image.generations g LEFT JOIN busy b ON b.user_id = g.user_id
@@ -38,10 +38,11 @@ async def claim_next(
            UPDATE image.generations g
            SET status = 'running', attempts = attempts + 1, lease_owner = $3,
                lease_expires_at = now() + make_interval(secs => $4), started_at = now()
-           FROM candidate WHERE g.id = candidate.id
-           RETURNING g.id""",
+           FROM candidate, image.users u WHERE g.id = candidate.id AND u.id = g.user_id
+           RETURNING {GENERATION_COLUMNS}""",
         list(platforms), per_user_limit, owner, lease_seconds,
     )
+    return generation_from_row(row) if row else None
 
 
 async def queue_position(conn: asyncpg.Connection, generation_id: str) -> int:
@@ -53,21 +54,32 @@ async def queue_position(conn: asyncpg.Connection, generation_id: str) -> int:
     )
 
 
-async def count_active(conn: asyncpg.Connection, user_id: int) -> int:
-    return await conn.fetchval(
-        "SELECT count(*) FROM image.generations WHERE user_id = $1 AND status IN ('queued', 'running')", user_id
-    )
+@dataclass(frozen=True)
+class RequestCounts:
+    active: int  # the user's unfinished jobs
+    recent: int  # the user's requests in the last minute
+    retry_in: int  # seconds until the oldest of those leaves the minute
+    ahead: int  # queued jobs of everybody: where a new job would stand
 
 
-async def recent_requests(conn: asyncpg.Connection, user_id: int) -> tuple[int, int]:
-    """Requests the user made in the last minute, and the seconds until the oldest of them leaves the window."""
+async def lock_user_for_request(conn: asyncpg.Connection, user_id: int) -> RequestCounts:
+    """Lock the user's row for this transaction (one user's concurrent requests are then counted exactly,
+    never racily), then read what the request limits need."""
+    # The lock must be its own statement: a statement that waited for a lock still counts with the snapshot
+    # it took before waiting, so it would miss the request it waited for.
+    await conn.execute("SELECT 1 FROM image.users WHERE id = $1 FOR UPDATE", user_id)
     row = await conn.fetchrow(
-        """SELECT count(*) AS n,
-                  ceil(extract(epoch FROM min(created_at) + interval '1 minute' - now()))::int AS wait
-           FROM image.generations WHERE user_id = $1 AND created_at > now() - interval '1 minute'""",
+        """SELECT
+               (SELECT count(*) FROM image.generations
+                WHERE user_id = $1 AND status IN ('queued', 'running')) AS active,
+               (SELECT count(*) FROM image.generations
+                WHERE user_id = $1 AND created_at > now() - interval '1 minute') AS recent,
+               (SELECT ceil(extract(epoch FROM min(created_at) + interval '1 minute' - now()))::int
+                FROM image.generations WHERE user_id = $1 AND created_at > now() - interval '1 minute') AS retry_in,
+               (SELECT count(*) FROM image.generations WHERE status = 'queued') AS ahead""",
         user_id,
     )
-    return row["n"], max(1, row["wait"] or 1)
+    return RequestCounts(row["active"], row["recent"], max(1, row["retry_in"] or 1), row["ahead"])
 
 
 async def renew_leases(conn: asyncpg.Connection, owner: str, ids: Sequence[str], lease_seconds: float) -> None:
@@ -89,27 +101,27 @@ class Outcome:
 
 async def finish(
     conn: asyncpg.Connection, generation_id: str, owner: str, outcome: Outcome, lease_seconds: float
-) -> bool:
-    """Record a run's result, its images and its refund in one transaction.
-    False when the job is no longer ours (cancelled meanwhile, or taken over after a lost lease)."""
+) -> Generation | None:
+    """Record a run's result, its images and its refund in one transaction. Returns the finished job, or
+    None when it is no longer ours (cancelled meanwhile, or taken over after a lost lease)."""
     async with conn.transaction():
-        user_id = await conn.fetchval(
-            """UPDATE image.generations
-               SET status = $3, error_code = $4, error_message = $5, credits_refunded = $6,
-                   finished_at = now(), lease_expires_at = now() + make_interval(secs => $7)
-               WHERE id = $1 AND status = 'running' AND lease_owner = $2
-               RETURNING user_id""",
+        row = await conn.fetchrow(
+            f"""UPDATE image.generations g
+                SET status = $3, error_code = $4, error_message = $5, credits_refunded = $6,
+                    finished_at = now(), lease_expires_at = now() + make_interval(secs => $7)
+                FROM image.users u
+                WHERE g.id = $1 AND g.status = 'running' AND g.lease_owner = $2 AND u.id = g.user_id
+                RETURNING {GENERATION_COLUMNS}""",
             generation_id, owner, outcome.status, outcome.error_code, outcome.error_message,
             outcome.refund, lease_seconds,
         )
-        if user_id is None:
-            return False
-        for image in outcome.images:
-            await insert_image(conn, image)
-        await credits.refund(conn, user_id, outcome.refund, generation_id)
+        if row is None:
+            return None
+        await insert_images(conn, outcome.images)
+        await credits.refund(conn, row["user_id"], outcome.refund, generation_id)
     JOBS_FINISHED.labels(outcome.status).inc()
     CREDITS_REFUNDED.inc(outcome.refund)
-    return True
+    return generation_from_row(row)
 
 
 async def cancel(

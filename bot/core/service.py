@@ -171,63 +171,71 @@ class GenerationService:
     ) -> Accepted:
         key = f"{who.platform}:{idempotency_key}" if idempotency_key else None
         cost = valid.model.cost * valid.count if self.credit_policy.enabled else 0
-        async with self.pool.acquire() as conn:
-            user = await credits.ensure_user(conn, who, self._starting_credits)
-            try:
-                async with conn.transaction():
-                    if key is not None and (existing := await generations.get_by_idempotency_key(conn, key)):
-                        return await self._duplicate(conn, existing, user.id)
-                    await self._check_limits(conn, user.id)
-                    generation_id = new_id()
-                    balance = user.balance
-                    if cost > 0:
-                        balance = await credits.reserve(
-                            conn, user.id, cost, generation_id, f"reserve:{key or generation_id}"
+        recorded: tuple[Generation, int, int] | None = None
+        try:
+            async with self.pool.acquire() as conn:
+                user = await credits.ensure_user(conn, who, self._starting_credits)
+                try:
+                    async with conn.transaction():
+                        if key is not None and (existing := await generations.get_by_idempotency_key(conn, key)):
+                            return await self._duplicate(conn, existing, user.id)
+                        position = await self._check_limits(conn, user.id)
+                        generation_id = new_id()
+                        balance = user.balance
+                        if cost > 0:
+                            balance = await credits.reserve(
+                                conn, user.id, cost, generation_id, f"reserve:{key or generation_id}"
+                            )
+                        generation = await generations.insert_generation(
+                            conn,
+                            generation_id=generation_id,
+                            user_id=user.id,
+                            prompt=valid.prompt,
+                            negative_prompt=valid.negative_prompt,
+                            model=valid.model.name,
+                            aspect_ratio=valid.aspect_ratio,
+                            count=valid.count,
+                            seed=valid.seed,
+                            kind=kind,
+                            parent_generation_id=parent_generation_id,
+                            parent_image_id=parent_image_id,
+                            warnings=warnings,
+                            credits_reserved=cost,
+                            idempotency_key=key,
+                            destination=destination,
+                            owner=who,
                         )
-                    await generations.insert_generation(
-                        conn,
-                        generation_id=generation_id,
-                        user_id=user.id,
-                        prompt=valid.prompt,
-                        negative_prompt=valid.negative_prompt,
-                        model=valid.model.name,
-                        aspect_ratio=valid.aspect_ratio,
-                        count=valid.count,
-                        seed=valid.seed,
-                        kind=kind,
-                        parent_generation_id=parent_generation_id,
-                        parent_image_id=parent_image_id,
-                        warnings=warnings,
-                        credits_reserved=cost,
-                        idempotency_key=key,
-                        destination=destination,
-                    )
-                    position = await queue.queue_position(conn, generation_id)
-            except asyncpg.UniqueViolationError:
-                # The same platform event raced itself: the other attempt won and charged once.
-                assert key is not None
-                existing = await generations.get_by_idempotency_key(conn, key)
-                assert existing is not None
-                return await self._duplicate(conn, existing, user.id)
-            generation = await generations.get_generation(conn, generation_id)
-        assert generation is not None
+                    recorded = (generation, position, balance)
+                except asyncpg.UniqueViolationError:
+                    # The same platform event raced itself: the other attempt won and charged once.
+                    assert key is not None
+                    existing = await generations.get_by_idempotency_key(conn, key)
+                    assert existing is not None
+                    return await self._duplicate(conn, existing, user.id)
+        except CONNECTION_ERRORS:
+            if recorded is None:
+                raise
+            # Committed, then the connection went while it was handed back: the request stands.
+            log.warning("connection lost after accepting a request; it stands")
+        assert recorded is not None
+        generation, position, balance = recorded
         CREDITS_RESERVED.inc(cost)
         log.info("job %s accepted: %s by %s:%s, cost %d", generation.id, kind, who.platform, who.platform_user_id, cost)
         await self._announce(generation, position)
         self.worker.wake()
         return Accepted(generation, position, balance if self.credit_policy.enabled else None)
 
-    async def _check_limits(self, conn: asyncpg.Connection, user_id: int) -> None:
-        # Serialise one user's concurrent requests so the counts below are exact, not racy.
-        await conn.execute("SELECT 1 FROM image.users WHERE id = $1 FOR UPDATE", user_id)
-        active = await queue.count_active(conn, user_id)
-        if active >= self.request_policy.per_user_queued_limit:
+    async def _check_limits(self, conn: asyncpg.Connection, user_id: int) -> int:
+        """Refuse a user over their limits; else return the new job's place in the queue."""
+        counts = await queue.lock_user_for_request(conn, user_id)
+        if counts.active >= self.request_policy.per_user_queued_limit:
             raise TooBusy(
-                f"You already have {active} generations waiting. Please wait for them to finish, or cancel one."
+                f"You already have {counts.active} generations waiting. "
+                "Please wait for them to finish, or cancel one."
             )
-        recent, wait = await queue.recent_requests(conn, user_id)
-        if recent >= self.request_policy.requests_per_minute:
-            raise TooBusy(f"You're making requests very fast. Please try again in {wait} seconds.")
+        if counts.recent >= self.request_policy.requests_per_minute:
+            raise TooBusy(f"You're making requests very fast. Please try again in {counts.retry_in} seconds.")
+        return counts.ahead
 
     async def _duplicate(self, conn: asyncpg.Connection, existing: Generation, user_id: int) -> Accepted:
         position = await queue.queue_position(conn, existing.id) if existing.status == "queued" else 0
@@ -321,7 +329,7 @@ class GenerationService:
     async def record_file_ref(self, image_id: str, platform: str, ref: str) -> None:
         """Remember a platform's handle for an uploaded image (a Telegram file_id) so it is never uploaded twice."""
         async with self.pool.acquire() as conn:
-            await generations.set_file_ref(conn, image_id, platform, ref)
+            await generations.set_file_refs(conn, platform, {image_id: ref})
 
     @translates_connection_errors
     async def balance(self, who: UserIdentity) -> Balance:

@@ -121,12 +121,12 @@ class Worker:
     async def _claim_available(self) -> None:
         while not self._stopping and len(self._tasks) < self.limits.max_jobs:
             async with self.pool.acquire() as conn:
-                generation_id = await queue.claim_next(
+                job = await queue.claim_next(
                     conn, self.platforms, self.limits.per_user_jobs, self.owner, self.limits.lease_seconds
                 )
-            if generation_id is None:
+            if job is None:
                 return
-            self._spawn(generation_id, self._run(generation_id))
+            self._spawn(job.id, self._run(job))
 
     async def _lease_loop(self) -> None:
         """Keep our leases alive, and take over the jobs of processes that died."""
@@ -165,28 +165,24 @@ class Worker:
 
     # --- one job -----------------------------------------------------------------------------
 
-    async def _run(self, generation_id: str) -> None:
-        job_id.set(generation_id)
-        async with self.pool.acquire() as conn:
-            job = await generations.get_generation(conn, generation_id)
-        if job is None:
-            return
+    async def _run(self, job: Generation) -> None:
+        job_id.set(job.id)
         log.info("job %s started: model=%s n=%d", job.id, job.model, job.count)
         await self._notify(job, "on_started")
         stored: list[ImageRecord] = []
         try:
             outcome, files = await self._make(job, stored)
             async with self.pool.acquire() as conn:
-                recorded = await queue.finish(conn, job.id, self.owner, outcome, self.limits.lease_seconds)
+                finished = await queue.finish(conn, job.id, self.owner, outcome, self.limits.lease_seconds)
         except BaseException:
             await self._discard(stored)
             raise
-        if not recorded:
+        if finished is None:
             log.info("job %s was cancelled or taken over while running; result discarded", job.id)
             await self._discard(stored)
             return
         log.info("job %s %s: %d images, refund %d", job.id, outcome.status, len(outcome.images), outcome.refund)
-        await self.deliver(job.id, files)
+        await self._deliver(finished, files)
 
     async def _make(self, job: Generation, stored: list[ImageRecord]) -> tuple[queue.Outcome, list[ImageFile]]:
         model = self.models.get(job.model)
@@ -269,7 +265,7 @@ class Worker:
 
     # --- delivery ----------------------------------------------------------------------------
 
-    async def deliver(self, generation_id: str, files: Sequence[ImageFile] | None = None) -> bool:
+    async def deliver(self, generation_id: str) -> bool:
         """Hand a finished job to its front end. True once delivered; on a platform error it stays
         undelivered and is retried when its lease runs out."""
         job_id.set(generation_id)
@@ -278,12 +274,15 @@ class Worker:
             records = (await generations.get_images(conn, [generation_id]))[generation_id] if job else []
         if job is None or not job.is_finished:
             return False
+        files = await self.load_files(records) if job.status in ("succeeded", "partial") else []
+        return await self._deliver(job, files)
+
+    async def _deliver(self, job: Generation, files: Sequence[ImageFile]) -> bool:
         observer = self.observers.get(job.destination.platform)
         if observer is None:
             return False
         try:
             if job.status in ("succeeded", "partial"):
-                files = files if files is not None else await self.load_files(records)
                 receipt = await observer.on_completed(job, files)
                 if receipt is not None:
                     await self._record_receipt(job, receipt.message_id, receipt.file_refs)
@@ -305,8 +304,7 @@ class Worker:
         async with self.pool.acquire() as conn:
             if message_id is not None:
                 await generations.set_message(conn, job.id, message_id, None)
-            for image_id, ref in refs.items():
-                await generations.set_file_ref(conn, image_id, job.destination.platform, ref)
+            await generations.set_file_refs(conn, job.destination.platform, dict(refs))
 
     async def _notify(self, job: Generation, event: str, *args: object) -> None:
         """Progress events are best effort: a platform hiccup must not fail the job."""

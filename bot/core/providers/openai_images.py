@@ -53,9 +53,7 @@ OWN_OPTIONS = frozenset({"partial_images"})
 class OpenAIImagesProvider(HttpProvider):
     name = "openai"
 
-    def __init__(
-        self, api_key: SecretStr | None, base_url: str, http: httpx.AsyncClient | None = None
-    ) -> None:
+    def __init__(self, api_key: SecretStr | None, base_url: str, http: httpx.AsyncClient | None = None) -> None:
         super().__init__(base_url, http)
         self._api_key = api_key
 
@@ -100,9 +98,7 @@ class OpenAIImagesProvider(HttpProvider):
             fields.update(stream=True, partial_images=partial_images)
         http = self._client()
         if call.input_image is None:
-            return http.build_request(
-                "POST", f"{self._base_url}/images/generations", json=fields, headers=headers
-            )
+            return http.build_request("POST", f"{self._base_url}/images/generations", json=fields, headers=headers)
         return http.build_request(
             "POST",
             f"{self._base_url}/images/edits",
@@ -147,7 +143,11 @@ class OpenAIImagesProvider(HttpProvider):
                     if index in previewed:
                         continue
                     previewed.add(index)
-                await send_preview(on_preview, decode_base64_image(event.get("b64_json"), "partial image"))
+                try:
+                    preview = decode_base64_image(event.get("b64_json"), "partial image")
+                except ProviderError:
+                    continue  # a preview is a courtesy: a broken one is skipped, not a failed image
+                await send_preview(on_preview, preview)
             elif kind.endswith(".completed"):
                 decoded = decode_base64_image(event.get("b64_json"), f"completed image {len(images)}")
                 metadata: dict[str, Any] = {"created": event.get("created_at"), "model": call.model.provider_model}

@@ -14,10 +14,11 @@ class LocalStore(ImageStore):
         self.root = root.resolve()
 
     def path_for(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root):
+        # Keys are ours (storage.base.new_key), but a path must never leave the root whatever it is given.
+        normalised = os.path.normpath(key)
+        if normalised.startswith(("/", "..")) or "\x00" in key:
             raise StorageError(f"key escapes the store: {key!r}")
-        return path
+        return self.root / normalised
 
     async def put(self, key: str, data: bytes, mime_type: str) -> None:
         path = self.path_for(key)

@@ -1,0 +1,148 @@
+"""`./dev bench`: measure what users feel. Prints a table and writes JSON (bench/results/latest.json).
+
+Everything runs on this machine: the embedded Postgres (or DATABASE_URL), the local store and moto's S3
+server on 127.0.0.1, a stand-in provider, and the platform stand-ins the adapter tests use."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench import core_scenarios
+from bot.core import database
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="./dev bench")
+    parser.add_argument("--quick", action="store_true", help="fewer samples, for a smoke run")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="scenarios: overhead throughput burst startup (default: all)")
+    parser.add_argument("--profile", action="store_true", help="write a pyinstrument profile of the throughput run")
+    parser.add_argument("--json", type=Path, default=RESULTS / "latest.json")
+    args = parser.parse_args()
+    rows = asyncio.run(run(args))
+    print_table(rows)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"machine": machine(), "results": rows}, indent=2))
+    print(f"\nwritten: {args.json}")
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    wanted = set(args.only or ["overhead", "throughput", "burst", "startup"])
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="imagebot-bench-") as root_name:
+        root = Path(root_name)
+        embedded = None
+        dsn = os.environ.get("DATABASE_URL")
+        if not dsn:
+            embedded = database.EmbeddedPostgres(root / "pg")
+            dsn = await asyncio.to_thread(embedded.start)
+        try:
+            rows += await _scenarios(root, dsn, wanted, args)
+        finally:
+            if embedded is not None:
+                embedded.stop()
+    return rows
+
+
+async def _scenarios(root: Path, dsn: str, wanted: set[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    counter = 0
+
+    async def fresh_db() -> str:
+        nonlocal counter
+        counter += 1
+        return await _fresh_database(dsn, f"bench_{counter}_{os.getpid()}")
+
+    if "overhead" in wanted:
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        s3 = {"s3_endpoint_url": f"http://{host}:{port}", "s3_bucket": "bench",
+              "s3_access_key_id": "bench", "s3_secret_access_key": "bench"}
+        _create_bucket(s3)
+        jobs = 10 if args.quick else 40
+        try:
+            for store in ("local", "s3"):
+                for count in (1, 4):
+                    rows.append(await core_scenarios.overhead(root / f"o{store}{count}", await fresh_db(),
+                                                              count, store, s3, jobs))
+        finally:
+            server.stop()
+    if "throughput" in wanted:
+        jobs = 400 if args.quick else 2000
+        profile = RESULTS / "throughput-profile.txt" if args.profile else None
+        if profile:
+            profile.parent.mkdir(parents=True, exist_ok=True)
+        rows.append(await core_scenarios.throughput(root / "t", await fresh_db(), jobs, 100, profile))
+    if "burst" in wanted:
+        from bench import burst
+
+        for fifo in (False, True):
+            rows.append(await burst.burst(root / f"b{fifo}", await fresh_db(), fifo=fifo, quick=args.quick))
+    if "startup" in wanted:
+        rows.append(await asyncio.to_thread(core_scenarios.startup_and_idle, root / "s", await fresh_db()))
+    return rows
+
+
+async def _fresh_database(server_dsn: str, name: str) -> str:
+    import asyncpg
+
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    base, _, query = server_dsn.partition("?")
+    scheme, _, rest = base.partition("://")
+    authority = rest.partition("/")[0]
+    return f"{scheme}://{authority}/{name}" + (f"?{query}" if query else "")
+
+
+def _create_bucket(s3: dict[str, str]) -> None:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3["s3_endpoint_url"], region_name="us-east-1",
+                          aws_access_key_id="bench", aws_secret_access_key="bench")
+    client.create_bucket(Bucket=s3["s3_bucket"])
+    client.close()
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    keys = [k for row in rows for k in row if k != "scenario"]
+    columns = list(dict.fromkeys(keys))
+    print(f"\n{'scenario':<34}" + "".join(f"{c:>22}" for c in columns))
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = row.get(column, "")
+            cells.append(f"{value:>22.2f}" if isinstance(value, float) else f"{value!s:>22}")
+        print(f"{row['scenario']:<34}" + "".join(cells))
+
+
+if __name__ == "__main__":
+    main()
