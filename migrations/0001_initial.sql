@@ -64,6 +64,7 @@ CREATE INDEX generations_user_history_idx ON image.generations (user_id, created
     WHERE deleted_at IS NULL;
 CREATE INDEX generations_queued_idx ON image.generations (created_at) WHERE status = 'queued';
 CREATE INDEX generations_running_idx ON image.generations (user_id) WHERE status = 'running';
+CREATE INDEX generations_active_idx ON image.generations (user_id) WHERE status IN ('queued', 'running');
 CREATE INDEX generations_undelivered_idx ON image.generations (finished_at)
     WHERE delivered_at IS NULL AND status IN ('succeeded', 'partial', 'failed', 'cancelled');
 

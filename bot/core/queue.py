@@ -21,28 +21,43 @@ DELIVERY_WINDOW = "1 day"
 INTERRUPTED_MESSAGE = "The bot restarted while making your images and could not finish them."
 
 
+# Two tiers keep the claim an index walk in queue order, never a sort of the whole queue: first the oldest
+# job of a user with nothing running (a newcomer never waits behind a heavy user's backlog), then the oldest
+# job of anyone still below the per-user cap.
+_CLAIM = """
+    WITH candidate AS (
+        SELECT g.id FROM image.generations g
+        WHERE g.status = 'queued' AND g.platform = ANY($1)
+          AND {tier}
+        ORDER BY g.created_at, g.id
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE image.generations g
+    SET status = 'running', attempts = attempts + 1, lease_owner = $3,
+        lease_expires_at = now() + make_interval(secs => $4), started_at = now()
+    FROM candidate, image.users u WHERE g.id = candidate.id AND u.id = g.user_id
+    RETURNING {columns}"""
+CLAIM_IDLE_USER = _CLAIM.format(
+    tier="""$2 > 0 AND NOT EXISTS (
+        SELECT 1 FROM image.generations r WHERE r.user_id = g.user_id AND r.status = 'running')""",
+    columns=GENERATION_COLUMNS,
+)
+CLAIM_BELOW_CAP = _CLAIM.format(
+    tier="""(SELECT count(*) FROM image.generations r WHERE r.user_id = g.user_id AND r.status = 'running') < $2""",
+    columns=GENERATION_COLUMNS,
+)
+
+
 async def claim_next(
     conn: asyncpg.Connection, platforms: Sequence[str], per_user_limit: int, owner: str, lease_seconds: float
 ) -> Generation | None:
-    """Take the oldest queued job of the user with the fewest jobs running, below the per-user cap."""
-    row = await conn.fetchrow(
-        f"""WITH busy AS (
-               SELECT user_id, count(*) AS n FROM image.generations WHERE status = 'running' GROUP BY user_id
-           ), candidate AS (
-               SELECT g.id FROM image.generations g LEFT JOIN busy b ON b.user_id = g.user_id
-               WHERE g.status = 'queued' AND g.platform = ANY($1) AND coalesce(b.n, 0) < $2
-               ORDER BY coalesce(b.n, 0), g.created_at, g.id
-               LIMIT 1
-               FOR UPDATE OF g SKIP LOCKED
-           )
-           UPDATE image.generations g
-           SET status = 'running', attempts = attempts + 1, lease_owner = $3,
-               lease_expires_at = now() + make_interval(secs => $4), started_at = now()
-           FROM candidate, image.users u WHERE g.id = candidate.id AND u.id = g.user_id
-           RETURNING {GENERATION_COLUMNS}""",
-        list(platforms), per_user_limit, owner, lease_seconds,
-    )
-    return generation_from_row(row) if row else None
+    """Take the next job fairly (see the tiers above), under a lease held by `owner`."""
+    for query in (CLAIM_IDLE_USER, CLAIM_BELOW_CAP):
+        row = await conn.fetchrow(query, list(platforms), per_user_limit, owner, lease_seconds)
+        if row is not None:
+            return generation_from_row(row)
+    return None
 
 
 async def queue_position(conn: asyncpg.Connection, generation_id: str) -> int:
