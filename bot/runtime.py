@@ -15,7 +15,10 @@ from bot.config import Settings
 from bot.core import database
 from bot.core.catalogue import available_models, choose_default
 from bot.core.events import JobObserver
+from bot.core.providers.automatic1111 import Automatic1111Provider
 from bot.core.providers.base import ImageProvider
+from bot.core.providers.gateway import GatewayProvider
+from bot.core.providers.gemini import GeminiProvider
 from bot.core.providers.offline import OfflineProvider
 from bot.core.providers.openai_images import OpenAIImagesProvider
 from bot.core.providers.runner import ProviderRunner, RetryPolicy
@@ -53,9 +56,20 @@ class Runtime:
 
 
 def build_providers(settings: Settings) -> dict[str, ImageProvider]:
+    # Every provider is built; one without credentials or a base URL reports itself unavailable, and
+    # its models are then hidden from the catalogue (catalogue.available_models).
     return {
         "offline": OfflineProvider(settings.offline_delay_seconds),
         "openai": OpenAIImagesProvider(settings.openai_api_key, settings.openai_base_url),
+        "gateway": GatewayProvider(settings.gateway_api_key, settings.gateway_base_url),
+        "gemini": GeminiProvider(settings.gemini_api_key, settings.gemini_base_url),
+        "automatic1111": Automatic1111Provider(
+            settings.a1111_base_url,
+            username=settings.a1111_username,
+            password=settings.a1111_password,
+            max_concurrency=settings.a1111_max_concurrency,
+            denoising_strength=settings.a1111_denoising_strength,
+        ),
     }
 
 

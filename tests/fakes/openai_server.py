@@ -1,7 +1,9 @@
 """A fake of OpenAI's Images API on 127.0.0.1: it records every request and answers from a script.
 
 Tests queue responses with `FakeOpenAI.queue(...)`; once the queue is empty, every request succeeds
-with `n` PNG images of the requested size, so parallel calls need no script at all."""
+with `n` PNG images of the requested size, so parallel calls need no script at all. A request with
+`stream: true` is answered as server-sent events: `partial_images` partial-image events, then one
+completed event per image, named as the openai package types them (image_gen_*/image_edit_* events)."""
 
 from __future__ import annotations
 
@@ -51,6 +53,8 @@ class ScriptedResponse:
     delay: float = 0.0
     images: int | None = None
     content_type: str = "application/json"
+    # For a streamed request: these events (each JSON object sent as one SSE event) instead of success.
+    events: tuple[dict[str, Any], ...] | None = None
 
 
 def png_bytes(width: int, height: int, color: tuple[int, int, int] = (200, 30, 90)) -> bytes:
@@ -65,6 +69,24 @@ def error_body(message: str, type_: str, code: str | None, param: str | None = N
 
 def success(images: int | None = None, delay: float = 0.0) -> ScriptedResponse:
     return ScriptedResponse(images=images, delay=delay)
+
+
+def streamed(*events: dict[str, Any]) -> ScriptedResponse:
+    return ScriptedResponse(events=events)
+
+
+def stream_event(kind: str, **fields: Any) -> dict[str, Any]:
+    """One streaming event: `kind` is e.g. "image_generation.partial_image"."""
+    return {
+        "type": kind,
+        "b64_json": base64.b64encode(png_bytes(*DEFAULT_SIZE)).decode(),
+        "background": "opaque",
+        "created_at": int(time.time()),
+        "output_format": "png",
+        "quality": "low",
+        "size": "1024x1024",
+        **fields,
+    }
 
 
 def slow(delay: float) -> ScriptedResponse:
@@ -146,7 +168,7 @@ class FakeOpenAI:
         app.router.add_post("/v1/images/edits", self._handle)
         return app
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -158,6 +180,8 @@ class FakeOpenAI:
             scripted = self._script.popleft() if self._script else ScriptedResponse()
             if scripted.delay:
                 await asyncio.sleep(scripted.delay)
+            if scripted.status == 200 and str(recorded.param("stream")).lower() == "true":
+                return await _stream(request, recorded, scripted)
             return _respond(recorded, scripted)
         finally:
             self.in_flight -= 1
@@ -185,6 +209,34 @@ def _respond(recorded: RecordedRequest, scripted: ScriptedResponse) -> web.Respo
     return web.Response(
         status=scripted.status, body=body, headers=scripted.headers, content_type=scripted.content_type
     )
+
+
+async def _stream(request: web.Request, recorded: RecordedRequest, scripted: ScriptedResponse) -> web.StreamResponse:
+    events = scripted.events if scripted.events is not None else _stream_success(recorded)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    for event in events:
+        await response.write(f"event: {event.get('type', 'error')}\ndata: {json.dumps(event)}\n\n".encode())
+    await response.write_eof()
+    return response
+
+
+def _stream_success(recorded: RecordedRequest) -> list[dict[str, Any]]:
+    prefix = "image_edit" if recorded.path.endswith("/edits") else "image_generation"
+    size = str(recorded.param("size") or "")
+    width, _, height = size.partition("x")
+    dimensions = (int(width), int(height)) if width.isdigit() and height.isdigit() else DEFAULT_SIZE
+    events = []
+    for index in range(int(recorded.param("partial_images") or 0)):
+        # Partial images get brighter as they go, so a test can tell them apart.
+        partial = base64.b64encode(png_bytes(*DEFAULT_SIZE, color=(60 * (index + 1), 0, 0))).decode()
+        events.append(stream_event(f"{prefix}.partial_image", b64_json=partial, partial_image_index=index))
+    usage = {"input_tokens": 12, "input_tokens_details": {"image_tokens": 0, "text_tokens": 12},
+             "output_tokens": 272, "total_tokens": 284}
+    for index in range(int(recorded.param("n") or 1)):
+        final = base64.b64encode(png_bytes(*dimensions, color=(10 * index, 100, 200))).decode()
+        events.append(stream_event(f"{prefix}.completed", b64_json=final, size=size, usage=usage))
+    return events
 
 
 def _success_body(recorded: RecordedRequest, images: int | None) -> bytes:

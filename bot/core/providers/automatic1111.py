@@ -76,7 +76,8 @@ class Automatic1111Provider(HttpProvider):
         super().__init__(base_url or "", http)
         self._auth = httpx.BasicAuth(username, password.get_secret_value() if password else "") if username else None
         self._password = password
-        self._slots = asyncio.Semaphore(max_concurrency)
+        # The runner holds calls beyond this outside their timeout: such servers run one job at a time.
+        self.concurrency_limit = max_concurrency
         self._denoising_strength = denoising_strength
         self._progress_interval = progress_interval
 
@@ -95,8 +96,7 @@ class Automatic1111Provider(HttpProvider):
         if not self.available():
             raise ProviderBadRequest(BAD_REQUEST_MESSAGE, detail="no A1111_BASE_URL configured")
         endpoint, payload = self._payload(call)
-        # The wait for a slot counts against the runner's timeout: see docs/providers.md.
-        async with self._slots, self._transport_errors():
+        async with self._transport_errors():
             response = await self._run(endpoint, payload, on_preview)
         if response.status_code != 200:
             raise self._error_for(response)

@@ -49,6 +49,9 @@ class ImageProvider(ABC):
     """A service that makes images. Implementations map their errors to core.errors.ProviderError types."""
 
     name: str
+    # Calls in flight this provider accepts (None: no limit of its own). Waiting for a slot does not count
+    # against a call's timeout.
+    concurrency_limit: int | None = None
 
     @abstractmethod
     def available(self) -> bool:

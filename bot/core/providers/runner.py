@@ -4,6 +4,7 @@ with exponential backoff (honouring Retry-After), bound the calls in flight, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -63,7 +64,15 @@ def warnings_for(model: ModelSpec, *, seed_given: bool, negative: bool, variatio
 class ProviderRunner:
     def __init__(self, max_calls_in_flight: int, policy: RetryPolicy) -> None:
         self._calls = asyncio.Semaphore(max_calls_in_flight)
+        self._per_provider: dict[str, asyncio.Semaphore] = {}
         self.policy = policy
+
+    def _slots(self, provider: ImageProvider) -> asyncio.Semaphore | contextlib.nullcontext[None]:
+        if provider.concurrency_limit is None:
+            return contextlib.nullcontext()
+        if provider.name not in self._per_provider:
+            self._per_provider[provider.name] = asyncio.Semaphore(provider.concurrency_limit)
+        return self._per_provider[provider.name]
 
     async def run(
         self,
@@ -111,7 +120,7 @@ class ProviderRunner:
         while True:
             started = time.monotonic()
             try:
-                async with self._calls:
+                async with self._slots(provider), self._calls:
                     started = time.monotonic()
                     async with asyncio.timeout(self.policy.timeout):
                         images = await provider.generate(call, on_preview)
