@@ -32,15 +32,23 @@ async def run_front_ends(settings: Settings) -> int:
             front_ends.append(TelegramFrontEnd(settings, runtime.service))
         for front_end in front_ends:
             runtime.register(front_end.observer)
-        for front_end in front_ends:
-            await front_end.start()
-        await runtime.start()
-        log.info("running: %s", ", ".join(f.observer.platform for f in front_ends))
-        await stop.wait()
-        log.info("shutting down: no new work, finishing what runs")
-        for front_end in front_ends:
-            await front_end.stop_taking_work()
-        await runtime.worker.stop(settings.shutdown_grace_seconds)
-        for front_end in front_ends:
-            await front_end.close()
+        started = []
+        try:
+            for front_end in front_ends:
+                try:
+                    await front_end.start()
+                except RuntimeError as error:  # e.g. a token the platform rejects: one line, no traceback
+                    print(str(error), file=sys.stderr)
+                    return 1
+                started.append(front_end)
+            await runtime.start()
+            log.info("running: %s", ", ".join(f.observer.platform for f in front_ends))
+            await stop.wait()
+            log.info("shutting down: no new work, finishing what runs")
+            for front_end in started:
+                await front_end.stop_taking_work()
+            await runtime.worker.stop(settings.shutdown_grace_seconds)
+        finally:
+            for front_end in started:
+                await front_end.close()
     return 0

@@ -20,7 +20,11 @@ class DeliveryReceipt:
 
 class JobObserver(Protocol):
     """Implemented by each front end. Methods may raise on a transient platform error: a failed final
-    delivery is retried later (the job stays undelivered); errors in progress updates are only logged."""
+    delivery is retried later (the job stays undelivered); errors in progress updates are only logged.
+
+    Ordering: the worker is woken before on_queued is sent (a job should not wait for a chat round trip),
+    so on_started and even on_completed may arrive while on_queued is still running. Each event is sent
+    once, in order per job except for that overlap."""
 
     platform: str
 

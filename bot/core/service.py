@@ -221,8 +221,8 @@ class GenerationService:
         generation, position, balance = recorded
         CREDITS_RESERVED.inc(cost)
         log.info("job %s accepted: %s by %s:%s, cost %d", generation.id, kind, who.platform, who.platform_user_id, cost)
-        await self._announce(generation, position)
         self.worker.wake()
+        await self._announce(generation, position)
         return Accepted(generation, position, balance if self.credit_policy.enabled else None)
 
     async def _check_limits(self, conn: asyncpg.Connection, user_id: int) -> int:

@@ -1,0 +1,202 @@
+"""The Telegram front end's composition root: the PTB Application, its handlers (all registered here, in
+one readable place), the job observer, and polling or webhook start-up.
+
+Run inside the bot's own asyncio loop next to the other front ends, so only PTB's async lifecycle is
+used (initialize → start → updater.start_polling / our webhook server; stop → shutdown), never the
+blocking run_polling / run_webhook helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from telegram import BotCommand, BotCommandScopeAllGroupChats, BotCommandScopeAllPrivateChats, BotCommandScopeChat
+from telegram.error import InvalidToken, NetworkError, TelegramError
+from telegram.ext import (
+    Application,
+    CallbackQueryHandler,
+    CommandHandler,
+    Defaults,
+    MessageHandler,
+    filters,
+)
+
+from bot.adapters.telegram.handlers import Handlers
+from bot.adapters.telegram.history import HistorySender
+from bot.adapters.telegram.observer import PLATFORM, ProgressTiming, TelegramObserver
+from bot.adapters.telegram.ratelimit import FloodWaitLimiter
+from bot.adapters.telegram.sending import Sender
+from bot.adapters.telegram.webhook import WebhookServer, derived_secret, webhook_path
+from bot.config import Settings
+from bot.core.service import GenerationService
+
+log = logging.getLogger(__name__)
+
+ALLOWED_UPDATES = ["message", "callback_query"]
+# Updates processed at once. Handlers only queue work (the worker makes the images), so this bounds
+# the bursts of replies in flight, not generation.
+CONCURRENT_UPDATES = 64
+START_ATTEMPTS = 4  # 1 + 2 + 4 s of waiting for a Bot API that is briefly unreachable
+
+PRIVATE_COMMANDS = [
+    BotCommand("imagine", "Make images: /imagine <prompt> --ar 16:9 --n 2"),
+    BotCommand("history", "Your earlier images"),
+    BotCommand("balance", "Your credits and the prices"),
+    BotCommand("help", "How to use this bot"),
+    BotCommand("start", "Welcome and your balance"),
+]
+GROUP_COMMANDS = [
+    BotCommand("imagine", "Make images: /imagine <prompt> --ar 16:9 --n 2"),
+    BotCommand("history", "Your earlier images (sent privately)"),
+    BotCommand("balance", "Your credits and the prices"),
+    BotCommand("help", "How to use this bot"),
+]
+ADMIN_COMMANDS = [
+    *PRIVATE_COMMANDS,
+    BotCommand("grant", "Admin: /grant <user id> <amount>"),
+    BotCommand("revoke", "Admin: /revoke <user id> <amount>"),
+]
+
+
+class TelegramFrontEnd:
+    def __init__(
+        self,
+        settings: Settings,
+        service: GenerationService,
+        *,
+        poll_timeout: float = 10.0,
+        history_page_size: int = 3,
+        timing: ProgressTiming | None = None,
+    ) -> None:
+        if settings.telegram_token is None:
+            raise ValueError("TELEGRAM_TOKEN is not set")
+        self.settings = settings
+        self.service = service
+        self.poll_timeout = poll_timeout
+        self._token = settings.telegram_token.get_secret_value()
+        self.webhook_url = settings.telegram_webhook_url
+        builder = (
+            Application.builder()
+            .token(self._token)
+            .base_url(settings.telegram_base_url)
+            .base_file_url(settings.telegram_base_file_url)
+            # Every reply still goes out if the message it answers was deleted meanwhile.
+            .defaults(Defaults(allow_sending_without_reply=True))
+            .concurrent_updates(CONCURRENT_UPDATES)
+            # Under a burst, requests queue for one of the 256 pooled connections longer than PTB's 1 s
+            # default; and a photo upload's answer can take a while. A timed-out send may have gone
+            # through, and retrying it would post twice, so these are generous.
+            .pool_timeout(10.0)
+            .read_timeout(15.0)
+            .rate_limiter(FloodWaitLimiter())
+            # Button state lives in callback_data and Postgres; PTB's in-memory cache would die on restart.
+            .arbitrary_callback_data(False)
+            .job_queue(None)
+        )
+        if self.webhook_url:
+            builder = builder.updater(None)  # updates come from our webhook server instead
+        self.application = builder.build()
+        self.sender = Sender(self.application.bot)
+        self.observer = TelegramObserver(self.sender, service, timing)
+        self.handlers = Handlers(service, self.sender, HistorySender(self.sender, service, history_page_size))
+        self._webhook: WebhookServer | None = None
+        self._register()
+        self._started = False
+
+    def _register(self) -> None:
+        """Every handler, in one place. Order matters within the group: the first match wins, so the
+        commands come before the catch-alls for unknown commands and plain text."""
+        h = self.handlers
+        new_messages = filters.UpdateType.MESSAGE  # an edited message is not a new request
+        private = filters.ChatType.PRIVATE
+        app = self.application
+        app.add_handler(CommandHandler("start", h.start, filters=new_messages))
+        app.add_handler(CommandHandler("help", h.help, filters=new_messages))
+        # CommandHandler also matches "/imagine@ThisBot" and ignores "/imagine@OtherBot" in groups.
+        app.add_handler(CommandHandler("imagine", h.imagine, filters=new_messages))
+        app.add_handler(CommandHandler("history", h.history, filters=new_messages))
+        app.add_handler(CommandHandler("balance", h.balance, filters=new_messages))
+        app.add_handler(CommandHandler("grant", h.grant, filters=new_messages))
+        app.add_handler(CommandHandler("revoke", h.revoke, filters=new_messages))
+        app.add_handler(MessageHandler(new_messages & private & filters.COMMAND, h.unknown_command))
+        # Privacy mode means groups only send us commands; in a private chat any text is a prompt.
+        app.add_handler(MessageHandler(new_messages & private & filters.TEXT, h.prompt))
+        app.add_handler(CallbackQueryHandler(h.button))
+        app.add_error_handler(h.on_error)
+
+    async def start(self) -> None:
+        app = self.application
+        await self._initialize()
+        self.handlers.bot_username = app.bot.username or ""
+        await self._set_commands()
+        await app.start()
+        if self.webhook_url:
+            secret = (
+                self.settings.telegram_webhook_secret.get_secret_value()
+                if self.settings.telegram_webhook_secret is not None
+                else derived_secret(self._token)
+            )
+            self._webhook = WebhookServer(
+                app, app.bot, webhook_path(self.webhook_url), secret,
+                self.settings.telegram_webhook_listen, self.settings.telegram_webhook_port,
+            )
+            await self._webhook.start()
+            await app.bot.set_webhook(self.webhook_url, secret_token=secret, allowed_updates=ALLOWED_UPDATES)
+            log.info("telegram: @%s receiving updates by webhook", self.handlers.bot_username)
+        else:
+            assert app.updater is not None
+            await app.updater.start_polling(
+                timeout=self.poll_timeout, allowed_updates=ALLOWED_UPDATES, bootstrap_retries=3
+            )
+            log.info("telegram: @%s polling for updates", self.handlers.bot_username)
+        self._started = True
+
+    async def _initialize(self) -> None:
+        """getMe and friends. A network hiccup at start-up is retried; a wrong token is not."""
+        delay = 1.0
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                await self.application.initialize()
+                return
+            except InvalidToken:
+                raise RuntimeError("Telegram rejected TELEGRAM_TOKEN (check it with @BotFather)") from None
+            except NetworkError as error:  # includes TimedOut
+                if attempt == START_ATTEMPTS:
+                    raise RuntimeError(f"Telegram's Bot API is unreachable: {error.message}") from None
+                log.warning("telegram: start-up failed (%s), retrying in %.0f s", error.message, delay)
+                await asyncio.sleep(delay)
+                delay *= 2
+
+    async def _set_commands(self) -> None:
+        """The command menu; best effort (a menu is not worth refusing to start over)."""
+        bot = self.application.bot
+        try:
+            await bot.set_my_commands(PRIVATE_COMMANDS, scope=BotCommandScopeAllPrivateChats())
+            await bot.set_my_commands(GROUP_COMMANDS, scope=BotCommandScopeAllGroupChats())
+        except TelegramError as error:
+            log.warning("telegram: setting the command menu failed: %s", error)
+        for admin in self.settings.admin_ids:
+            platform, _, user_id = admin.partition(":")
+            if platform != PLATFORM or not user_id.isdigit():
+                continue
+            try:
+                await bot.set_my_commands(ADMIN_COMMANDS, scope=BotCommandScopeChat(int(user_id)))
+            except TelegramError as error:  # an admin who never started the bot has no chat yet
+                log.info("telegram: admin menu for %s not set: %s", user_id, error)
+
+    async def stop_taking_work(self) -> None:
+        """No new updates; the ones already received finish. The bot can still deliver running jobs."""
+        self._started = False
+        if self._webhook is not None:
+            await self._webhook.stop()
+            self._webhook = None
+        updater = self.application.updater
+        if updater is not None and updater.running:
+            await updater.stop()
+        if self.application.running:
+            await self.application.stop()
+
+    async def close(self) -> None:
+        await self.stop_taking_work()
+        await self.observer.close()
+        await self.application.shutdown()

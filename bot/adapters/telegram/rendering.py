@@ -1,0 +1,221 @@
+"""What the bot says and which buttons it shows. Plain text only (no parse mode): prompts are user text,
+and nothing a user types can then break a message's markup."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup
+
+from bot.adapters.telegram import callback_data as cd
+from bot.core.models import Balance, Generation, HistoryItem, HistoryPage, ImageRecord, ModelPrice
+
+# Telegram's limits, counted in UTF-16 code units (how the Bot API measures text).
+CAPTION_LIMIT = 1024
+TEXT_LIMIT = 4096
+ELLIPSIS = "…"
+
+FAILED_NO_RETRY = frozenset({"content_refused"})  # retrying the same prompt would be refused again
+
+
+def utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def fit(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-16 units, marked with an ellipsis when cut."""
+    if utf16_len(text) <= limit:
+        return text
+    budget = limit - utf16_len(ELLIPSIS)
+    cut = []
+    used = 0
+    for char in text:
+        size = utf16_len(char)
+        if used + size > budget:
+            break
+        cut.append(char)
+        used += size
+    return "".join(cut).rstrip() + ELLIPSIS
+
+
+def quoted_prompt(prompt: str, rest: str, limit: int) -> str:
+    """“prompt” followed by `rest`, the prompt shortened so that the whole fits in `limit`."""
+    room = limit - utf16_len(rest) - 2  # the two quotation marks
+    return f"“{fit(prompt, max(room, 1))}”{rest}"
+
+
+def _refund_note(job: Generation) -> str:
+    if not job.credits_refunded:
+        return ""
+    unit = "credit" if job.credits_refunded == 1 else "credits"
+    return f" {job.credits_refunded} {unit} refunded."
+
+
+def _kind_note(job: Generation) -> str:
+    return {"regenerate": " · 🔄 new seed", "variation": " · variation"}.get(job.kind, "")
+
+
+def details(job: Generation) -> str:
+    return f"{job.model} · {job.aspect_ratio} · seed {job.seed}{_kind_note(job)}"
+
+
+def owner_note(job: Generation, in_group: bool) -> str:
+    name = job.owner.display_name
+    return f" · for {name}" if in_group and name else ""
+
+
+# --- a job's life -------------------------------------------------------------------------------
+
+
+def queued_text(job: Generation, position: int) -> str:
+    ahead = f"{position} ahead of you" if position else "you're next"
+    images = "1 image" if job.count == 1 else f"{job.count} images"
+    lines = [f"⏳ Queued ({ahead}): {images}, {details(job)}"]
+    if job.credits_reserved:
+        unit = "credit" if job.credits_reserved == 1 else "credits"
+        lines.append(f"{job.credits_reserved} {unit} reserved (refunded if it fails).")
+    lines.extend(f"Note: {warning}" for warning in job.warnings)
+    return quoted_prompt(job.prompt, "\n" + "\n".join(lines), TEXT_LIMIT)
+
+
+def generating_text(job: Generation, elapsed: float | None = None) -> str:
+    images = "1 image" if job.count == 1 else f"{job.count} images"
+    took = f" ({int(elapsed)} s)" if elapsed is not None and elapsed >= 1 else ""
+    return quoted_prompt(job.prompt, f"\n🎨 Generating {images} with {job.model}…{took}", TEXT_LIMIT)
+
+
+def result_caption(job: Generation, in_group: bool = False) -> str:
+    rest = f"\n{details(job)}{owner_note(job, in_group)}"
+    if job.status == "partial":
+        rest += f"\n⚠ {job.error_message or 'Some images could not be made.'}{_refund_note(job)}"
+    return quoted_prompt(job.prompt, rest, CAPTION_LIMIT)
+
+
+def album_buttons_text(job: Generation, count: int) -> str:
+    """The message under an album (albums can't carry buttons)."""
+    rest = f"\n{count} images · {details(job)}\n🔄 new seed · V1–V{count} vary one · 📎 original files"
+    if job.status == "partial":
+        rest += f"\n⚠ {job.error_message or 'Some images could not be made.'}{_refund_note(job)}"
+    return quoted_prompt(job.prompt, rest, TEXT_LIMIT)
+
+
+def failed_text(job: Generation) -> str:
+    reason = job.error_message or "The images could not be made."
+    return quoted_prompt(job.prompt, f"\n❌ {reason}{_refund_note(job)}", TEXT_LIMIT)
+
+
+def cancelled_text(job: Generation) -> str:
+    return quoted_prompt(job.prompt, f"\n✖ Cancelled.{_refund_note(job)}", TEXT_LIMIT)
+
+
+def done_text(job: Generation) -> str:
+    return quoted_prompt(job.prompt, "\n✅ Done.", TEXT_LIMIT)
+
+
+# --- keyboards ------------------------------------------------------------------------------------
+
+
+def _button(text: str, action: cd.Action) -> InlineKeyboardButton:
+    return InlineKeyboardButton(text, callback_data=cd.encode(action))
+
+
+def cancel_keyboard(job: Generation) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup([[_button("✖ Cancel", cd.Cancel(job.id, job.owner.platform_user_id))]])
+
+
+def result_keyboard(job: Generation, images: Sequence[ImageRecord]) -> InlineKeyboardMarkup:
+    originals = "📎 Original" if len(images) == 1 else "📎 Originals"
+    rows = [[_button("🔄", cd.Regenerate(job.id)), _button(originals, cd.Originals(job.id))]]
+    ordered = sorted(images, key=lambda image: image.index)
+    # At most 4 images per job today; 5 per row keeps a future larger count readable.
+    variations = [_button(f"V{position}", cd.Vary(image.id)) for position, image in enumerate(ordered, start=1)]
+    rows.extend(variations[i : i + 5] for i in range(0, len(variations), 5))
+    return InlineKeyboardMarkup(rows)
+
+
+def retry_keyboard(job: Generation) -> InlineKeyboardMarkup | None:
+    if job.error_code in FAILED_NO_RETRY:
+        return None
+    return InlineKeyboardMarkup([[_button("🔄 Try again", cd.Regenerate(job.id))]])
+
+
+def history_keyboard(page: HistoryPage) -> InlineKeyboardMarkup | None:
+    row = []
+    if page.has_previous:
+        row.append(_button("◀ Newer", cd.HistoryPage(page.page - 1)))
+    if page.has_next:
+        row.append(_button("Older ▶", cd.HistoryPage(page.page + 1)))
+    return InlineKeyboardMarkup([row]) if row else None
+
+
+def deep_link_keyboard(url: str) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup([[InlineKeyboardButton("Open a private chat", url=url)]])
+
+
+# --- history ----------------------------------------------------------------------------------------
+
+
+def history_caption(item: HistoryItem, limit: int = CAPTION_LIMIT) -> str:
+    job = item.generation
+    when = job.created_at.strftime("%Y-%m-%d %H:%M UTC")
+    status = {
+        "partial": f" · {len(item.images)} of {job.count} made",
+        "failed": " · ❌ failed",
+        "cancelled": " · ✖ cancelled",
+        "queued": " · ⏳ queued",
+        "running": " · 🎨 generating",
+    }.get(job.status, "")
+    return quoted_prompt(job.prompt, f"\n{details(job)}\n{when}{status}", limit)
+
+
+def history_footer(page: HistoryPage) -> str:
+    total = "1 generation" if page.total == 1 else f"{page.total} generations"
+    return f"🗂 Page {page.page + 1} of {page.pages} · {total}, newest first."
+
+
+EMPTY_HISTORY = "No images yet. Try /imagine a lighthouse at dusk"
+
+
+# --- commands ---------------------------------------------------------------------------------------
+
+
+def _prices(models: Sequence[ModelPrice], credits_enabled: bool) -> str:
+    lines = []
+    for model in models:
+        cost = f": {model.cost} credit{'s' if model.cost != 1 else ''} per image" if credits_enabled else ""
+        lines.append(f"• {model.name} ({model.label}){cost}")
+    return "\n".join(lines)
+
+
+def balance_text(balance: Balance) -> str:
+    if not balance.credits_enabled:
+        return "Credits are off here: make as many images as you like.\nModels:\n" + _prices(balance.models, False)
+    return f"You have {balance.balance} credits.\nPrices:\n" + _prices(balance.models, True)
+
+
+def help_text(bot_username: str, models: Sequence[ModelPrice], default_model: str) -> str:
+    mention = f"@{bot_username}" if bot_username else ""
+    return (
+        "I make images from a description.\n\n"
+        "/imagine <prompt> [options], e.g.\n"
+        "/imagine a lighthouse at dusk --ar 16:9 --n 2\n\n"
+        "Options:\n"
+        "--ar 16:9  aspect ratio (1:1, 16:9, 9:16, 4:3, 3:4, 3:2, 2:3)\n"
+        "--n 2  how many images (1–4)\n"
+        "--seed 7  repeat a result\n"
+        f"--model name  which model (default {default_model})\n"
+        "--no text  what to leave out\n\n"
+        "In our private chat you can simply type the description.\n"
+        f"In groups use /imagine{mention} <prompt>.\n\n"
+        "Under each result: 🔄 the same prompt with a new seed, V1… a variation of that image, "
+        "📎 the original files (Telegram compresses photos).\n\n"
+        "/history  your earlier images (in our private chat)\n"
+        "/balance  your credits and the prices\n\n"
+        "Models:\n" + _prices(models, False)
+    )
+
+
+def welcome_text(name: str, balance: Balance, bot_username: str, models: Sequence[ModelPrice], default: str) -> str:
+    greeting = f"Hi {name}! " if name else "Hi! "
+    credits = f"You have {balance.balance} credits.\n\n" if balance.credits_enabled else ""
+    return f"{greeting}{credits}" + help_text(bot_username, models, default)
