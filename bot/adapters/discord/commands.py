@@ -1,0 +1,326 @@
+"""Slash commands and button presses: each one acknowledged at once, then translated into one core call.
+
+Every handler runs inside `_answering`, which turns a BotError into its plain words, shown only to the
+user (ephemeral), and anything else into a short apology; tracebacks go to the log, never to a chat."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from bot.adapters.discord import render
+from bot.adapters.discord.buttons import Action, ButtonPayload, history_view
+from bot.adapters.discord.context import DEFAULT_UPLOAD_LIMIT, PLATFORM, destination_for
+from bot.config import ASPECT_RATIOS
+from bot.core.errors import BotError
+from bot.core.models import Accepted, Destination, HistoryPage, ImagineRequest, UserIdentity
+from bot.core.prompt import MAX_COUNT, MAX_SEED, parse_command_text
+from bot.core.service import GenerationService
+
+log = logging.getLogger(__name__)
+
+HISTORY_PAGE_SIZE = 1  # one generation per page: its images and buttons fit one message
+# Discord's codes for an interaction that can't be answered: already acknowledged (a redelivered event
+# another handler took), or unknown (we were later than 3 seconds).
+_ALREADY_ACKNOWLEDGED = 40060
+_UNKNOWN_INTERACTION = 10062
+DM_CLOSED_NOTE = (
+    "I couldn't send you a DM: your DMs are closed for me (Privacy Settings → Direct Messages). "
+    "Here is your history instead; only you can see it."
+)
+
+
+class _Unanswerable(Exception):
+    """Discord refused our acknowledgement: someone else answered this interaction, or it expired."""
+
+
+def identity(user: discord.abc.User) -> UserIdentity:
+    return UserIdentity(PLATFORM, str(user.id), user.display_name)
+
+
+class DiscordController:
+    """What each command and button asks of the core. Thin: parse, acknowledge, call, reply."""
+
+    def __init__(self, service: GenerationService) -> None:
+        self.service = service
+        self.accepting = True
+
+    # --- slash commands ------------------------------------------------------------------------
+
+    async def imagine(self, interaction: discord.Interaction, options: ImagineRequest) -> None:
+        async with self._answering(interaction):
+            if not await self._may_start_job(interaction):
+                return
+            # Parsing the inline --flags is instant and may refuse: do it before answering publicly.
+            request = parse_command_text(options.prompt, options)
+            who = identity(interaction.user)
+            key = str(interaction.id)  # a redelivered interaction has the same id: never charged twice
+            await self._run_job(interaction, lambda d: self.service.imagine(who, request, d, key))
+
+    async def history(self, interaction: discord.Interaction) -> None:
+        async with self._answering(interaction):
+            if not await self._accepting(interaction):
+                return
+            in_dm = interaction.guild_id is None
+            await self._defer(interaction, thinking=True, ephemeral=not in_dm)
+            page = await self.service.history(identity(interaction.user), 0, HISTORY_PAGE_SIZE)
+            if in_dm or not page.items:
+                await self._send_page(interaction.followup, page, interaction.filesize_limit, ephemeral=not in_dm)
+                return
+            try:
+                dm = await interaction.user.create_dm()
+                message = await self._send_page(dm, page, DEFAULT_UPLOAD_LIMIT)
+            except discord.Forbidden as error:
+                # 50007: the user doesn't accept DMs from us. Show the first page here, privately.
+                log.info("history: DM to %s refused (%s)", interaction.user.id, error.code)
+                await self._send_page(
+                    interaction.followup, page, interaction.filesize_limit, ephemeral=True, intro=DM_CLOSED_NOTE
+                )
+                return
+            await interaction.followup.send(f"I sent your history to your DMs: {message.jump_url}", ephemeral=True)
+
+    async def balance(self, interaction: discord.Interaction) -> None:
+        async with self._answering(interaction):
+            await self._defer(interaction, thinking=True, ephemeral=True)
+            balance = await self.service.balance(identity(interaction.user))
+            # The id is what an operator puts in ADMIN_IDS (discord:<id>).
+            text = f"{render.balance_text(balance)}\n-# Your user id: {interaction.user.id}"
+            await interaction.followup.send(text, ephemeral=True)
+
+    async def adjust_credits(self, interaction: discord.Interaction, target: discord.abc.User, amount: int) -> None:
+        """`amount` > 0 grants, < 0 revokes. The core refuses anyone who isn't a configured admin."""
+        async with self._answering(interaction):
+            await self._defer(interaction, thinking=True, ephemeral=True)
+            result = await self.service.grant(
+                identity(interaction.user), identity(target), amount, idempotency_key=str(interaction.id)
+            )
+            name = render.clean(target.display_name, 80)
+            if amount > 0:
+                text = f"Added {render.plural(result.applied, 'credit')} to {name}."
+            else:
+                text = f"Removed {render.plural(-result.applied, 'credit')} from {name}."
+            await interaction.followup.send(f"{text} Their balance is now {result.balance}.", ephemeral=True)
+
+    async def model_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        typed = current.strip().lower()
+        choices = []
+        for model in self.service.model_choices():
+            if typed and typed not in model.name.lower() and typed not in model.label.lower():
+                continue
+            label = f"{model.label} — {render.plural(model.cost, 'credit')} per image"
+            choices.append(app_commands.Choice(name=label[:100], value=model.name))
+        return choices[:25]  # Discord's maximum
+
+    # --- buttons -------------------------------------------------------------------------------
+
+    async def on_button(self, interaction: discord.Interaction, payload: ButtonPayload | None) -> None:
+        async with self._answering(interaction):
+            if payload is None:
+                await self.say(interaction, render.MALFORMED_BUTTON)
+                return
+            who = identity(interaction.user)
+            chat = str(interaction.channel_id)
+            key = str(interaction.id)
+            if payload.action is Action.REGENERATE:
+                if await self._may_start_job(interaction):
+                    await self._run_job(interaction, lambda d: self.service.regenerate(who, payload.target, d, key))
+            elif payload.action is Action.VARY:
+                if await self._may_start_job(interaction):
+                    await self._run_job(interaction, lambda d: self.service.vary(who, payload.target, d, key))
+            elif payload.action is Action.CANCEL:
+                await self._defer(interaction, thinking=True, ephemeral=True)
+                job = await self.service.cancel(who, payload.target, chat)
+                await interaction.followup.send(f"Cancelled. {render.refund_text(job)}".strip(), ephemeral=True)
+            elif payload.action is Action.DELETE:
+                await self._defer(interaction)
+                await self.service.delete(who, payload.target, chat)
+                # After a deferred update, the "original response" is the message the button is on.
+                await interaction.delete_original_response()
+            elif payload.action is Action.PAGE:
+                await self._defer(interaction)
+                # Always the presser's own history: a page button can't show anyone else's.
+                page = await self.service.history(who, payload.page, HISTORY_PAGE_SIZE)
+                uploads, content, view = await self._page(page, interaction.filesize_limit)
+                await interaction.edit_original_response(
+                    content=content, attachments=[u.file() for u in uploads], view=view
+                )
+            else:
+                await self._defer(interaction)  # the page indicator: nothing to do
+
+    # --- shared steps --------------------------------------------------------------------------
+
+    async def _run_job(
+        self, interaction: discord.Interaction, start: Callable[[Destination], Awaitable[Accepted]]
+    ) -> None:
+        """Answer publicly ("thinking…"), then hand the job to the core with that message as its home:
+        the observer edits it from queued to the images."""
+        response = await self._defer(interaction, thinking=True)
+        interaction.extras["public_thinking"] = True
+        message_id = response.message_id if response is not None else None
+        if message_id is None:
+            message_id = (await interaction.original_response()).id
+        accepted = await start(destination_for(interaction, message_id))
+        if accepted.duplicate:
+            log.info("interaction %s was already handled as job %s", interaction.id, accepted.generation.id)
+
+    async def _may_start_job(self, interaction: discord.Interaction) -> bool:
+        if not await self._accepting(interaction):
+            return False
+        if interaction.guild_id is not None and not interaction.app_permissions.attach_files:
+            await self.say(interaction, render.NEED_ATTACH_FILES)
+            return False
+        return True
+
+    async def _accepting(self, interaction: discord.Interaction) -> bool:
+        if not self.accepting:
+            await self.say(interaction, render.RESTARTING)
+        return self.accepting
+
+    async def _defer(
+        self, interaction: discord.Interaction, *, thinking: bool = False, ephemeral: bool = False
+    ) -> discord.InteractionCallbackResponse[discord.Client] | None:
+        try:
+            return await interaction.response.defer(thinking=thinking, ephemeral=ephemeral)
+        except discord.HTTPException as error:
+            if error.code in (_ALREADY_ACKNOWLEDGED, _UNKNOWN_INTERACTION):
+                raise _Unanswerable(f"{error.code} {error.text}") from error
+            raise
+
+    async def _page(self, page: HistoryPage, limit: int) -> tuple[list[render.Upload], str, discord.ui.View]:
+        uploads: list[render.Upload] = []
+        notes: list[str] = []
+        if page.items and page.items[0].images:
+            images = await self.service.load_files(page.items[0].images)
+            # One message per page: every image gets an equal share of the upload limit.
+            fitted = await asyncio.to_thread(render.fit_images, images, max(1, limit // len(images)))
+            uploads = [u for group in fitted.messages for u in group]
+            notes = fitted.notes()
+        content = render.history_text(page) + "".join(f"\n-# {note}" for note in notes)
+        return uploads, content, history_view(page)
+
+    async def _send_page(
+        self,
+        target: discord.abc.Messageable | discord.Webhook,
+        page: HistoryPage,
+        limit: int,
+        *,
+        ephemeral: bool = False,
+        intro: str = "",
+    ) -> discord.Message:
+        uploads, content, view = await self._page(page, limit)
+        if intro:
+            content = f"{intro}\n\n{content}"[: render.MESSAGE_LIMIT]
+        files = [u.file() for u in uploads]
+        if isinstance(target, discord.Webhook):
+            return await target.send(content, files=files, view=view, ephemeral=ephemeral, wait=True)
+        return await target.send(content, files=files, view=view)
+
+    async def say(self, interaction: discord.Interaction, text: str) -> None:
+        """Something only this user sees, whatever state the interaction is in."""
+        try:
+            if not interaction.response.is_done():
+                await interaction.response.send_message(text, ephemeral=True)
+            elif interaction.extras.get("public_thinking"):
+                # The public "thinking…" message can't turn private: settle it, say it privately, remove it.
+                await interaction.edit_original_response(content="…")
+                await interaction.followup.send(text, ephemeral=True)
+                with contextlib.suppress(discord.HTTPException):
+                    await interaction.delete_original_response()
+            else:
+                await interaction.followup.send(text, ephemeral=True)
+        except Exception as error:  # the last resort of every handler: it must not raise
+            log.warning("interaction %s: could not tell the user: %r", interaction.id, error)
+
+    @contextlib.asynccontextmanager
+    async def _answering(self, interaction: discord.Interaction) -> AsyncIterator[None]:
+        try:
+            yield
+        except _Unanswerable as reason:
+            log.info("interaction %s not answered: %s", interaction.id, reason)
+        except BotError as error:
+            await self.say(interaction, error.user_message)
+        except Exception:
+            log.exception("interaction %s failed", interaction.id)
+            await self.say(interaction, render.GENERIC_ERROR)
+
+
+def register_commands(tree: app_commands.CommandTree[Any], controller: DiscordController) -> None:
+    """/imagine, /history, /balance, /credits grant|revoke: usable in servers and in DMs with the bot."""
+    contexts = app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=False)
+    installs = app_commands.AppInstallationType(guild=True, user=False)
+
+    @app_commands.command(name="imagine", description="Make images from a text prompt")
+    @app_commands.describe(
+        prompt="What to draw. Inline options work too: --ar 16:9 --seed 7 --no text",
+        aspect_ratio="Shape of the image",
+        count=f"How many images (1–{MAX_COUNT})",
+        model="Which model (the cost per image is shown)",
+        seed="Same seed + same prompt = similar image",
+        negative="What to leave out",
+    )
+    @app_commands.choices(aspect_ratio=[app_commands.Choice(name=r, value=r) for r in ASPECT_RATIOS])
+    @app_commands.autocomplete(model=controller.model_autocomplete)
+    async def imagine(
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, 4000],
+        aspect_ratio: str | None = None,
+        count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
+        model: str | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        negative: str | None = None,
+    ) -> None:
+        await controller.imagine(interaction, ImagineRequest(prompt, negative, model, aspect_ratio, count, seed))
+
+    @app_commands.command(name="history", description="Your earlier images, sent to you in a DM")
+    async def history(interaction: discord.Interaction) -> None:
+        await controller.history(interaction)
+
+    @app_commands.command(name="balance", description="Your credits and what each model costs")
+    async def balance(interaction: discord.Interaction) -> None:
+        await controller.balance(interaction)
+
+    credits = app_commands.Group(
+        name="credits",
+        description="Change a user's credits (bot admins only)",
+        allowed_contexts=contexts,
+        allowed_installs=installs,
+    )
+
+    @credits.command(name="grant", description="Give a user credits")
+    @app_commands.describe(user="Who gets them", amount="How many")
+    async def grant(
+        interaction: discord.Interaction, user: discord.User, amount: app_commands.Range[int, 1, 1_000_000]
+    ) -> None:
+        await controller.adjust_credits(interaction, user, amount)
+
+    @credits.command(name="revoke", description="Take credits away from a user (down to zero)")
+    @app_commands.describe(user="Whose credits", amount="How many")
+    async def revoke(
+        interaction: discord.Interaction, user: discord.User, amount: app_commands.Range[int, 1, 1_000_000]
+    ) -> None:
+        await controller.adjust_credits(interaction, user, -amount)
+
+    for command in (imagine, history, balance):
+        command.allowed_contexts = contexts
+        command.allowed_installs = installs
+        tree.add_command(command)
+    tree.add_command(credits)
+
+    @tree.error
+    async def on_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        # Reached only for errors before our handlers run (e.g. an option that fails conversion).
+        log.warning("command error in interaction %s: %r", interaction.id, error)
+        text = (
+            "One of the options isn't valid."
+            if isinstance(error, app_commands.TransformerError)
+            else render.GENERIC_ERROR
+        )
+        await controller.say(interaction, text)

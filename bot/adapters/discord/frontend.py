@@ -1,0 +1,139 @@
+"""The Discord client: log in, connect to the gateway as a background task, sync the slash commands,
+and stop cleanly. Started by `bot.adapters.launcher` next to the other front ends, in one asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import discord
+from discord import app_commands
+
+from bot.adapters.discord.buttons import ActionButton, ButtonHandler
+from bot.adapters.discord.commands import DiscordController, register_commands
+from bot.adapters.discord.observer import DiscordObserver
+from bot.config import Settings
+from bot.core.service import GenerationService
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_SECONDS = 60.0
+PREVIEW_INTERVAL_SECONDS = 5.0  # at most one preview edit per job this often: edits are rate limited
+
+
+class ImageBotClient(discord.Client):
+    def __init__(self, button_handler: ButtonHandler, **options: Any) -> None:
+        super().__init__(**options)
+        self.button_handler = button_handler  # where ActionButton sends presses
+        self.tree: app_commands.CommandTree[ImageBotClient] = app_commands.CommandTree(self)
+
+    async def setup_hook(self) -> None:
+        # Matches our buttons on every message, including those sent before a restart.
+        self.add_dynamic_items(ActionButton)
+
+
+class DiscordFrontEnd:
+    def __init__(
+        self,
+        settings: Settings,
+        service: GenerationService,
+        *,
+        guild_ready_timeout: float = 2.0,
+        ready_timeout: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        # Not (yet) in Settings: read with defaults so the core's config needs no change for them.
+        self.ready_timeout = ready_timeout or float(
+            getattr(settings, "discord_ready_timeout_seconds", READY_TIMEOUT_SECONDS)
+        )
+        preview_interval = float(getattr(settings, "discord_preview_interval_seconds", PREVIEW_INTERVAL_SECONDS))
+        self.controller = DiscordController(service)
+        self.client = ImageBotClient(
+            self.controller,
+            # Slash commands and buttons need no intent at all; `guilds` (not privileged) keeps discord.py's
+            # channel cache sound. Nothing privileged: we never read messages or member lists.
+            intents=discord.Intents(guilds=True),
+            # Prompts are user text: never let them ping anyone. The one deliberate ping says so explicitly.
+            allowed_mentions=discord.AllowedMentions.none(),
+            guild_ready_timeout=guild_ready_timeout,
+            chunk_guilds_at_startup=False,
+            member_cache_flags=discord.MemberCacheFlags.none(),
+            # A long rate limit is better retried by the core later than waited out here.
+            max_ratelimit_timeout=30.0,
+        )
+        register_commands(self.client.tree, self.controller)
+        self.observer = DiscordObserver(self.client, clock=clock, preview_interval=preview_interval)
+        self._connection: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Log in, connect, sync commands; return once ready. Raises RuntimeError with a clear reason."""
+        if self.settings.discord_token is None:
+            raise RuntimeError("DISCORD_TOKEN is not set")
+        try:
+            await self.client.login(self.settings.discord_token.get_secret_value())
+        except discord.LoginFailure:
+            await self.client.close()
+            raise RuntimeError("Discord rejected DISCORD_TOKEN (check the bot token in the developer portal)") from None
+        except (OSError, aiohttp.ClientError, discord.HTTPException) as error:
+            await self.client.close()
+            raise RuntimeError(f"Discord is unreachable: {error}") from None
+        self._connection = asyncio.create_task(self.client.connect(reconnect=True), name="discord-gateway")
+        ready = asyncio.create_task(self.client.wait_until_ready())
+        done, _ = await asyncio.wait(
+            {ready, self._connection}, timeout=self.ready_timeout, return_when="FIRST_COMPLETED"
+        )
+        if ready not in done:
+            ready.cancel()
+            reason = _failure(self._connection) or f"not ready after {self.ready_timeout:.0f}s"
+            await self.close()
+            raise RuntimeError(f"Discord gateway: {reason}")
+        try:
+            await self._sync_commands()
+        except discord.HTTPException as error:
+            await self.close()
+            raise RuntimeError(
+                f"Discord refused the slash commands ({error.status} {error.text}). "
+                "Was the bot invited with the applications.commands scope?"
+            ) from None
+        log.info("discord: ready as %s (application %s)", self.client.user, self.client.application_id)
+
+    async def _sync_commands(self) -> None:
+        tree = self.client.tree
+        if self.settings.discord_guild_ids:
+            # Development: guild commands appear at once (global ones can take a while to show everywhere).
+            for guild_id in self.settings.discord_guild_ids:
+                guild = discord.Object(guild_id)
+                tree.copy_global_to(guild=guild)
+                synced = await tree.sync(guild=guild)
+                log.info("discord: %d commands synced to guild %s", len(synced), guild_id)
+        else:
+            synced = await tree.sync()
+            log.info("discord: %d commands synced globally", len(synced))
+
+    async def stop_taking_work(self) -> None:
+        """From now on every command and button answers that the bot is restarting; jobs keep running."""
+        self.controller.accepting = False
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self._connection is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._connection
+            self._connection = None
+
+
+def _failure(task: asyncio.Task[None]) -> str | None:
+    if not task.done():
+        return None
+    if task.cancelled():
+        return "connection cancelled"
+    error = task.exception()
+    if isinstance(error, discord.PrivilegedIntentsRequired):
+        return "privileged intents requested but not enabled"
+    return f"{type(error).__name__}: {error}" if error else "connection closed"
