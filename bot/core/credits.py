@@ -1,4 +1,5 @@
-"""The credit ledger. Every change is a ledger row plus the cached balance, in one transaction,
+"""The credit ledger. Refunds are the SQL function image.refund (migrations/0002), called inside the
+statement that ends a job. Every change is a ledger row plus the cached balance, in one transaction,
 with a guarded update so a balance can never go below zero, and a unique idempotency key so the same
 event never counts twice."""
 
@@ -69,20 +70,6 @@ async def reserve(conn: asyncpg.Connection, user_id: int, cost: int, generation_
         current = await conn.fetchval("SELECT balance FROM image.users WHERE id = $1", user_id)
         raise InsufficientCredits(balance=current, cost=cost)
     return balance
-
-
-async def refund(conn: asyncpg.Connection, user_id: int, amount: int, generation_id: str) -> None:
-    """Give back what a generation did not deliver. One refund per generation (its key says so)."""
-    if amount <= 0:
-        return
-    await conn.execute(
-        """WITH entry AS (
-               INSERT INTO image.credit_ledger (user_id, delta, reason, generation_id, idempotency_key)
-               VALUES ($1, $2, 'refund', $3, 'refund:' || $3)
-           )
-           UPDATE image.users SET balance = balance + $2 WHERE id = $1""",
-        user_id, amount, generation_id,
-    )
 
 
 async def adjust(

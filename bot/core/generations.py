@@ -136,20 +136,6 @@ async def get_image(conn: asyncpg.Connection, image_id: str) -> ImageRecord | No
     return image_from_row(row) if row else None
 
 
-async def insert_images(conn: asyncpg.Connection, images: Sequence[ImageRecord]) -> None:
-    if not images:
-        return
-    await conn.executemany(
-        f"""INSERT INTO image.images ({IMAGE_COLUMNS})
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
-        [
-            (i.id, i.generation_id, i.index, i.storage_key, i.url, i.mime_type, i.width, i.height, i.bytes,
-             i.seed, json.dumps(i.file_refs))
-            for i in images
-        ],
-    )
-
-
 async def set_file_refs(conn: asyncpg.Connection, platform: str, refs: dict[str, str]) -> None:
     """Remember each image's platform handle (e.g. a Telegram file_id), all in one statement."""
     if not refs:

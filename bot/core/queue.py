@@ -3,13 +3,13 @@ processes can share one database; leases let a crashed process's jobs be taken o
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
-from bot.core import credits
-from bot.core.generations import GENERATION_COLUMNS, generation_from_row, insert_images
+from bot.core.generations import GENERATION_COLUMNS, IMAGE_COLUMNS, generation_from_row
 from bot.core.metrics import CREDITS_REFUNDED, JOBS_FINISHED
 from bot.core.models import Generation, ImageRecord
 
@@ -71,30 +71,36 @@ async def queue_position(conn: asyncpg.Connection, generation_id: str) -> int:
 
 @dataclass(frozen=True)
 class RequestCounts:
+    balance: int  # exact: the row is locked
     active: int  # the user's unfinished jobs
     recent: int  # the user's requests in the last minute
     retry_in: int  # seconds until the oldest of those leaves the minute
     ahead: int  # queued jobs of everybody: where a new job would stand
+    existing: str | None  # the generation already recorded under this idempotency key
 
 
-async def lock_user_for_request(conn: asyncpg.Connection, user_id: int) -> RequestCounts:
+async def lock_user_for_request(conn: asyncpg.Connection, user_id: int, key: str | None) -> RequestCounts:
     """Lock the user's row for this transaction (one user's concurrent requests are then counted exactly,
-    never racily), then read what the request limits need."""
-    # The lock must be its own statement: a statement that waited for a lock still counts with the snapshot
+    never racily), then read what accepting a request needs."""
+    # The lock must be its own statement: a statement that waited for a lock still reads with the snapshot
     # it took before waiting, so it would miss the request it waited for.
     await conn.execute("SELECT 1 FROM image.users WHERE id = $1 FOR UPDATE", user_id)
     row = await conn.fetchrow(
         """SELECT
+               (SELECT balance FROM image.users WHERE id = $1) AS balance,
                (SELECT count(*) FROM image.generations
                 WHERE user_id = $1 AND status IN ('queued', 'running')) AS active,
                (SELECT count(*) FROM image.generations
                 WHERE user_id = $1 AND created_at > now() - interval '1 minute') AS recent,
                (SELECT ceil(extract(epoch FROM min(created_at) + interval '1 minute' - now()))::int
                 FROM image.generations WHERE user_id = $1 AND created_at > now() - interval '1 minute') AS retry_in,
-               (SELECT count(*) FROM image.generations WHERE status = 'queued') AS ahead""",
-        user_id,
+               (SELECT count(*) FROM image.generations WHERE status = 'queued') AS ahead,
+               (SELECT id FROM image.generations WHERE idempotency_key = $2) AS existing""",
+        user_id, key,
     )
-    return RequestCounts(row["active"], row["recent"], max(1, row["retry_in"] or 1), row["ahead"])
+    return RequestCounts(
+        row["balance"], row["active"], row["recent"], max(1, row["retry_in"] or 1), row["ahead"], row["existing"]
+    )
 
 
 async def renew_leases(conn: asyncpg.Connection, owner: str, ids: Sequence[str], lease_seconds: float) -> None:
@@ -114,26 +120,42 @@ class Outcome:
     error_message: str | None
 
 
+_FINISH = f"""
+    WITH job AS (
+        UPDATE image.generations g
+        SET status = $3, error_code = $4, error_message = $5, credits_refunded = $6,
+            finished_at = now(), lease_expires_at = now() + make_interval(secs => $7)
+        FROM image.users u
+        WHERE g.id = $1 AND g.status = 'running' AND g.lease_owner = $2 AND u.id = g.user_id
+        RETURNING {GENERATION_COLUMNS}
+    ), stored AS (
+        INSERT INTO image.images ({IMAGE_COLUMNS})
+        SELECT i.* FROM unnest(
+            $8::text[], $9::text[], $10::smallint[], $11::text[], $12::text[], $13::text[],
+            $14::integer[], $15::integer[], $16::integer[], $17::bigint[], $18::jsonb[]) AS i
+        WHERE EXISTS (SELECT 1 FROM job)
+    )
+    SELECT job.*, image.refund(job.user_id, $6, job.id) FROM job"""
+
+
 async def finish(
     conn: asyncpg.Connection, generation_id: str, owner: str, outcome: Outcome, lease_seconds: float
 ) -> Generation | None:
-    """Record a run's result, its images and its refund in one transaction. Returns the finished job, or
-    None when it is no longer ours (cancelled meanwhile, or taken over after a lost lease)."""
-    async with conn.transaction():
-        row = await conn.fetchrow(
-            f"""UPDATE image.generations g
-                SET status = $3, error_code = $4, error_message = $5, credits_refunded = $6,
-                    finished_at = now(), lease_expires_at = now() + make_interval(secs => $7)
-                FROM image.users u
-                WHERE g.id = $1 AND g.status = 'running' AND g.lease_owner = $2 AND u.id = g.user_id
-                RETURNING {GENERATION_COLUMNS}""",
-            generation_id, owner, outcome.status, outcome.error_code, outcome.error_message,
-            outcome.refund, lease_seconds,
-        )
-        if row is None:
-            return None
-        await insert_images(conn, outcome.images)
-        await credits.refund(conn, row["user_id"], outcome.refund, generation_id)
+    """Record a run's result, its images and its refund, in one statement (so all of it or none).
+    Returns the finished job, or None when it is no longer ours (cancelled meanwhile, or taken over after
+    a lost lease)."""
+    images = outcome.images
+    row = await conn.fetchrow(
+        _FINISH,
+        generation_id, owner, outcome.status, outcome.error_code, outcome.error_message, outcome.refund,
+        lease_seconds,
+        [i.id for i in images], [i.generation_id for i in images], [i.index for i in images],
+        [i.storage_key for i in images], [i.url for i in images], [i.mime_type for i in images],
+        [i.width for i in images], [i.height for i in images], [i.bytes for i in images],
+        [i.seed for i in images], [json.dumps(i.file_refs) for i in images],
+    )
+    if row is None:
+        return None
     JOBS_FINISHED.labels(outcome.status).inc()
     CREDITS_REFUNDED.inc(outcome.refund)
     return generation_from_row(row)
@@ -159,21 +181,22 @@ async def _end_with_full_refund(
     conn: asyncpg.Connection, generation_id: str, status: str, code: str, message: str, owner: str,
     lease_seconds: float,
 ) -> int | None:
-    async with conn.transaction():
-        row = await conn.fetchrow(
-            """UPDATE image.generations
+    refunded = await conn.fetchval(
+        """WITH job AS (
+               UPDATE image.generations
                SET status = $2, error_code = $3, error_message = $4, credits_refunded = credits_reserved,
                    finished_at = now(), lease_owner = $5, lease_expires_at = now() + make_interval(secs => $6)
                WHERE id = $1 AND status IN ('queued', 'running')
-               RETURNING user_id, credits_reserved""",
-            generation_id, status, code, message, owner, lease_seconds,
-        )
-        if row is None:
-            return None
-        await credits.refund(conn, row["user_id"], row["credits_reserved"], generation_id)
+               RETURNING user_id, credits_reserved
+           )
+           SELECT job.credits_reserved, image.refund(job.user_id, job.credits_reserved, $1) FROM job""",
+        generation_id, status, code, message, owner, lease_seconds,
+    )
+    if refunded is None:
+        return None
     JOBS_FINISHED.labels(status).inc()
-    CREDITS_REFUNDED.inc(row["credits_reserved"])
-    return row["credits_reserved"]
+    CREDITS_REFUNDED.inc(refunded)
+    return refunded
 
 
 async def mark_delivered(conn: asyncpg.Connection, generation_id: str) -> None:

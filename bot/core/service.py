@@ -14,7 +14,14 @@ import asyncpg
 
 from bot.config import ModelSpec
 from bot.core import credits, generations, queue
-from bot.core.errors import Forbidden, InvalidRequest, NotFound, TemporarilyUnavailable, TooBusy
+from bot.core.errors import (
+    Forbidden,
+    InsufficientCredits,
+    InvalidRequest,
+    NotFound,
+    TemporarilyUnavailable,
+    TooBusy,
+)
 from bot.core.events import JobObserver
 from bot.core.ids import is_valid_id, new_id
 from bot.core.metrics import CREDITS_RESERVED
@@ -177,11 +184,15 @@ class GenerationService:
                 user = await credits.ensure_user(conn, who, self._starting_credits)
                 try:
                     async with conn.transaction():
-                        if key is not None and (existing := await generations.get_by_idempotency_key(conn, key)):
+                        counts = await queue.lock_user_for_request(conn, user.id, key)
+                        if counts.existing is not None:
+                            existing = await generations.get_generation(conn, counts.existing)
+                            assert existing is not None
                             return await self._duplicate(conn, existing, user.id)
-                        position = await self._check_limits(conn, user.id)
+                        self._check_limits(counts, cost)
+                        position = counts.ahead
                         generation_id = new_id()
-                        balance = user.balance
+                        balance = counts.balance
                         if cost > 0:
                             balance = await credits.reserve(
                                 conn, user.id, cost, generation_id, f"reserve:{key or generation_id}"
@@ -225,9 +236,8 @@ class GenerationService:
         await self._announce(generation, position)
         return Accepted(generation, position, balance if self.credit_policy.enabled else None)
 
-    async def _check_limits(self, conn: asyncpg.Connection, user_id: int) -> int:
-        """Refuse a user over their limits; else return the new job's place in the queue."""
-        counts = await queue.lock_user_for_request(conn, user_id)
+    def _check_limits(self, counts: queue.RequestCounts, cost: int) -> None:
+        """Refuse a request over the user's limits or balance, before anything is written."""
         if counts.active >= self.request_policy.per_user_queued_limit:
             raise TooBusy(
                 f"You already have {counts.active} generations waiting. "
@@ -235,7 +245,8 @@ class GenerationService:
             )
         if counts.recent >= self.request_policy.requests_per_minute:
             raise TooBusy(f"You're making requests very fast. Please try again in {counts.retry_in} seconds.")
-        return counts.ahead
+        if counts.balance < cost:
+            raise InsufficientCredits(balance=counts.balance, cost=cost)
 
     async def _duplicate(self, conn: asyncpg.Connection, existing: Generation, user_id: int) -> Accepted:
         position = await queue.queue_position(conn, existing.id) if existing.status == "queued" else 0
