@@ -169,6 +169,9 @@ class Settings(BaseSettings):
     # Front ends
     discord_token: SecretStr | None = None
     discord_guild_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    discord_ready_timeout_seconds: float = Field(default=60.0, gt=0)
+    # At most one preview edit per job this often: message edits are rate limited.
+    discord_preview_interval_seconds: float = Field(default=5.0, ge=1)
     telegram_token: SecretStr | None = None
     telegram_base_url: str = "https://api.telegram.org/bot"
     telegram_base_file_url: str = "https://api.telegram.org/file/bot"

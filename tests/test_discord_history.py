@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from bot.core.metrics import PLATFORM_ERRORS
 from tests.conftest import RuntimeFactory, wait_for
 from tests.fakes.discord_harness import finished, running_bot, serving_fake
 from tests.fakes.discord_server import DEFERRED_CHANNEL_MESSAGE, EPHEMERAL, FakeDiscord, FakeMessage
@@ -65,6 +66,8 @@ async def test_closed_dms_are_explained_and_the_first_page_is_shown_privately(
 ) -> None:
     alice = fake.user("alice")
     fake.closed_dms.add(int(alice["id"]))
+    refused = PLATFORM_ERRORS.labels("discord", "http_403")
+    before = refused._value.get()
     async with running_bot(runtime_factory, fake):
         await make_three(fake, alice)
         asked = await fake.slash("history", user=alice)
@@ -75,6 +78,7 @@ async def test_closed_dms_are_explained_and_the_first_page_is_shown_privately(
         assert page.labels() == ["🔄", "V1", "◀", "1 / 3", "▶"] and len(page.attachments) == 1
         dm_attempts = [r for r in fake.requests if r.path == f"/channels/{fake.dm_channel_id(alice)}/messages"]
         assert [r.status for r in dm_attempts] == [403]  # 50007, as Discord answers
+        assert refused._value.get() == before + 1  # counted for the operator's metrics
 
         await turn_page(fake, page, "▶", alice, "2 of 3")
         assert "the second boat" in page.content and page.ephemeral

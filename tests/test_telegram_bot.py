@@ -13,6 +13,7 @@ import pytest
 
 from bot.adapters.telegram.frontend import TelegramFrontEnd
 from bot.adapters.telegram.handlers import SORRY
+from bot.core.metrics import PLATFORM_ERRORS
 from bot.core.models import UserIdentity
 from tests.conftest import wait_for
 from tests.fakes.openai_server import fake_openai_server, moderation_blocked, png_bytes, slow
@@ -318,9 +319,12 @@ async def test_flood_control_429_is_waited_out_and_retried(
 ) -> None:
     ann = fake.user(ANN, "Ann")
     fake.fail("sendPhoto", too_many_requests(1), chat_id=ANN)
+    counted = PLATFORM_ERRORS.labels("telegram", "RetryAfter")
+    before = counted._value.get()
     async with running_bot(runtime_factory, fake):
         fake.send(ann, "/imagine patience")
         await fake.wait_sent("sendPhoto", ANN)
+    assert counted._value.get() == before + 1  # the operator's metric saw it
     first, second = [c for c in fake.calls if c.method == "sendPhoto"]
     assert not first.ok and first.error == {
         "ok": False, "error_code": 429, "description": "Too Many Requests: retry after 1",

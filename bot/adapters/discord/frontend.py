@@ -18,12 +18,11 @@ from bot.adapters.discord.buttons import ActionButton, ButtonHandler
 from bot.adapters.discord.commands import DiscordController, register_commands
 from bot.adapters.discord.observer import DiscordObserver
 from bot.config import Settings
+from bot.core.metrics import PLATFORM_ERRORS
 from bot.core.service import GenerationService
 
 log = logging.getLogger(__name__)
 
-READY_TIMEOUT_SECONDS = 60.0
-PREVIEW_INTERVAL_SECONDS = 5.0  # at most one preview edit per job this often: edits are rate limited
 
 
 class ImageBotClient(discord.Client):
@@ -37,6 +36,21 @@ class ImageBotClient(discord.Client):
         self.add_dynamic_items(ActionButton)
 
 
+def count_http_errors(http: discord.http.HTTPClient) -> None:
+    """Count every REST error for the operator's metrics, at the one place all requests pass through.
+    (discord.py retries 429s itself; only those it gives up on arrive here.)"""
+    send = http.request
+
+    async def request(route: discord.http.Route, **kwargs: Any) -> Any:
+        try:
+            return await send(route, **kwargs)
+        except discord.HTTPException as error:
+            PLATFORM_ERRORS.labels("discord", f"http_{error.status}").inc()
+            raise
+
+    http.request = request  # type: ignore[method-assign]
+
+
 class DiscordFrontEnd:
     def __init__(
         self,
@@ -48,11 +62,8 @@ class DiscordFrontEnd:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        # Not (yet) in Settings: read with defaults so the core's config needs no change for them.
-        self.ready_timeout = ready_timeout or float(
-            getattr(settings, "discord_ready_timeout_seconds", READY_TIMEOUT_SECONDS)
-        )
-        preview_interval = float(getattr(settings, "discord_preview_interval_seconds", PREVIEW_INTERVAL_SECONDS))
+        self.ready_timeout = ready_timeout or settings.discord_ready_timeout_seconds
+        preview_interval = settings.discord_preview_interval_seconds
         self.controller = DiscordController(service)
         self.client = ImageBotClient(
             self.controller,
@@ -67,6 +78,7 @@ class DiscordFrontEnd:
             # A long rate limit is better retried by the core later than waited out here.
             max_ratelimit_timeout=30.0,
         )
+        count_http_errors(self.client.http)
         register_commands(self.client.tree, self.controller)
         self.observer = DiscordObserver(self.client, clock=clock, preview_interval=preview_interval)
         self._connection: asyncio.Task[None] | None = None

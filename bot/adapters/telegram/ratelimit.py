@@ -13,9 +13,11 @@ import warnings
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from telegram.error import RetryAfter
+from telegram.error import RetryAfter, TelegramError
 from telegram.ext import BaseRateLimiter
 from telegram.warnings import PTBDeprecationWarning
+
+from bot.core.metrics import PLATFORM_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,11 @@ class FloodWaitLimiter(BaseRateLimiter[int]):
                 del self._paused_until[chat]  # over: don't keep an entry for every chat ever paused
             try:
                 return await callback(*args, **kwargs)
-            except RetryAfter as error:
+            except TelegramError as error:
+                # Every Bot API call passes here: the one place to count errors for the operator.
+                PLATFORM_ERRORS.labels("telegram", type(error).__name__).inc()
+                if not isinstance(error, RetryAfter):
+                    raise
                 delay = retry_after_seconds(error)
                 if attempt == retries or delay > self.max_wait:
                     raise
