@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Mapping
@@ -53,6 +54,10 @@ class Runtime:
             await self.health.start()
         await self.worker.recover()
         self.worker.start()
+        # What start-up built lives as long as the process: move it out of the garbage collector's sight,
+        # so full collections under a burst stay short (a 150 ms pause was measured without this).
+        gc.collect()
+        gc.freeze()
 
 
 def build_providers(settings: Settings) -> dict[str, ImageProvider]:
@@ -89,25 +94,34 @@ def build_store(settings: Settings) -> ImageStore:
     return LocalStore(settings.local_images_dir)
 
 
+# The worker's own connections: its claims and results never queue behind a burst of incoming requests.
+WORKER_POOL_SIZE = 4
+
+
+@asynccontextmanager
+async def database_dsn(settings: Settings) -> AsyncIterator[str]:
+    """DATABASE_URL, or the embedded Postgres (started here, stopped on exit)."""
+    if settings.database_url is not None:
+        yield settings.database_url.get_secret_value()
+        return
+    embedded = database.EmbeddedPostgres(settings.pg_data_dir)
+    dsn = await asyncio.to_thread(embedded.start)
+    try:
+        yield dsn
+    finally:
+        await asyncio.to_thread(embedded.stop)
+
+
 @asynccontextmanager
 async def open_database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    """A pool on DATABASE_URL, or on the embedded Postgres (started here, stopped on exit). Migrated."""
-    embedded = None
-    if settings.database_url is not None:
-        dsn = settings.database_url.get_secret_value()
-    else:
-        embedded = database.EmbeddedPostgres(settings.pg_data_dir)
-        dsn = await asyncio.to_thread(embedded.start)
-    try:
+    """A migrated pool on the configured database."""
+    async with database_dsn(settings) as dsn:
         pool = await database.create_pool(dsn, settings.db_pool_max_size)
         try:
             await database.migrate(pool)
             yield pool
         finally:
             await pool.close()
-    finally:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
 
 
 @asynccontextmanager
@@ -115,12 +129,22 @@ async def open_runtime(
     settings: Settings,
     pool: asyncpg.Pool | None = None,
     extra_providers: Mapping[str, ImageProvider] | None = None,
+    worker_pool: asyncpg.Pool | None = None,
 ) -> AsyncIterator[Runtime]:
-    """Build the runtime. With `pool` given (tests), the caller owns the database. `extra_providers`
-    adds or replaces providers by name (tests and the benchmark plug in stand-ins this way)."""
+    """Build the runtime. With `pool` given (tests), the caller owns the database (and the worker shares
+    that pool unless `worker_pool` is given). `extra_providers` adds or replaces providers by name (tests
+    and the benchmark plug in stand-ins this way)."""
     if pool is None:
-        async with open_database(settings) as own_pool, open_runtime(settings, own_pool, extra_providers) as runtime:
-            yield runtime
+        async with database_dsn(settings) as dsn:
+            own_pool = await database.create_pool(dsn, settings.db_pool_max_size)
+            own_worker_pool = await database.create_pool(dsn, WORKER_POOL_SIZE)
+            try:
+                await database.migrate(own_pool)
+                async with open_runtime(settings, own_pool, extra_providers, own_worker_pool) as runtime:
+                    yield runtime
+            finally:
+                await own_worker_pool.close()
+                await own_pool.close()
         return
 
     store = build_store(settings)
@@ -132,7 +156,7 @@ async def open_runtime(
         RetryPolicy(max_retries=settings.provider_max_retries, timeout=settings.provider_timeout_seconds),
     )
     worker = Worker(
-        pool,
+        worker_pool or pool,
         store,
         providers,
         models,
