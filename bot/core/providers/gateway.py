@@ -9,21 +9,20 @@ input image (variation) goes in as an `image_url` content part. The aspect ratio
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from pydantic import SecretStr
 
 from bot.config import ModelSpec
 from bot.core.errors import ProviderAuthError, ProviderBadRequest, ProviderError
 from bot.core.providers.base import GeneratedImage, PreviewCallback, ProviderCall, size_for_pixels
+from bot.core.providers.gemini import GEMINI_SIZES, REFUSAL_FINISH_REASONS
 from bot.core.providers.http import (
     AUTH_MESSAGE,
     NO_IMAGE_MESSAGE,
     DecodedImage,
-    HttpProvider,
+    KeyedHttpProvider,
     data_url,
     decode_data_url,
     error_for_status,
@@ -34,33 +33,11 @@ from bot.core.providers.http import (
     send_preview,
     server_sent_events,
 )
+from bot.core.providers.openai_images import REFUSAL_CODES
 
 BILLING_MESSAGE = "The image service account is out of credit. The operator has been told."
-# Gemini image models' sizes per ratio at the default 1K tier (OpenRouter's image_config table).
-GEMINI_SIZES = {
-    "1:1": (1024, 1024),
-    "2:3": (832, 1248),
-    "3:2": (1248, 832),
-    "3:4": (864, 1184),
-    "4:3": (1184, 864),
-    "9:16": (768, 1344),
-    "16:9": (1344, 768),
-}
-# Gateways pass the upstream's reason along as `native_finish_reason`; these are Gemini's refusals.
-REFUSAL_FINISH_REASONS = frozenset(
-    {
-        "SAFETY",
-        "IMAGE_SAFETY",
-        "PROHIBITED_CONTENT",
-        "IMAGE_PROHIBITED_CONTENT",
-        "BLOCKLIST",
-        "SPII",
-        "RECITATION",
-        "IMAGE_RECITATION",
-    }
-)
-# OpenAI-compatible gateways fronting OpenAI models pass OpenAI's refusal codes through.
-REFUSAL_CODES = frozenset({"moderation_blocked", "content_policy_violation"})
+# Gateways serve Gemini's image models (GEMINI_SIZES, and its refusals passed along as
+# `native_finish_reason`) and OpenAI's, whose refusal codes they pass through (REFUSAL_CODES).
 # Catalogue options this provider consumes itself; the rest go into the request body as they are.
 OWN_OPTIONS = frozenset({"image_size", "image_only"})
 MAX_TEXT_IN_DETAIL = 200
@@ -90,18 +67,8 @@ class _Reply:
                 self.finish_reasons.add(reason.upper())
 
 
-class GatewayProvider(HttpProvider):
+class GatewayProvider(KeyedHttpProvider):
     name = "gateway"
-
-    def __init__(self, api_key: SecretStr | None, base_url: str, http: httpx.AsyncClient | None = None) -> None:
-        super().__init__(base_url, http)
-        self._api_key = api_key
-
-    def available(self) -> bool:
-        return bool(self._api_key and self._api_key.get_secret_value())
-
-    def _secrets(self) -> Iterable[str]:
-        return (self._api_key.get_secret_value(),) if self._api_key else ()
 
     def size_for(self, model: ModelSpec, aspect_ratio: str) -> tuple[int, int]:
         # The gateway picks the pixels; this is what Gemini makes for the ratio, used for display.

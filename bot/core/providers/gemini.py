@@ -8,12 +8,10 @@ so that it can't end up in an httpx error message or a proxy log."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
 import httpx
-from pydantic import SecretStr
 
 from bot.config import ModelSpec
 from bot.core.errors import ProviderAuthError, ProviderBadRequest, ProviderError
@@ -22,7 +20,7 @@ from bot.core.providers.http import (
     AUTH_MESSAGE,
     NO_IMAGE_MESSAGE,
     DecodedImage,
-    HttpProvider,
+    KeyedHttpProvider,
     decode_base64_image,
     error_for_status,
     json_body,
@@ -60,18 +58,8 @@ OWN_OPTIONS = frozenset({"image_size", "image_only"})
 MAX_TEXT_IN_DETAIL = 200
 
 
-class GeminiProvider(HttpProvider):
+class GeminiProvider(KeyedHttpProvider):
     name = "gemini"
-
-    def __init__(self, api_key: SecretStr | None, base_url: str, http: httpx.AsyncClient | None = None) -> None:
-        super().__init__(base_url, http)
-        self._api_key = api_key
-
-    def available(self) -> bool:
-        return bool(self._api_key and self._api_key.get_secret_value())
-
-    def _secrets(self) -> Iterable[str]:
-        return (self._api_key.get_secret_value(),) if self._api_key else ()
 
     def size_for(self, model: ModelSpec, aspect_ratio: str) -> tuple[int, int]:
         # Gemini picks the pixels from the ratio; this is what it makes, used for display.

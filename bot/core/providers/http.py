@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 from PIL import Image, UnidentifiedImageError
+from pydantic import SecretStr
 
 from bot.core.errors import (
     ContentRefused,
@@ -90,6 +91,20 @@ class HttpProvider(ImageProvider):
         except httpx.TransportError as error:
             detail = self._redact(f"transport error: {type(error).__name__}: {error}")
             raise ProviderUnavailable(UNAVAILABLE_MESSAGE, detail=detail) from None
+
+
+class KeyedHttpProvider(HttpProvider):
+    """An HTTP provider enabled by an API key: unavailable without one, and the key scrubbed from logs."""
+
+    def __init__(self, api_key: SecretStr | None, base_url: str, http: httpx.AsyncClient | None = None) -> None:
+        super().__init__(base_url, http)
+        self._api_key = api_key
+
+    def available(self) -> bool:
+        return bool(self._api_key and self._api_key.get_secret_value())
+
+    def _secrets(self) -> Iterable[str]:
+        return (self._api_key.get_secret_value(),) if self._api_key else ()
 
 
 def error_for_status(status: int, detail: str, retry_after: float | None = None) -> ProviderError:

@@ -8,11 +8,9 @@ preview; the `*.completed` event carries the final image."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from typing import Any
 
 import httpx
-from pydantic import SecretStr
 
 from bot.config import ModelSpec
 from bot.core.errors import ProviderAuthError, ProviderError, RateLimited
@@ -27,7 +25,7 @@ from bot.core.providers.base import (
 from bot.core.providers.http import (
     AUTH_MESSAGE,
     RATE_LIMITED_MESSAGE,
-    HttpProvider,
+    KeyedHttpProvider,
     decode_base64_image,
     error_for_status,
     json_body,
@@ -50,18 +48,8 @@ MAX_PARTIAL_IMAGES = 3
 OWN_OPTIONS = frozenset({"partial_images"})
 
 
-class OpenAIImagesProvider(HttpProvider):
+class OpenAIImagesProvider(KeyedHttpProvider):
     name = "openai"
-
-    def __init__(self, api_key: SecretStr | None, base_url: str, http: httpx.AsyncClient | None = None) -> None:
-        super().__init__(base_url, http)
-        self._api_key = api_key
-
-    def available(self) -> bool:
-        return bool(self._api_key and self._api_key.get_secret_value())
-
-    def _secrets(self) -> Iterable[str]:
-        return (self._api_key.get_secret_value(),) if self._api_key else ()
 
     def size_for(self, model: ModelSpec, aspect_ratio: str) -> tuple[int, int]:
         rw, rh = ratio_parts(aspect_ratio)
