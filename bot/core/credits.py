@@ -1,7 +1,7 @@
-"""The credit ledger. Refunds are the SQL function image.refund (migrations/0002), called inside the
-statement that ends a job. Every change is a ledger row plus the cached balance, in one transaction,
-with a guarded update so a balance can never go below zero, and a unique idempotency key so the same
-event never counts twice."""
+"""The credit ledger: every change is a ledger row plus the cached balance, in one transaction, with a
+guarded update so a balance never goes below zero and a unique idempotency key so the same event never
+counts twice. Reservations and refunds are SQL functions (image.accept_request, image.refund: migrations
+0002 and 0003), called inside the statements that accept and end a job; grants and revokes are here."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from bot.core.errors import InsufficientCredits
 from bot.core.models import LedgerEntry, UserIdentity
 
 
@@ -52,24 +51,6 @@ async def find_user(conn: asyncpg.Connection, platform: str, platform_user_id: s
         platform, platform_user_id,
     )
     return UserRow(row["id"], row["balance"]) if row else None
-
-
-async def reserve(conn: asyncpg.Connection, user_id: int, cost: int, generation_id: str, key: str) -> int:
-    """Take `cost` for a generation. Must run inside the transaction that records the job."""
-    balance = await conn.fetchval(
-        """WITH taken AS (
-               UPDATE image.users SET balance = balance - $2 WHERE id = $1 AND balance >= $2 RETURNING balance
-           ), entry AS (
-               INSERT INTO image.credit_ledger (user_id, delta, reason, generation_id, idempotency_key)
-               SELECT $1, -$2, 'reserve', $3, $4 FROM taken
-           )
-           SELECT balance FROM taken""",
-        user_id, cost, generation_id, key,
-    )
-    if balance is None:
-        current = await conn.fetchval("SELECT balance FROM image.users WHERE id = $1", user_id)
-        raise InsufficientCredits(balance=current, cost=cost)
-    return balance
 
 
 async def adjust(

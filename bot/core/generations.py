@@ -68,46 +68,6 @@ def image_from_row(row: asyncpg.Record) -> ImageRecord:
     )
 
 
-async def insert_generation(
-    conn: asyncpg.Connection,
-    *,
-    generation_id: str,
-    user_id: int,
-    prompt: str,
-    negative_prompt: str | None,
-    model: str,
-    aspect_ratio: str,
-    count: int,
-    seed: int,
-    kind: str,
-    parent_generation_id: str | None,
-    parent_image_id: str | None,
-    warnings: Sequence[str],
-    credits_reserved: int,
-    idempotency_key: str | None,
-    destination: Destination,
-    owner: UserIdentity,
-) -> Generation:
-    created_at = await conn.fetchval(
-        """INSERT INTO image.generations (
-               id, user_id, prompt, negative_prompt, model, aspect_ratio, count, seed, kind,
-               parent_generation_id, parent_image_id, warnings, credits_reserved, idempotency_key,
-               platform, chat_id, message_id, reply_context)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
-           RETURNING created_at""",
-        generation_id, user_id, prompt, negative_prompt, model, aspect_ratio, count, seed, kind,
-        parent_generation_id, parent_image_id, list(warnings), credits_reserved, idempotency_key,
-        destination.platform, destination.chat_id, destination.message_id, json.dumps(destination.context),
-    )
-    return Generation(
-        id=generation_id, user_id=user_id, owner=owner, prompt=prompt, negative_prompt=negative_prompt,
-        model=model, aspect_ratio=aspect_ratio, count=count, seed=seed, kind=kind,  # type: ignore[arg-type]
-        parent_generation_id=parent_generation_id, parent_image_id=parent_image_id, status="queued",
-        error_code=None, error_message=None, warnings=tuple(warnings), credits_reserved=credits_reserved,
-        credits_refunded=0, destination=destination, created_at=created_at, started_at=None, finished_at=None,
-    )
-
-
 async def get_generation(conn: asyncpg.Connection, generation_id: str) -> Generation | None:
     row = await conn.fetchrow(
         f"SELECT {GENERATION_COLUMNS} {FROM_GENERATIONS} WHERE g.id = $1 AND g.deleted_at IS NULL", generation_id

@@ -11,7 +11,7 @@ import asyncpg
 
 from bot.core.generations import GENERATION_COLUMNS, IMAGE_COLUMNS, generation_from_row
 from bot.core.metrics import CREDITS_REFUNDED, JOBS_FINISHED
-from bot.core.models import Generation, ImageRecord
+from bot.core.models import Destination, Generation, ImageRecord, UserIdentity
 
 # A job interrupted this many times (crashes mid-run) is failed and refunded rather than retried again.
 MAX_ATTEMPTS = 3
@@ -70,36 +70,66 @@ async def queue_position(conn: asyncpg.Connection, generation_id: str) -> int:
 
 
 @dataclass(frozen=True)
-class RequestCounts:
-    balance: int  # exact: the row is locked
+class NewJob:
+    """A job to accept: what it makes, what it costs, where its result goes."""
+
+    id: str
+    owner: UserIdentity
+    user_id: int
+    prompt: str
+    negative_prompt: str | None
+    model: str
+    aspect_ratio: str
+    count: int
+    seed: int
+    kind: str
+    parent_generation_id: str | None
+    parent_image_id: str | None
+    warnings: tuple[str, ...]
+    cost: int
+    idempotency_key: str | None
+    destination: Destination
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    outcome: str  # accepted | duplicate | too_busy | too_fast | insufficient
+    balance: int
     active: int  # the user's unfinished jobs
-    recent: int  # the user's requests in the last minute
-    retry_in: int  # seconds until the oldest of those leaves the minute
-    ahead: int  # queued jobs of everybody: where a new job would stand
-    existing: str | None  # the generation already recorded under this idempotency key
+    retry_in: int  # too_fast: seconds until the oldest request of the minute leaves it
+    ahead: int  # accepted: queued jobs in front of this one
+    existing: str | None  # duplicate: the generation already recorded under the key
+    generation: Generation | None  # accepted: the new job
 
 
-async def lock_user_for_request(conn: asyncpg.Connection, user_id: int, key: str | None) -> RequestCounts:
-    """Lock the user's row for this transaction (one user's concurrent requests are then counted exactly,
-    never racily), then read what accepting a request needs."""
-    # The lock must be its own statement: a statement that waited for a lock still reads with the snapshot
-    # it took before waiting, so it would miss the request it waited for.
-    await conn.execute("SELECT 1 FROM image.users WHERE id = $1 FOR UPDATE", user_id)
+async def accept(
+    conn: asyncpg.Connection, job: NewJob, queued_limit: int, per_minute: int
+) -> Acceptance:
+    """Lock the user, check the key, the limits and the balance, reserve and record the job: one round
+    trip, one atomic statement (image.accept_request, migrations/0003)."""
+    destination = job.destination
     row = await conn.fetchrow(
-        """SELECT
-               (SELECT balance FROM image.users WHERE id = $1) AS balance,
-               (SELECT count(*) FROM image.generations
-                WHERE user_id = $1 AND status IN ('queued', 'running')) AS active,
-               (SELECT count(*) FROM image.generations
-                WHERE user_id = $1 AND created_at > now() - interval '1 minute') AS recent,
-               (SELECT ceil(extract(epoch FROM min(created_at) + interval '1 minute' - now()))::int
-                FROM image.generations WHERE user_id = $1 AND created_at > now() - interval '1 minute') AS retry_in,
-               (SELECT count(*) FROM image.generations WHERE status = 'queued') AS ahead,
-               (SELECT id FROM image.generations WHERE idempotency_key = $2) AS existing""",
-        user_id, key,
+        """SELECT * FROM image.accept_request(
+               $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)""",
+        job.user_id, job.idempotency_key, job.cost, queued_limit, per_minute,
+        job.id, job.prompt, job.negative_prompt, job.model, job.aspect_ratio, job.count, job.seed, job.kind,
+        job.parent_generation_id, job.parent_image_id, list(job.warnings),
+        destination.platform, destination.chat_id, destination.message_id, json.dumps(destination.context),
     )
-    return RequestCounts(
-        row["balance"], row["active"], row["recent"], max(1, row["retry_in"] or 1), row["ahead"], row["existing"]
+    generation = None
+    if row["r_outcome"] == "accepted":
+        generation = Generation(
+            id=job.id, user_id=job.user_id, owner=job.owner, prompt=job.prompt,
+            negative_prompt=job.negative_prompt, model=job.model, aspect_ratio=job.aspect_ratio, count=job.count,
+            seed=job.seed, kind=job.kind,  # type: ignore[arg-type]
+            parent_generation_id=job.parent_generation_id, parent_image_id=job.parent_image_id, status="queued",
+            error_code=None, error_message=None, warnings=job.warnings, credits_reserved=job.cost,
+            credits_refunded=0, destination=destination, created_at=row["r_created_at"], started_at=None,
+            finished_at=None,
+        )
+    return Acceptance(
+        row["r_outcome"], row["r_balance"], row["r_active"], row["r_retry_in"], row["r_ahead"], row["r_existing"],
+        generation,
     )
 
 

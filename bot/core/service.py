@@ -178,75 +178,61 @@ class GenerationService:
     ) -> Accepted:
         key = f"{who.platform}:{idempotency_key}" if idempotency_key else None
         cost = valid.model.cost * valid.count if self.credit_policy.enabled else 0
-        recorded: tuple[Generation, int, int] | None = None
+        policy = self.request_policy
+        acceptance: queue.Acceptance | None = None
         try:
             async with self.pool.acquire() as conn:
                 user = await credits.ensure_user(conn, who, self._starting_credits)
-                try:
-                    async with conn.transaction():
-                        counts = await queue.lock_user_for_request(conn, user.id, key)
-                        if counts.existing is not None:
-                            existing = await generations.get_generation(conn, counts.existing)
-                            assert existing is not None
-                            return await self._duplicate(conn, existing, user.id)
-                        self._check_limits(counts, cost)
-                        position = counts.ahead
-                        generation_id = new_id()
-                        balance = counts.balance
-                        if cost > 0:
-                            balance = await credits.reserve(
-                                conn, user.id, cost, generation_id, f"reserve:{key or generation_id}"
-                            )
-                        generation = await generations.insert_generation(
-                            conn,
-                            generation_id=generation_id,
-                            user_id=user.id,
-                            prompt=valid.prompt,
-                            negative_prompt=valid.negative_prompt,
-                            model=valid.model.name,
-                            aspect_ratio=valid.aspect_ratio,
-                            count=valid.count,
-                            seed=valid.seed,
-                            kind=kind,
-                            parent_generation_id=parent_generation_id,
-                            parent_image_id=parent_image_id,
-                            warnings=warnings,
-                            credits_reserved=cost,
-                            idempotency_key=key,
-                            destination=destination,
-                            owner=who,
-                        )
-                    recorded = (generation, position, balance)
-                except asyncpg.UniqueViolationError:
-                    # The same platform event raced itself: the other attempt won and charged once.
-                    assert key is not None
-                    existing = await generations.get_by_idempotency_key(conn, key)
+                job = queue.NewJob(
+                    id=new_id(),
+                    owner=who,
+                    user_id=user.id,
+                    prompt=valid.prompt,
+                    negative_prompt=valid.negative_prompt,
+                    model=valid.model.name,
+                    aspect_ratio=valid.aspect_ratio,
+                    count=valid.count,
+                    seed=valid.seed,
+                    kind=kind,
+                    parent_generation_id=parent_generation_id,
+                    parent_image_id=parent_image_id,
+                    warnings=tuple(warnings),
+                    cost=cost,
+                    idempotency_key=key,
+                    destination=destination,
+                )
+                acceptance = await queue.accept(conn, job, policy.per_user_queued_limit, policy.requests_per_minute)
+                if acceptance.outcome == "duplicate":
+                    assert acceptance.existing is not None
+                    existing = await generations.get_generation(conn, acceptance.existing)
                     assert existing is not None
                     return await self._duplicate(conn, existing, user.id)
         except CONNECTION_ERRORS:
-            if recorded is None:
+            if acceptance is None or acceptance.generation is None:
                 raise
             # Committed, then the connection went while it was handed back: the request stands.
             log.warning("connection lost after accepting a request; it stands")
-        assert recorded is not None
-        generation, position, balance = recorded
+        assert acceptance is not None
+        self._refuse_unless_accepted(acceptance, cost)
+        generation = acceptance.generation
+        assert generation is not None
         CREDITS_RESERVED.inc(cost)
         log.info("job %s accepted: %s by %s:%s, cost %d", generation.id, kind, who.platform, who.platform_user_id, cost)
         self.worker.wake()
-        await self._announce(generation, position)
-        return Accepted(generation, position, balance if self.credit_policy.enabled else None)
+        await self._announce(generation, acceptance.ahead)
+        return Accepted(generation, acceptance.ahead, acceptance.balance if self.credit_policy.enabled else None)
 
-    def _check_limits(self, counts: queue.RequestCounts, cost: int) -> None:
-        """Refuse a request over the user's limits or balance, before anything is written."""
-        if counts.active >= self.request_policy.per_user_queued_limit:
+    def _refuse_unless_accepted(self, acceptance: queue.Acceptance, cost: int) -> None:
+        """A refused request says why, in plain words; nothing was written for it."""
+        if acceptance.outcome == "too_busy":
             raise TooBusy(
-                f"You already have {counts.active} generations waiting. "
+                f"You already have {acceptance.active} generations waiting. "
                 "Please wait for them to finish, or cancel one."
             )
-        if counts.recent >= self.request_policy.requests_per_minute:
-            raise TooBusy(f"You're making requests very fast. Please try again in {counts.retry_in} seconds.")
-        if counts.balance < cost:
-            raise InsufficientCredits(balance=counts.balance, cost=cost)
+        if acceptance.outcome == "too_fast":
+            raise TooBusy(f"You're making requests very fast. Please try again in {acceptance.retry_in} seconds.")
+        if acceptance.outcome == "insufficient":
+            raise InsufficientCredits(balance=acceptance.balance, cost=cost)
 
     async def _duplicate(self, conn: asyncpg.Connection, existing: Generation, user_id: int) -> Accepted:
         position = await queue.queue_position(conn, existing.id) if existing.status == "queued" else 0
