@@ -19,7 +19,7 @@ from bot.config import Settings
 from bot.core import database
 from bot.runtime import Runtime, open_runtime
 
-pytest_plugins = ["tests.plugins.s3"]
+pytest_plugins = ["tests.plugins.s3", "tests.plugins.providers"]
 
 TEMPLATE_DB = "imagebot_test_template"
 

@@ -23,7 +23,7 @@ from bot.core.errors import (
 )
 from bot.core.providers.base import InputImage, ProviderCall, ratio_parts
 from bot.core.providers.openai_images import OpenAIImagesProvider
-from bot.core.providers.runner import GenerationSpec, ImageOutcome, ProviderRunner, RetryPolicy
+from bot.core.providers.runner import ImageOutcome, ProviderRunner, RetryPolicy
 from tests.fakes.openai_server import (
     FakeOpenAI,
     bad_request,
@@ -36,6 +36,7 @@ from tests.fakes.openai_server import (
     slow,
     success,
 )
+from tests.plugins.providers import POLICY, spec
 
 API_KEY = "sk-test-0123456789abcdefSECRET"
 MODEL = ModelSpec(
@@ -46,7 +47,6 @@ MODEL = ModelSpec(
     supports_input_image=True,
     options={"quality": "low", "output_format": "png"},
 )
-POLICY = RetryPolicy(max_retries=2, base_delay=0.01, timeout=5.0)
 
 
 @pytest.fixture
@@ -60,23 +60,6 @@ async def provider(fake: FakeOpenAI) -> AsyncIterator[OpenAIImagesProvider]:
     provider = OpenAIImagesProvider(SecretStr(API_KEY), fake.base_url)
     yield provider
     await provider.aclose()
-
-
-@pytest.fixture
-def runner() -> ProviderRunner:
-    return ProviderRunner(max_calls_in_flight=8, policy=POLICY)
-
-
-def spec(count: int = 1, aspect_ratio: str = "1:1", input_image: InputImage | None = None) -> GenerationSpec:
-    return GenerationSpec(
-        prompt="a lighthouse at dusk, oil painting",
-        negative_prompt=None,
-        count=count,
-        aspect_ratio=aspect_ratio,
-        seed=1234,
-        input_image=input_image,
-        safety_identifier="user-hash-abc123",
-    )
 
 
 def call(model: ModelSpec = MODEL, n: int = 1) -> ProviderCall:

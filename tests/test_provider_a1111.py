@@ -13,8 +13,7 @@ from bot.config import ASPECT_RATIOS, ModelSpec
 from bot.core.errors import ProviderAuthError, ProviderBadRequest, ProviderError, ProviderUnavailable
 from bot.core.providers.automatic1111 import Automatic1111Provider
 from bot.core.providers.base import InputImage, ratio_parts
-from bot.core.providers.http import DEFAULT_TIMEOUT
-from bot.core.providers.runner import GenerationSpec, ImageOutcome, ProviderRunner, RetryPolicy
+from bot.core.providers.runner import ImageOutcome, ProviderRunner, RetryPolicy
 from tests.fakes.a1111_server import (
     RANDOM_SEED,
     FakeA1111,
@@ -28,6 +27,7 @@ from tests.fakes.a1111_server import (
     validation_error,
 )
 from tests.fakes.http_server import png_bytes
+from tests.plugins.providers import POLICY, PROMPT, Previews, spec
 
 MODEL = ModelSpec(
     name="sd",
@@ -39,17 +39,7 @@ MODEL = ModelSpec(
     supports_input_image=True,
     options={"steps": 30, "cfg_scale": 7, "sampler_name": "Euler a"},
 )
-POLICY = RetryPolicy(max_retries=2, base_delay=0.01, timeout=5.0)
-PROMPT = "a lighthouse at dusk, oil painting"
 PASSWORD = "hunter2-a1111-password"
-
-
-class Previews:
-    def __init__(self) -> None:
-        self.received: list[tuple[bytes, str]] = []
-
-    async def __call__(self, data: bytes, mime_type: str) -> None:
-        self.received.append((data, mime_type))
 
 
 @pytest.fixture
@@ -58,37 +48,11 @@ async def fake() -> AsyncIterator[FakeA1111]:
         yield server
 
 
-@pytest.fixture(scope="module")
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    # One client for the module: building one (its TLS context) costs ~70 ms, more than most tests.
-    async with httpx.AsyncClient(timeout=DEFAULT_TIMEOUT) as client:
-        yield client
-
-
 @pytest.fixture
 async def provider(fake: FakeA1111, http: httpx.AsyncClient) -> AsyncIterator[Automatic1111Provider]:
     provider = Automatic1111Provider(fake.base_url, http=http, progress_interval=0.03)
     yield provider
     await provider.aclose()
-
-
-@pytest.fixture
-def runner() -> ProviderRunner:
-    return ProviderRunner(max_calls_in_flight=8, policy=POLICY)
-
-
-def spec(
-    count: int = 1, aspect_ratio: str = "1:1", input_image: InputImage | None = None, negative: str | None = None
-) -> GenerationSpec:
-    return GenerationSpec(
-        prompt=PROMPT,
-        negative_prompt=negative,
-        count=count,
-        aspect_ratio=aspect_ratio,
-        seed=1234,
-        input_image=input_image,
-        safety_identifier="user-hash-abc123",
-    )
 
 
 def only_error(outcomes: list[ImageOutcome]) -> ProviderError:

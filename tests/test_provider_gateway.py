@@ -23,8 +23,7 @@ from bot.core.errors import (
 )
 from bot.core.providers.base import InputImage, ProviderCall
 from bot.core.providers.gateway import GatewayProvider
-from bot.core.providers.http import DEFAULT_TIMEOUT
-from bot.core.providers.runner import GenerationSpec, ImageOutcome, ProviderRunner, RetryPolicy
+from bot.core.providers.runner import ImageOutcome, ProviderRunner, RetryPolicy
 from tests.fakes.gateway_server import (
     FakeGateway,
     chunk,
@@ -39,6 +38,7 @@ from tests.fakes.gateway_server import (
     text_only,
 )
 from tests.fakes.http_server import png_bytes
+from tests.plugins.providers import POLICY, PROMPT, Previews, spec
 
 API_KEY = "sk-or-v1-0123456789abcdefSECRET"
 MODEL = ModelSpec(
@@ -48,16 +48,6 @@ MODEL = ModelSpec(
     max_images_per_call=1,
     supports_input_image=True,
 )
-POLICY = RetryPolicy(max_retries=2, base_delay=0.01, timeout=5.0)
-PROMPT = "a lighthouse at dusk, oil painting"
-
-
-class Previews:
-    def __init__(self) -> None:
-        self.received: list[tuple[bytes, str]] = []
-
-    async def __call__(self, data: bytes, mime_type: str) -> None:
-        self.received.append((data, mime_type))
 
 
 @pytest.fixture
@@ -66,35 +56,11 @@ async def fake() -> AsyncIterator[FakeGateway]:
         yield server
 
 
-@pytest.fixture(scope="module")
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    # One client for the module: building one (its TLS context) costs ~70 ms, more than most tests.
-    async with httpx.AsyncClient(timeout=DEFAULT_TIMEOUT) as client:
-        yield client
-
-
 @pytest.fixture
 async def provider(fake: FakeGateway, http: httpx.AsyncClient) -> AsyncIterator[GatewayProvider]:
     provider = GatewayProvider(SecretStr(API_KEY), fake.base_url, http=http)
     yield provider
     await provider.aclose()
-
-
-@pytest.fixture
-def runner() -> ProviderRunner:
-    return ProviderRunner(max_calls_in_flight=8, policy=POLICY)
-
-
-def spec(count: int = 1, aspect_ratio: str = "1:1", input_image: InputImage | None = None) -> GenerationSpec:
-    return GenerationSpec(
-        prompt=PROMPT,
-        negative_prompt=None,
-        count=count,
-        aspect_ratio=aspect_ratio,
-        seed=1234,
-        input_image=input_image,
-        safety_identifier="user-hash-abc123",
-    )
 
 
 def call(model: ModelSpec = MODEL) -> ProviderCall:

@@ -21,8 +21,7 @@ from bot.core.errors import (
 )
 from bot.core.providers.base import InputImage, ProviderCall
 from bot.core.providers.gemini import GeminiProvider
-from bot.core.providers.http import DEFAULT_TIMEOUT
-from bot.core.providers.runner import GenerationSpec, ImageOutcome, ProviderRunner, RetryPolicy
+from bot.core.providers.runner import ImageOutcome, ProviderRunner, RetryPolicy
 from tests.fakes.gemini_server import (
     FakeGemini,
     bad_argument,
@@ -34,6 +33,7 @@ from tests.fakes.gemini_server import (
     slow,
 )
 from tests.fakes.http_server import png_bytes
+from tests.plugins.providers import POLICY, PROMPT, spec
 
 API_KEY = "AIzaSyTEST-0123456789abcdefghijklmnopq"
 MODEL = ModelSpec(
@@ -43,8 +43,6 @@ MODEL = ModelSpec(
     max_images_per_call=1,
     supports_input_image=True,
 )
-POLICY = RetryPolicy(max_retries=2, base_delay=0.01, timeout=5.0)
-PROMPT = "a lighthouse at dusk, oil painting"
 
 
 @pytest.fixture
@@ -53,35 +51,11 @@ async def fake() -> AsyncIterator[FakeGemini]:
         yield server
 
 
-@pytest.fixture(scope="module")
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    # One client for the module: building one (its TLS context) costs ~70 ms, more than most tests.
-    async with httpx.AsyncClient(timeout=DEFAULT_TIMEOUT) as client:
-        yield client
-
-
 @pytest.fixture
 async def provider(fake: FakeGemini, http: httpx.AsyncClient) -> AsyncIterator[GeminiProvider]:
     provider = GeminiProvider(SecretStr(API_KEY), fake.base_url, http=http)
     yield provider
     await provider.aclose()
-
-
-@pytest.fixture
-def runner() -> ProviderRunner:
-    return ProviderRunner(max_calls_in_flight=8, policy=POLICY)
-
-
-def spec(count: int = 1, aspect_ratio: str = "1:1", input_image: InputImage | None = None) -> GenerationSpec:
-    return GenerationSpec(
-        prompt=PROMPT,
-        negative_prompt=None,
-        count=count,
-        aspect_ratio=aspect_ratio,
-        seed=1234,
-        input_image=input_image,
-        safety_identifier="user-hash-abc123",
-    )
 
 
 def call() -> ProviderCall:

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from PIL import Image
 from pydantic import SecretStr
 
 from bot.config import ModelSpec
 from bot.core.errors import ContentRefused, ProviderUnavailable
 from bot.core.providers.base import InputImage
-from bot.core.providers.http import DEFAULT_TIMEOUT
 from bot.core.providers.openai_images import OpenAIImagesProvider
-from bot.core.providers.runner import GenerationSpec, ProviderRunner, RetryPolicy
+from bot.core.providers.runner import ProviderRunner
 from tests.fakes.openai_server import FakeOpenAI, fake_openai_server, png_bytes, stream_event, streamed
+from tests.plugins.providers import POLICY, SAFETY_ID, Previews, spec
 
 API_KEY = "sk-test-stream-0123456789"
 MODEL = ModelSpec(
@@ -27,18 +25,6 @@ MODEL = ModelSpec(
     supports_input_image=True,
     options={"quality": "low", "partial_images": 2},
 )
-POLICY = RetryPolicy(max_retries=2, base_delay=0.01, timeout=5.0)
-
-
-class Previews:
-    def __init__(self) -> None:
-        self.received: list[tuple[bytes, str]] = []
-
-    async def __call__(self, data: bytes, mime_type: str) -> None:
-        self.received.append((data, mime_type))
-
-    def colours(self) -> list[tuple[int, ...]]:
-        return [Image.open(io.BytesIO(data)).getpixel((0, 0)) for data, _ in self.received]
 
 
 @pytest.fixture
@@ -47,35 +33,11 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
         yield server
 
 
-@pytest.fixture(scope="module")
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    # One client for the module: building one (its TLS context) costs ~70 ms, more than most tests.
-    async with httpx.AsyncClient(timeout=DEFAULT_TIMEOUT) as client:
-        yield client
-
-
 @pytest.fixture
 async def provider(fake: FakeOpenAI, http: httpx.AsyncClient) -> AsyncIterator[OpenAIImagesProvider]:
     provider = OpenAIImagesProvider(SecretStr(API_KEY), fake.base_url, http=http)
     yield provider
     await provider.aclose()
-
-
-@pytest.fixture
-def runner() -> ProviderRunner:
-    return ProviderRunner(max_calls_in_flight=8, policy=POLICY)
-
-
-def spec(count: int = 1, input_image: InputImage | None = None) -> GenerationSpec:
-    return GenerationSpec(
-        prompt="a fox in the snow",
-        negative_prompt=None,
-        count=count,
-        aspect_ratio="1:1",
-        seed=7,
-        input_image=input_image,
-        safety_identifier="user-hash-xyz",
-    )
 
 
 async def test_streams_partial_images_as_previews(
@@ -91,7 +53,7 @@ async def test_streams_partial_images_as_previews(
     assert request.json["stream"] is True
     assert request.json["partial_images"] == 2
     assert request.json["n"] == 1 and request.json["model"] == "gpt-image-2"
-    assert request.json["safety_identifier"] == "user-hash-xyz"
+    assert request.json["safety_identifier"] == SAFETY_ID
     # One preview per partial image, in order, as PNGs.
     assert [mime for _, mime in previews.received] == ["image/png", "image/png"]
     assert previews.colours() == [(60, 0, 0), (120, 0, 0)]
