@@ -123,3 +123,16 @@ async def test_sigkill_while_delivering_then_restart_delivers_once(fake, db_dsn,
     assert len(fake.sent("sendPhoto", 503)) == 1
     assert await pool.fetchval("SELECT count(*) FROM image.images") == 1
     assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = '503'") == 19
+
+
+async def test_a_rejected_token_is_one_line_and_exit_1(fake, db_dsn, tmp_path) -> None:
+    bot = start_bot(fake, db_dsn, tmp_path, TELEGRAM_TOKEN="999:not-the-token")
+    try:
+        code = await wait_exit(bot)
+    finally:
+        if bot.poll() is None:
+            bot.kill()
+    output = bot.stdout.read() if bot.stdout else ""
+    assert code == 1
+    assert "Telegram rejected TELEGRAM_TOKEN" in output
+    assert "Traceback" not in output and "not-the-token" not in output

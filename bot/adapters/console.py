@@ -143,11 +143,11 @@ class Console:
         elif command == "history":
             self._show_history(await self.service.history(self.user, _page_number(rest), page_size=5))
         elif command == "balance":
-            self._show_balance()
+            self._show_models()
             balance = await self.service.balance(self.user)
             self.write(f"Balance: {balance.balance} credits" if balance.credits_enabled else "Credits are off.")
         elif command == "models":
-            self._show_balance()
+            self._show_models()
         elif command == "wait":
             await self.wait_all()
         elif line.startswith("/"):
@@ -199,7 +199,7 @@ class Console:
             for image in item.images:
                 self.write(f"      {image.index + 1}: {image.url}")
 
-    def _show_balance(self) -> None:
+    def _show_models(self) -> None:
         self.write("Models:")
         for price in self.service.model_choices():
             default = " (default)" if price.name == self.service.default_model else ""

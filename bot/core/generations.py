@@ -75,11 +75,6 @@ async def get_generation(conn: asyncpg.Connection, generation_id: str) -> Genera
     return generation_from_row(row) if row else None
 
 
-async def get_by_idempotency_key(conn: asyncpg.Connection, key: str) -> Generation | None:
-    row = await conn.fetchrow(f"SELECT {GENERATION_COLUMNS} {FROM_GENERATIONS} WHERE g.idempotency_key = $1", key)
-    return generation_from_row(row) if row else None
-
-
 async def get_images(conn: asyncpg.Connection, generation_ids: Sequence[str]) -> dict[str, list[ImageRecord]]:
     rows = await conn.fetch(
         f"SELECT {IMAGE_COLUMNS} FROM image.images WHERE generation_id = ANY($1) ORDER BY generation_id, index",

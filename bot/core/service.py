@@ -312,13 +312,6 @@ class GenerationService:
         return HistoryItem(generation, tuple(images[generation.id]))
 
     @translates_connection_errors
-    async def image_file(self, who: UserIdentity, image_id: str, chat_id: str) -> ImageFile:
-        """An image with its bytes (e.g. to send the original file), if the caller may see it."""
-        image = await self._visible_image(who, image_id, chat_id)
-        await self.visible_generation(who, image.generation_id, chat_id)
-        return (await self.worker.load_files([image]))[0]
-
-    @translates_connection_errors
     async def load_files(self, images: tuple[ImageRecord, ...] | list[ImageRecord]) -> list[ImageFile]:
         return await self.worker.load_files(images)
 
@@ -332,8 +325,7 @@ class GenerationService:
     async def balance(self, who: UserIdentity) -> Balance:
         async with self.pool.acquire() as conn:
             user = await credits.ensure_user(conn, who, self._starting_credits)
-        prices = tuple(ModelPrice(m.name, m.label or m.name, m.cost) for m in self.models.values())
-        return Balance(self.credit_policy.enabled, user.balance, prices)
+        return Balance(self.credit_policy.enabled, user.balance, tuple(self.model_choices()))
 
     def model_choices(self) -> list[ModelPrice]:
         return [ModelPrice(m.name, m.label or m.name, m.cost) for m in self.models.values()]
