@@ -194,7 +194,7 @@ async def _experiments_when_ready(config: dict[str, Any], discord_front: Discord
 class Trace:
     """Timestamps (time.monotonic, comparable with the parent's) of the steps inside the bot between a
     platform event and its first answer, keyed as the parent knows the event:
-    discord: interaction id -> [event parsed, defer called, defer answered];
+    discord: interaction id -> [event read, acknowledgement written] (bot.adapters.discord.acks);
     telegram: "chat:message" -> [handler started, on_queued called]."""
 
     def __init__(self) -> None:
@@ -204,29 +204,20 @@ class Trace:
         self.marks[platform].setdefault(key, []).append(time.monotonic())
 
     def install(self, patch: pytest.MonkeyPatch) -> None:
-        import discord
-        from discord.state import ConnectionState
-
+        from bot.adapters.discord.acks import EarlyAcks
         from bot.adapters.telegram.handlers import Handlers
         from bot.adapters.telegram.observer import TelegramObserver
 
         mark = self._mark
-        parse = ConnectionState.parse_interaction_create
-        defer = discord.InteractionResponse.defer
+        on_interaction = EarlyAcks._on_interaction
         imagine = Handlers._imagine
         on_queued = TelegramObserver.on_queued
 
-        def parse_interaction_create(state: Any, data: Any) -> None:
-            mark("discord", str(data["id"]))
-            parse(state, data)
-
-        async def deferring(response: Any, **options: Any) -> Any:
-            key = str(response._parent.id)
+        def acknowledging(acks: Any, data: Any) -> None:
+            key = str(data["id"])
             mark("discord", key)
-            try:
-                return await defer(response, **options)
-            finally:
-                mark("discord", key)
+            on_interaction(acks, data)
+            mark("discord", key)
 
         async def imagining(handlers: Any, update: Any, message: Any, text: str) -> None:
             mark("telegram", f"{message.chat.id}:{message.message_id}")
@@ -236,8 +227,7 @@ class Trace:
             mark("telegram", f"{job.destination.chat_id}:{job.destination.context.get('reply_to')}")
             return await on_queued(observer, job, position)
 
-        patch.setattr(ConnectionState, "parse_interaction_create", parse_interaction_create)
-        patch.setattr(discord.InteractionResponse, "defer", deferring)
+        patch.setattr(EarlyAcks, "_on_interaction", acknowledging)
         patch.setattr(Handlers, "_imagine", imagining)
         patch.setattr(TelegramObserver, "on_queued", queued)
 

@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     discord_ready_timeout_seconds: float = Field(default=60.0, gt=0)
     # At most one preview edit per job this often: message edits are rate limited.
     discord_preview_interval_seconds: float = Field(default=5.0, ge=1)
+    # Connections kept open for acknowledging interactions: as many as interactions may arrive at once.
+    # A new connection costs TCP and TLS handshakes, more than Discord's patience with a busy bot allows.
+    discord_warm_connections: int = Field(default=64, ge=0, le=1000)
     telegram_token: SecretStr | None = None
     telegram_base_url: str = "https://api.telegram.org/bot"
     telegram_base_file_url: str = "https://api.telegram.org/file/bot"

@@ -245,6 +245,8 @@ async def test_missing_attach_files_permission_is_explained(runtime_factory: Run
         await wait_for(lambda: fake.ephemeral_texts(interaction))
         assert not await bot.generations(alice)
     assert "Attach Files" in fake.ephemeral_texts(interaction)[0]
+    [refusal] = fake.requests_for(interaction)  # refused before any deferral: nothing public, ever
+    assert refusal.callback_type == CHANNEL_MESSAGE
 
 
 async def test_cancel_is_owner_only_and_refunds(runtime_factory: RuntimeFactory, fake: FakeDiscord) -> None:

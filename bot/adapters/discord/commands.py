@@ -15,7 +15,8 @@ import discord
 from discord import app_commands
 
 from bot.adapters.discord import render
-from bot.adapters.discord.buttons import Action, ButtonPayload, history_view
+from bot.adapters.discord.acks import ALREADY_ACKNOWLEDGED, UNKNOWN_INTERACTION, AckRefused, EarlyAcks, mark_deferred
+from bot.adapters.discord.buttons import Action, ButtonPayload, decode, history_view
 from bot.adapters.discord.context import DEFAULT_UPLOAD_LIMIT, PLATFORM, destination_for
 from bot.config import ASPECT_RATIOS
 from bot.core.errors import BotError
@@ -25,11 +26,18 @@ from bot.core.service import GenerationService
 
 log = logging.getLogger(__name__)
 
+MAX_PROMPT_OPTION = 4000  # the /imagine prompt option's length limit, as registered with Discord
+# Commands doing their work (core calls, replies) at once. Bounded so that under a burst the event loop
+# keeps turning quickly: the gateway is read and new interactions acknowledged between their steps.
+CONCURRENT_COMMANDS = 8
+
 HISTORY_PAGE_SIZE = 1  # one generation per page: its images and buttons fit one message
 # Discord's codes for an interaction that can't be answered: already acknowledged (a redelivered event
 # another handler took), or unknown (we were later than 3 seconds).
-_ALREADY_ACKNOWLEDGED = 40060
-_UNKNOWN_INTERACTION = 10062
+_UNANSWERABLE = (ALREADY_ACKNOWLEDGED, UNKNOWN_INTERACTION)
+_APPLICATION_COMMAND = 2
+_COMPONENT = 3
+_JOB_BUTTONS = frozenset({Action.REGENERATE, Action.VARY})
 DM_CLOSED_NOTE = (
     "I couldn't send you a DM: your DMs are closed for me (Privacy Settings → Direct Messages). "
     "Here is your history instead; only you can see it."
@@ -50,6 +58,38 @@ class DiscordController:
     def __init__(self, service: GenerationService) -> None:
         self.service = service
         self.accepting = True
+        self.early_acks: EarlyAcks | None = None
+        self._working = asyncio.Semaphore(CONCURRENT_COMMANDS)
+
+    def acknowledges_early(self, data: dict[str, Any]) -> bool:
+        """Whether a raw interaction is one `_run_job` will defer publicly, so it may be deferred straight
+        from the gateway event (bot.adapters.discord.acks): /imagine, 🔄 and V1–V4, when none of the
+        refusals that come before the deferral applies (they are private, and a deferral can't be taken
+        back). The same checks as `_may_start_job` and `imagine`, on the raw payload."""
+        if not self.accepting:
+            return False
+        permissions = discord.Permissions(int(data.get("app_permissions") or 0))
+        if data.get("guild_id") is not None and not permissions.attach_files:
+            return False
+        inner = data.get("data") or {}
+        if data.get("type") == _COMPONENT:
+            payload = decode(str(inner.get("custom_id", "")))
+            return payload is not None and payload.action in _JOB_BUTTONS
+        if data.get("type") != _APPLICATION_COMMAND or inner.get("name") != "imagine":
+            return False
+        options = {option["name"]: option.get("value") for option in inner.get("options") or ()}
+        prompt = options.get("prompt")
+        if not isinstance(prompt, str) or not 1 <= len(prompt) <= MAX_PROMPT_OPTION:
+            return False
+        request = ImagineRequest(
+            prompt, options.get("negative"), options.get("model"), options.get("aspect_ratio"),
+            options.get("count"), options.get("seed"),
+        )
+        try:
+            parse_command_text(prompt, request)
+        except BotError:
+            return False
+        return True
 
     # --- slash commands ------------------------------------------------------------------------
 
@@ -186,13 +226,39 @@ class DiscordController:
 
     async def _defer(
         self, interaction: discord.Interaction, *, thinking: bool = False, ephemeral: bool = False
-    ) -> discord.InteractionCallbackResponse[discord.Client] | None:
+    ) -> discord.InteractionCallbackResponse[Any] | None:
+        if "unanswerable" in interaction.extras:
+            raise _Unanswerable(interaction.extras["unanswerable"])
+        early: discord.InteractionCallbackResponse[Any] | None = interaction.extras.pop("deferral", None)
+        if early is not None:
+            return early
         try:
             return await interaction.response.defer(thinking=thinking, ephemeral=ephemeral)
         except discord.HTTPException as error:
-            if error.code in (_ALREADY_ACKNOWLEDGED, _UNKNOWN_INTERACTION):
+            if error.code == ALREADY_ACKNOWLEDGED and interaction.extras.get("early_ack"):
+                # Our early deferral reached Discord; only its answer was lost on the way back.
+                mark_deferred(interaction)
+                return None
+            if error.code in _UNANSWERABLE:
                 raise _Unanswerable(f"{error.code} {error.text}") from error
             raise
+
+    async def _adopt_early_ack(self, interaction: discord.Interaction) -> None:
+        """Take over the deferral sent from the gateway event, if there was one. Never raises: a refusal
+        is remembered for `_defer`, a failure leaves the usual deferral to be made."""
+        if self.early_acks is None:
+            return
+        try:
+            deferral = await self.early_acks.adopt(interaction)
+        except AckRefused as refused:
+            if refused.code in _UNANSWERABLE:
+                interaction.extras["unanswerable"] = str(refused)
+            else:
+                log.warning("interaction %s: early acknowledgement refused: %s", interaction.id, refused)
+            return
+        if deferral is not None:
+            interaction.extras["deferral"] = deferral
+            interaction.extras["public_thinking"] = True
 
     async def _page(self, page: HistoryPage, limit: int) -> tuple[list[render.Upload], str, discord.ui.View]:
         uploads: list[render.Upload] = []
@@ -225,6 +291,7 @@ class DiscordController:
 
     async def say(self, interaction: discord.Interaction, text: str) -> None:
         """Something only this user sees, whatever state the interaction is in."""
+        await self._adopt_early_ack(interaction)  # when an error came before the command ran
         try:
             if not interaction.response.is_done():
                 await interaction.response.send_message(text, ephemeral=True)
@@ -241,8 +308,10 @@ class DiscordController:
 
     @contextlib.asynccontextmanager
     async def _answering(self, interaction: discord.Interaction) -> AsyncIterator[None]:
+        await self._adopt_early_ack(interaction)
         try:
-            yield
+            async with self._working:
+                yield
         except _Unanswerable as reason:
             log.info("interaction %s not answered: %s", interaction.id, reason)
         except BotError as error:
@@ -270,7 +339,7 @@ def register_commands(tree: app_commands.CommandTree[Any], controller: DiscordCo
     @app_commands.autocomplete(model=controller.model_autocomplete)
     async def imagine(
         interaction: discord.Interaction,
-        prompt: app_commands.Range[str, 1, 4000],
+        prompt: app_commands.Range[str, 1, MAX_PROMPT_OPTION],
         aspect_ratio: str | None = None,
         count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
         model: str | None = None,

@@ -14,6 +14,7 @@ import aiohttp
 import discord
 from discord import app_commands
 
+from bot.adapters.discord.acks import EarlyAcks
 from bot.adapters.discord.buttons import ActionButton, ButtonHandler
 from bot.adapters.discord.commands import DiscordController, register_commands
 from bot.adapters.discord.observer import DiscordObserver
@@ -82,6 +83,10 @@ class DiscordFrontEnd:
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=300),
         )
         count_http_errors(self.client.http)
+        self.early_acks = EarlyAcks(
+            self.client, self.controller.acknowledges_early, warm=settings.discord_warm_connections
+        )
+        self.controller.early_acks = self.early_acks
         register_commands(self.client.tree, self.controller)
         self.observer = DiscordObserver(self.client, clock=clock, preview_interval=preview_interval)
         self._connection: asyncio.Task[None] | None = None
@@ -116,6 +121,7 @@ class DiscordFrontEnd:
                 f"Discord refused the slash commands ({error.status} {error.text}). "
                 "Was the bot invited with the applications.commands scope?"
             ) from None
+        self.early_acks.start()
         log.info("discord: ready as %s (application %s)", self.client.user, self.client.application_id)
 
     async def _sync_commands(self) -> None:
@@ -136,6 +142,7 @@ class DiscordFrontEnd:
         self.controller.accepting = False
 
     async def close(self) -> None:
+        await self.early_acks.aclose()
         await self.client.close()
         if self._connection is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):

@@ -1,0 +1,125 @@
+"""Early acknowledgements: the interactions that start a job (/imagine, 🔄, V1–V4) are deferred from the
+raw gateway event, before discord.py builds its objects and before the command runs.
+
+Discord shows "thinking…" only once the deferral arrives, and under a burst the event loop is busy with
+the previous interactions' work: by the time a command coroutine reached `defer()`, hundreds of
+milliseconds had passed (bench/burst.py). Here the deferral is written in the same step that read the
+event, and discord.py's processing of the event is put after every acknowledgement already queued.
+
+The command later adopts the acknowledgement (`adopt`): discord.py then treats the interaction as
+deferred, exactly as if `interaction.response.defer(thinking=True)` had been awaited."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import discord
+from discord.enums import InteractionResponseType
+
+from bot.adapters.discord.keepalive import KeepAliveError, KeepAlivePool, Response
+
+log = logging.getLogger(__name__)
+
+EVENT = "INTERACTION_CREATE"
+DEFERRED_CHANNEL_MESSAGE = InteractionResponseType.deferred_channel_message
+# Discord's codes for an interaction that can't be answered: already acknowledged, or unknown (too late).
+ALREADY_ACKNOWLEDGED = 40060
+UNKNOWN_INTERACTION = 10062
+# An interaction token is good for 15 minutes; nothing adopts an acknowledgement that late.
+FORGET_AFTER_SECONDS = 15 * 60
+
+
+class AckRefused(Exception):
+    def __init__(self, status: int, code: int | None, text: str) -> None:
+        super().__init__(f"{status} {code} {text}")
+        self.status = status
+        self.code = code
+
+
+class EarlyAcks:
+    """`wanted(raw_interaction)` says whether the command would answer with a public deferral."""
+
+    def __init__(self, client: discord.Client, wanted: Callable[[dict[str, Any]], bool], warm: int) -> None:
+        self.client = client
+        self.wanted = wanted
+        self.warm = warm
+        self._pending: dict[int, asyncio.Task[Response]] = {}
+        self._backlog: collections.deque[dict[str, Any]] = collections.deque()
+        self._pool: KeepAlivePool | None = None
+        state = client._connection  # the gateway websocket dispatches through this same dict
+        self._parse = state.parsers[EVENT]
+        state.parsers[EVENT] = self._on_interaction
+
+    def _on_interaction(self, data: dict[str, Any]) -> None:
+        try:
+            early = self.wanted(data)
+        except Exception:  # a payload we misread: let discord.py and the command deal with it as usual
+            log.warning("interaction %s: early acknowledgement check failed", data.get("id"), exc_info=True)
+            early = False
+        if not early:
+            self._parse(data)
+            return
+        path = f"/interactions/{data['id']}/{data['token']}/callback?with_response=true"
+        interaction_id = int(data["id"])
+        self._pending[interaction_id] = self._http().post(path, {"type": DEFERRED_CHANNEL_MESSAGE.value})
+        loop = asyncio.get_running_loop()
+        # A command that never ran (discord.py refused the event) must not leave its entry behind.
+        loop.call_later(FORGET_AFTER_SECONDS, self._pending.pop, interaction_id, None)
+        # discord.py's work on these events runs one event per turn of the event loop, so that the gateway
+        # is read (and its events acknowledged) between any two of them.
+        self._backlog.append(data)
+        if len(self._backlog) == 1:
+            loop.call_soon(self._parse_next)
+
+    def _parse_next(self) -> None:
+        data = self._backlog.popleft()
+        if self._backlog:
+            asyncio.get_running_loop().call_soon(self._parse_next)
+        self._parse(data)
+
+    def start(self) -> None:
+        """Open the warm connections (in the background)."""
+        self._http().start()
+
+    def _http(self) -> KeepAlivePool:
+        if self._pool is None:
+            self._pool = KeepAlivePool(discord.http.Route.BASE, self.client.http.user_agent, warm=self.warm)
+        return self._pool
+
+    async def adopt(self, interaction: discord.Interaction) -> discord.InteractionCallbackResponse[Any] | None:
+        """The early deferral's result, with `interaction.response` marked as deferred. None when there was
+        none, or when it failed in transit (the command then defers the usual way). Raises AckRefused when
+        Discord refused it (already answered, or too late)."""
+        task = self._pending.pop(interaction.id, None)
+        if task is None:
+            return None
+        interaction.extras["early_ack"] = True
+        try:
+            response = await task
+        except KeepAliveError as error:
+            log.warning("interaction %s: early acknowledgement failed in transit: %s", interaction.id, error)
+            return None
+        payload = response.json() if response.body else None
+        if response.status >= 300:
+            code = payload.get("code") if isinstance(payload, dict) else None
+            raise AckRefused(response.status, code, response.body[:200].decode(errors="replace"))
+        mark_deferred(interaction)
+        return discord.InteractionCallbackResponse(
+            data=payload, parent=interaction, state=interaction._state, type=DEFERRED_CHANNEL_MESSAGE
+        )
+
+    async def aclose(self) -> None:
+        for task in self._pending.values():
+            task.cancel()
+        self._pending.clear()
+        if self._pool is not None:
+            await self._pool.aclose()
+
+
+def mark_deferred(interaction: discord.Interaction) -> None:
+    """What `interaction.response.defer(thinking=True)` records after its POST succeeds."""
+    interaction.response._response_type = DEFERRED_CHANNEL_MESSAGE
