@@ -33,9 +33,10 @@ from bot.core.service import GenerationService
 log = logging.getLogger(__name__)
 
 ALLOWED_UPDATES = ["message", "callback_query"]
-# Updates processed at once. Handlers only queue work (the worker makes the images), so this bounds
-# the bursts of replies in flight, not generation.
-CONCURRENT_UPDATES = 64
+# Updates processed at once. Handlers only queue work (the worker makes the images), so this bounds the
+# replies in flight, not generation; Telegram takes ~30 messages a second from a bot anyway. Kept small
+# so that under a burst the event loop turns quickly for everything else (the Discord gateway above all).
+CONCURRENT_UPDATES = 8
 START_ATTEMPTS = 4  # 1 + 2 + 4 s of waiting for a Bot API that is briefly unreachable
 
 PRIVATE_COMMANDS = [
