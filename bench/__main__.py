@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import platform
 import tempfile
@@ -80,6 +81,7 @@ async def _scenarios(root: Path, dsn: str, wanted: set[str], args: argparse.Name
         from moto.server import ThreadedMotoServer
 
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request on the terminal
         server.start()
         host, port = server.get_host_and_port()
         s3 = {"s3_endpoint_url": f"http://{host}:{port}", "s3_bucket": "bench",
