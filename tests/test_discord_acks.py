@@ -4,6 +4,7 @@ and the kept-alive HTTP pool they use (bot/adapters/discord/keepalive.py) agains
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import discord
@@ -61,6 +62,7 @@ async def test_a_refused_early_deferral_is_made_again_the_usual_way(
     assert [r.status for r in callbacks(fake, interaction)] == [503, 200]  # type: ignore[attr-defined]
 
 
+@contextlib.asynccontextmanager
 async def _serve(handler: web.RequestHandler) -> AsyncIterator[tuple[str, list[object]]]:
     peers: list[object] = []
 
@@ -92,7 +94,7 @@ async def test_the_pool_reuses_connections_and_reads_chunked_answers() -> None:
         await response.write_eof()
         return response
 
-    async for base, peers in _serve(answer):
+    async with _serve(answer) as (base, peers):
         pool = KeepAlivePool(base, "test-agent")
         try:
             first = await pool.post("/one?x=1", {"n": 1})
@@ -112,7 +114,7 @@ async def test_the_pool_reports_errors_and_skips_closed_connections(unused_port:
         await request.read()
         return web.json_response({"code": 10062}, status=404, headers={"Connection": "close"})
 
-    async for base, peers in _serve(close_after):
+    async with _serve(close_after) as (base, peers):
         pool = KeepAlivePool(base, "test-agent")
         try:
             refused = await pool.post("/x", {})
