@@ -10,8 +10,10 @@ on Linux):
 - Discord acknowledgement: from sending INTERACTION_CREATE on the gateway to the fake receiving the
   interaction callback (the deferral).
 - Telegram first reaction: from getUpdates handing the update to the bot to the fake receiving the first
-  message replying to it (the "Queued" status). In the details also: from the update being queued in the
-  fake, and per chat: first update handed out to the first chat action or message in that chat.
+  sign of it: a chat action in its chat (sent after the hand-out; Telegram shows it ~5 s) or the message
+  replying to it (the "Queued" status), whichever came first. In the details also: the status message
+  alone, from the update being queued in the fake, and per chat: first update handed out to the first
+  chat action or message in that chat.
 - Delivery: from the event to the fake receiving the final image (Discord: the edit of the deferred message
   carrying the file; Telegram: the sendPhoto replying to the user's message). `delivered` counts the
   events whose final image the fakes received (all of them when nothing is lost).
@@ -85,6 +87,7 @@ class Measured:
     reactions: dict[tuple[int, int], float] = field(default_factory=dict)
     delivered: dict[Any, float] = field(default_factory=dict)
     chat_reactions: dict[int, float] = field(default_factory=dict)  # chat -> first chat action or message
+    chat_actions: dict[int, list[float]] = field(default_factory=dict)  # chat -> every chat action, in order
     errors: int = 0
 
 
@@ -369,6 +372,8 @@ def _measure(discord: FakeDiscord, telegram: FakeTelegram, events: list[Event]) 
         chat = call.chat_id
         if chat in firsts and call.ok and call.method in ("sendChatAction", "sendMessage") and chat is not None:
             measured.chat_reactions.setdefault(chat, call.started)
+        if chat in firsts and call.ok and call.method == "sendChatAction" and chat is not None:
+            measured.chat_actions.setdefault(chat, []).append(call.started)
     measured.errors = sum(1 for r in discord.requests if r.at >= since and r.status >= 400) + sum(
         1 for c in telegram.calls if c.started >= since and c.finished and not c.ok
     )
@@ -421,8 +426,13 @@ def _row(
     acks = [(r.at - by_key[token].emitted) * 1000 for token, r in measured.acks.items()]
     acks_ok = sum(1 for r in measured.acks.values() if r.status < 400)
     telegram_events = [e for e in events if e.platform == "telegram"]
-    reactions = [
+    status_messages = [
         (measured.reactions[e.key] - handed_out[e.update_id]) * 1000
+        for e in telegram_events
+        if e.key in measured.reactions and e.update_id in handed_out
+    ]
+    reactions = [
+        (_first_reaction(e, measured, handed_out[e.update_id]) - handed_out[e.update_id]) * 1000
         for e in telegram_events
         if e.key in measured.reactions and e.update_id in handed_out
     ]
@@ -494,6 +504,9 @@ def _row(
             "acks_accepted": acks_ok,
             "ack_max_ms": max(acks, default=float("nan")),
             "tg_reactions": len(reactions),
+            "tg_status_message_p50_p99_ms": [
+                round(percentile(status_messages, 50), 1), round(percentile(status_messages, 99), 1)
+            ],
             "tg_reaction_max_ms": max(reactions, default=float("nan")),
             "tg_chat_first_reaction_p50_p99_ms": [
                 round(percentile(chat_reactions, 50), 1), round(percentile(chat_reactions, 99), 1)
@@ -522,6 +535,14 @@ def _row(
             "experiments": experiments,
         },
     }
+
+
+def _first_reaction(event: Event, measured: Measured, handed_out: float) -> float:
+    """The status message replying to the event, or an earlier chat action in its chat after the hand-out."""
+    actions = measured.chat_actions.get(event.key[0], [])
+    after = next((at for at in actions if at >= handed_out), None)
+    status = measured.reactions[event.key]
+    return status if after is None else min(status, after)
 
 
 def _spread(steps: dict[str, list[float]]) -> dict[str, list[float]]:
