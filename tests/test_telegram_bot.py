@@ -159,6 +159,21 @@ async def test_a_retried_album_delivery_does_not_post_the_album_twice(
     assert len(fake.sent("deleteMessage", ANN)) == 1  # the status message, once
 
 
+async def test_updates_are_fetched_a_few_at_a_time(runtime_factory: RuntimeFactory, fake: FakeTelegram) -> None:
+    """getUpdates asks for 20 at most (frontend.UPDATES_PER_POLL): 45 waiting /balance commands take
+    several polls, and each is answered once."""
+    users = [fake.user(5000 + i, f"U{i}") for i in range(45)]
+    for user in users:
+        fake.send(user, "/balance")
+    async with running_bot(runtime_factory, fake):
+        for user in users:
+            await fake.wait_sent("sendMessage", user["id"])
+    polls = [c for c in fake.calls if c.method == "getUpdates"]
+    assert {c.params.get("limit") for c in polls} == {20}
+    assert len(polls) >= 3
+    assert all(len(fake.sent("sendMessage", user["id"])) == 1 for user in users)
+
+
 async def test_same_update_delivered_twice_charges_once(
     runtime_factory: RuntimeFactory, fake: FakeTelegram, pool: asyncpg.Pool
 ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from telegram import BotCommand, BotCommandScopeAllGroupChats, BotCommandScopeAllPrivateChats, BotCommandScopeChat
 from telegram.error import InvalidToken, NetworkError, TelegramError
@@ -17,9 +18,11 @@ from telegram.ext import (
     CallbackQueryHandler,
     CommandHandler,
     Defaults,
+    ExtBot,
     MessageHandler,
     filters,
 )
+from telegram.request import HTTPXRequest
 
 from bot.adapters.telegram.handlers import Handlers
 from bot.adapters.telegram.history import HistorySender
@@ -37,6 +40,9 @@ ALLOWED_UPDATES = ["message", "callback_query"]
 # replies in flight, not generation; Telegram takes ~30 messages a second from a bot anyway. Kept small
 # so that under a burst the event loop turns quickly for everything else (the Discord gateway above all).
 CONCURRENT_UPDATES = 8
+# Updates asked for per getUpdates. PTB parses a whole batch in one go, ~0.25 ms per update: a full
+# batch of 100 holds the event loop for ~25 ms, while the Discord gateway and everything else wait.
+UPDATES_PER_POLL = 20
 START_ATTEMPTS = 4  # 1 + 2 + 4 s of waiting for a Bot API that is briefly unreachable
 
 PRIVATE_COMMANDS = [
@@ -59,6 +65,15 @@ ADMIN_COMMANDS = [
 ]
 
 
+class PagedBot(ExtBot[None]):
+    """PTB's bot, whose long polling fetches at most UPDATES_PER_POLL updates at a time."""
+
+    async def get_updates(
+        self, offset: int | None = None, limit: int | None = None, *args: Any, **kwargs: Any
+    ) -> Any:
+        return await super().get_updates(offset, limit or UPDATES_PER_POLL, *args, **kwargs)
+
+
 class TelegramFrontEnd:
     def __init__(
         self,
@@ -76,27 +91,24 @@ class TelegramFrontEnd:
         self.poll_timeout = poll_timeout
         self._token = settings.telegram_token.get_secret_value()
         self.webhook_url = settings.telegram_webhook_url
-        builder = (
-            Application.builder()
-            .token(self._token)
-            .base_url(settings.telegram_base_url)
-            .base_file_url(settings.telegram_base_file_url)
-            # Every reply still goes out if the message it answers was deleted meanwhile.
-            .defaults(Defaults(allow_sending_without_reply=True))
-            .concurrent_updates(CONCURRENT_UPDATES)
+        bot = PagedBot(
+            self._token,
+            base_url=settings.telegram_base_url,
+            base_file_url=settings.telegram_base_file_url,
             # PTB's default pool of 256 connections costs CPU on every request (httpcore scans it); 16
-            # kept-alive connections carry a burst with less (measured in bench/burst.py).
-            .connection_pool_size(16)
-            # Under a burst, requests queue for a pooled connection longer than PTB's 1 s default; and a
-            # photo upload's answer can take a while. A timed-out send may have gone through, and
-            # retrying it would post twice, so these are generous.
-            .pool_timeout(10.0)
-            .read_timeout(15.0)
-            .rate_limiter(FloodWaitLimiter())
+            # kept-alive connections carry a burst with less (measured in bench/burst.py). Under a burst,
+            # requests queue for a pooled connection longer than PTB's 1 s default; and a photo upload's
+            # answer can take a while. A timed-out send may have gone through, and retrying it would post
+            # twice, so these are generous.
+            request=HTTPXRequest(connection_pool_size=16, pool_timeout=10.0, read_timeout=15.0),
+            get_updates_request=HTTPXRequest(connection_pool_size=1),
+            # Every reply still goes out if the message it answers was deleted meanwhile.
+            defaults=Defaults(allow_sending_without_reply=True),
             # Button state lives in callback_data and Postgres; PTB's in-memory cache would die on restart.
-            .arbitrary_callback_data(False)
-            .job_queue(None)
+            arbitrary_callback_data=False,
+            rate_limiter=FloodWaitLimiter(),
         )
+        builder = Application.builder().bot(bot).concurrent_updates(CONCURRENT_UPDATES).job_queue(None)
         if self.webhook_url:
             builder = builder.updater(None)  # updates come from our webhook server instead
         self.application = builder.build()
