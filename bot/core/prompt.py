@@ -44,6 +44,8 @@ class ValidRequest:
 
 def clean_text(text: str) -> str:
     """NFC-normalise, drop control, format (zero-width, bidi) and private-use characters, collapse spaces."""
+    if text.isascii() and text.isprintable():
+        return " ".join(text.split())  # nothing to normalise or drop: skip the per-character walk
     normalised = unicodedata.normalize("NFC", text)
     kept = []
     for char in normalised:
