@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from bot.core.events import DeliveryReceipt
 from bot.core.generations import GENERATION_COLUMNS, IMAGE_COLUMNS, generation_from_row
 from bot.core.metrics import CREDITS_REFUNDED, JOBS_FINISHED
 from bot.core.models import Destination, Generation, ImageRecord, UserIdentity
@@ -21,43 +22,57 @@ DELIVERY_WINDOW = "1 day"
 INTERRUPTED_MESSAGE = "The bot restarted while making your images and could not finish them."
 
 
-# Two tiers keep the claim an index walk in queue order, never a sort of the whole queue: first the oldest
-# job of a user with nothing running (a newcomer never waits behind a heavy user's backlog), then the oldest
-# job of anyone still below the per-user cap.
-_CLAIM = """
-    WITH candidate AS (
-        SELECT g.id FROM image.generations g
-        WHERE g.status = 'queued' AND g.platform = ANY($1)
-          AND {tier}
-        ORDER BY g.created_at, g.id
-        LIMIT 1
-        FOR UPDATE SKIP LOCKED
+# Fairness, in one query for any number of jobs: each queued job's place in its user's own queue, plus
+# what that user already has running, must stay within the per-user cap; of those, first the oldest job
+# of each user with nothing running (a newcomer never waits behind a heavy user's backlog), then the
+# rest oldest first. Taking `limit` jobs at once picks exactly what taking them one by one would.
+# The ranking reads one pass over the queue; only the few chosen rows are then locked, by primary key
+# (FOR UPDATE SKIP LOCKED re-checks each, so a job another worker took meanwhile is skipped, never taken
+# twice; the slack of twice the limit makes up for such skipped rows).
+_CLAIM = f"""
+    WITH running AS (
+        SELECT r.user_id, count(*) AS n FROM image.generations r WHERE r.status = 'running' GROUP BY r.user_id
+    ), ranked AS (
+        SELECT q.id, q.created_at, coalesce(running.n, 0) AS busy,
+               row_number() OVER (PARTITION BY q.user_id ORDER BY q.created_at, q.id) AS place
+        FROM image.generations q LEFT JOIN running ON running.user_id = q.user_id
+        WHERE q.status = 'queued' AND q.platform = ANY($1)
+    ), eligible AS MATERIALIZED (
+        SELECT c.id, c.busy = 0 AND c.place = 1 AS newcomer, c.created_at FROM ranked c
+        WHERE c.busy + c.place <= $2
+        ORDER BY newcomer DESC, c.created_at, c.id
+        LIMIT $5 * 2
+    ), candidate AS (
+        SELECT g.id FROM eligible e JOIN image.generations g ON g.id = e.id
+        WHERE g.status = 'queued'
+        ORDER BY e.newcomer DESC, e.created_at, e.id
+        LIMIT $5
+        FOR UPDATE OF g SKIP LOCKED
     )
     UPDATE image.generations g
     SET status = 'running', attempts = attempts + 1, lease_owner = $3,
         lease_expires_at = now() + make_interval(secs => $4), started_at = now()
     FROM candidate, image.users u WHERE g.id = candidate.id AND u.id = g.user_id
-    RETURNING {columns}"""
-CLAIM_IDLE_USER = _CLAIM.format(
-    tier="""$2 > 0 AND NOT EXISTS (
-        SELECT 1 FROM image.generations r WHERE r.user_id = g.user_id AND r.status = 'running')""",
-    columns=GENERATION_COLUMNS,
-)
-CLAIM_BELOW_CAP = _CLAIM.format(
-    tier="""(SELECT count(*) FROM image.generations r WHERE r.user_id = g.user_id AND r.status = 'running') < $2""",
-    columns=GENERATION_COLUMNS,
-)
+    RETURNING {GENERATION_COLUMNS}"""
+
+
+async def claim(
+    conn: asyncpg.Connection, platforms: Sequence[str], per_user_limit: int, owner: str, lease_seconds: float,
+    limit: int,
+) -> list[Generation]:
+    """Take up to `limit` jobs fairly (see above), under leases held by `owner`, oldest first."""
+    rows = await conn.fetch(_CLAIM, list(platforms), per_user_limit, owner, lease_seconds, limit)
+    jobs = [generation_from_row(row) for row in rows]
+    jobs.sort(key=lambda job: (job.created_at, job.id))
+    return jobs
 
 
 async def claim_next(
     conn: asyncpg.Connection, platforms: Sequence[str], per_user_limit: int, owner: str, lease_seconds: float
 ) -> Generation | None:
-    """Take the next job fairly (see the tiers above), under a lease held by `owner`."""
-    for query in (CLAIM_IDLE_USER, CLAIM_BELOW_CAP):
-        row = await conn.fetchrow(query, list(platforms), per_user_limit, owner, lease_seconds)
-        if row is not None:
-            return generation_from_row(row)
-    return None
+    """Take the next job fairly, or None."""
+    jobs = await claim(conn, platforms, per_user_limit, owner, lease_seconds, 1)
+    return jobs[0] if jobs else None
 
 
 async def queue_position(conn: asyncpg.Connection, generation_id: str) -> int:
@@ -71,11 +86,10 @@ async def queue_position(conn: asyncpg.Connection, generation_id: str) -> int:
 
 @dataclass(frozen=True)
 class NewJob:
-    """A job to accept: what it makes, what it costs, where its result goes."""
+    """A job to accept: who asks, what it makes, what it costs, where its result goes."""
 
     id: str
     owner: UserIdentity
-    user_id: int
     prompt: str
     negative_prompt: str | None
     model: str
@@ -94,6 +108,7 @@ class NewJob:
 @dataclass(frozen=True)
 class Acceptance:
     outcome: str  # accepted | duplicate | too_busy | too_fast | insufficient
+    user_id: int  # the asker's row, created on first contact whatever the outcome
     balance: int
     active: int  # the user's unfinished jobs
     retry_in: int  # too_fast: seconds until the oldest request of the minute leaves it
@@ -102,24 +117,31 @@ class Acceptance:
     generation: Generation | None  # accepted: the new job
 
 
+_ACCEPT = """SELECT * FROM image.accept_from_identity(
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"""
+MAX_DISPLAY_NAME = 100
+
+
 async def accept(
-    conn: asyncpg.Connection, job: NewJob, queued_limit: int, per_minute: int
+    conn: asyncpg.Connection, job: NewJob, starting_credits: int, queued_limit: int, per_minute: int
 ) -> Acceptance:
-    """Lock the user, check the key, the limits and the balance, reserve and record the job: one round
-    trip, one atomic statement (image.accept_request, migrations/0003)."""
-    destination = job.destination
+    """Find or create the user (welcome grant included), lock them, check the key, the limits and the
+    balance, reserve and record the job: one round trip, one atomic statement
+    (image.accept_from_identity, migrations/0004, around image.accept_request, migrations/0003)."""
+    owner, destination = job.owner, job.destination
     row = await conn.fetchrow(
-        """SELECT * FROM image.accept_request(
-               $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)""",
-        job.user_id, job.idempotency_key, job.cost, queued_limit, per_minute,
+        _ACCEPT,
+        owner.platform, owner.platform_user_id, owner.display_name[:MAX_DISPLAY_NAME], starting_credits,
+        job.idempotency_key, job.cost, queued_limit, per_minute,
         job.id, job.prompt, job.negative_prompt, job.model, job.aspect_ratio, job.count, job.seed, job.kind,
         job.parent_generation_id, job.parent_image_id, list(job.warnings),
         destination.platform, destination.chat_id, destination.message_id, json.dumps(destination.context),
     )
+    outcome, user_id = row["r_outcome"], row["r_user_id"]
     generation = None
-    if row["r_outcome"] == "accepted":
+    if outcome == "accepted":
         generation = Generation(
-            id=job.id, user_id=job.user_id, owner=job.owner, prompt=job.prompt,
+            id=job.id, user_id=user_id, owner=owner, prompt=job.prompt,
             negative_prompt=job.negative_prompt, model=job.model, aspect_ratio=job.aspect_ratio, count=job.count,
             seed=job.seed, kind=job.kind,  # type: ignore[arg-type]
             parent_generation_id=job.parent_generation_id, parent_image_id=job.parent_image_id, status="queued",
@@ -128,7 +150,7 @@ async def accept(
             finished_at=None,
         )
     return Acceptance(
-        row["r_outcome"], row["r_balance"], row["r_active"], row["r_retry_in"], row["r_ahead"], row["r_existing"],
+        outcome, user_id, row["r_balance"], row["r_active"], row["r_retry_in"], row["r_ahead"], row["r_existing"],
         generation,
     )
 
@@ -150,45 +172,61 @@ class Outcome:
     error_message: str | None
 
 
+# Any number of runs' results, images and refunds in one statement (so, for each job, all of it or none).
+# A job no longer ours (cancelled meanwhile, or taken over after a lost lease) is left alone, images too.
 _FINISH = f"""
-    WITH job AS (
+    WITH result AS (
+        SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::integer[])
+            AS r(id, status, error_code, error_message, refund)
+    ), job AS (
         UPDATE image.generations g
-        SET status = $3, error_code = $4, error_message = $5, credits_refunded = $6,
-            finished_at = now(), lease_expires_at = now() + make_interval(secs => $7)
-        FROM image.users u
-        WHERE g.id = $1 AND g.status = 'running' AND g.lease_owner = $2 AND u.id = g.user_id
+        SET status = r.status, error_code = r.error_code, error_message = r.error_message,
+            credits_refunded = r.refund, finished_at = now(), lease_expires_at = now() + make_interval(secs => $7)
+        FROM result r, image.users u
+        WHERE g.id = r.id AND g.status = 'running' AND g.lease_owner = $1 AND u.id = g.user_id
         RETURNING {GENERATION_COLUMNS}
     ), stored AS (
         INSERT INTO image.images ({IMAGE_COLUMNS})
         SELECT i.* FROM unnest(
             $8::text[], $9::text[], $10::smallint[], $11::text[], $12::text[], $13::text[],
-            $14::integer[], $15::integer[], $16::integer[], $17::bigint[], $18::jsonb[]) AS i
-        WHERE EXISTS (SELECT 1 FROM job)
+            $14::integer[], $15::integer[], $16::integer[], $17::bigint[], $18::jsonb[]) AS i({IMAGE_COLUMNS})
+        WHERE i.generation_id IN (SELECT job.id FROM job)
     )
-    SELECT job.*, image.refund(job.user_id, $6, job.id) FROM job"""
+    SELECT job.*, image.refund(job.user_id, job.credits_refunded, job.id) FROM job
+    -- Refunds lock their users in one order, so two processes' batches cannot deadlock on them.
+    ORDER BY job.user_id"""
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A run to record: which job, and how it ended."""
+
+    generation_id: str
+    outcome: Outcome
 
 
 async def finish(
-    conn: asyncpg.Connection, generation_id: str, owner: str, outcome: Outcome, lease_seconds: float
-) -> Generation | None:
-    """Record a run's result, its images and its refund, in one statement (so all of it or none).
-    Returns the finished job, or None when it is no longer ours (cancelled meanwhile, or taken over after
-    a lost lease)."""
-    images = outcome.images
-    row = await conn.fetchrow(
+    conn: asyncpg.Connection, owner: str, lease_seconds: float, runs: Sequence[Finished]
+) -> dict[str, Generation]:
+    """Record runs' results, images and refunds in one statement. Returns the finished jobs by id; a job
+    missing from it is no longer ours."""
+    images = [image for run in runs for image in run.outcome.images]
+    rows = await conn.fetch(
         _FINISH,
-        generation_id, owner, outcome.status, outcome.error_code, outcome.error_message, outcome.refund,
+        owner,
+        [r.generation_id for r in runs], [r.outcome.status for r in runs], [r.outcome.error_code for r in runs],
+        [r.outcome.error_message for r in runs], [r.outcome.refund for r in runs],
         lease_seconds,
         [i.id for i in images], [i.generation_id for i in images], [i.index for i in images],
         [i.storage_key for i in images], [i.url for i in images], [i.mime_type for i in images],
         [i.width for i in images], [i.height for i in images], [i.bytes for i in images],
         [i.seed for i in images], [json.dumps(i.file_refs) for i in images],
     )
-    if row is None:
-        return None
-    JOBS_FINISHED.labels(outcome.status).inc()
-    CREDITS_REFUNDED.inc(outcome.refund)
-    return generation_from_row(row)
+    finished = {row["id"]: generation_from_row(row) for row in rows}
+    for job in finished.values():
+        JOBS_FINISHED.labels(job.status).inc()
+        CREDITS_REFUNDED.inc(job.credits_refunded)
+    return finished
 
 
 async def cancel(
@@ -229,9 +267,41 @@ async def _end_with_full_refund(
     return refunded
 
 
-async def mark_delivered(conn: asyncpg.Connection, generation_id: str) -> None:
+@dataclass(frozen=True)
+class Delivered:
+    """A job whose result reached its chat, with what the front end wants remembered about it."""
+
+    generation_id: str
+    platform: str
+    receipt: DeliveryReceipt | None = None
+
+
+# The receipts (the message shown, each image's platform handle) and the delivery marks of any number of
+# jobs in one statement: one round trip, and no delivered job without its receipt.
+_MARK_DELIVERED = """
+    WITH refs AS (
+        UPDATE image.images i SET file_refs = i.file_refs || jsonb_build_object(r.platform, r.ref)
+        FROM unnest($3::text[], $4::text[], $5::text[]) AS r(id, platform, ref) WHERE i.id = r.id
+    )
+    UPDATE image.generations g
+    SET delivered_at = now(), lease_owner = NULL, message_id = coalesce(d.message_id, g.message_id)
+    FROM unnest($1::text[], $2::text[]) AS d(id, message_id) WHERE g.id = d.id"""
+
+
+async def mark_delivered(conn: asyncpg.Connection, delivered: Sequence[Delivered]) -> None:
+    ref_images: list[str] = []
+    ref_platforms: list[str] = []
+    refs: list[str] = []
+    for d in delivered:
+        if d.receipt is not None:
+            for image_id, ref in d.receipt.file_refs.items():
+                ref_images.append(image_id)
+                ref_platforms.append(d.platform)
+                refs.append(ref)
     await conn.execute(
-        "UPDATE image.generations SET delivered_at = now(), lease_owner = NULL WHERE id = $1", generation_id
+        _MARK_DELIVERED,
+        [d.generation_id for d in delivered], [d.receipt.message_id if d.receipt else None for d in delivered],
+        ref_images, ref_platforms, refs,
     )
 
 

@@ -182,11 +182,9 @@ class GenerationService:
         acceptance: queue.Acceptance | None = None
         try:
             async with self.pool.acquire() as conn:
-                user = await credits.ensure_user(conn, who, self._starting_credits)
                 job = queue.NewJob(
                     id=new_id(),
                     owner=who,
-                    user_id=user.id,
                     prompt=valid.prompt,
                     negative_prompt=valid.negative_prompt,
                     model=valid.model.name,
@@ -201,12 +199,14 @@ class GenerationService:
                     idempotency_key=key,
                     destination=destination,
                 )
-                acceptance = await queue.accept(conn, job, policy.per_user_queued_limit, policy.requests_per_minute)
+                acceptance = await queue.accept(
+                    conn, job, self._starting_credits, policy.per_user_queued_limit, policy.requests_per_minute
+                )
                 if acceptance.outcome == "duplicate":
                     assert acceptance.existing is not None
                     existing = await generations.get_generation(conn, acceptance.existing)
                     assert existing is not None
-                    return await self._duplicate(conn, existing, user.id)
+                    return await self._duplicate(conn, existing, acceptance.user_id)
         except CONNECTION_ERRORS:
             if acceptance is None or acceptance.generation is None:
                 raise

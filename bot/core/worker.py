@@ -16,13 +16,15 @@ from PIL import Image
 
 from bot.config import ModelSpec
 from bot.core import generations, queue
+from bot.core.aio import all_of
+from bot.core.batches import GroupedWriter
 from bot.core.errors import ProviderError, ProviderUnavailable
-from bot.core.events import JobObserver
+from bot.core.events import DeliveryReceipt, JobObserver
 from bot.core.ids import new_id
 from bot.core.logcontext import job_id
 from bot.core.models import Generation, ImageFile, ImageRecord
 from bot.core.providers.base import GeneratedImage, ImageProvider, InputImage
-from bot.core.providers.runner import GenerationSpec, ProviderRunner
+from bot.core.providers.runner import GenerationSpec, ImageOutcome, ProviderRunner
 from bot.core.safety import safety_identifier
 from bot.core.storage.base import ImageStore, StorageError, new_key
 
@@ -65,6 +67,9 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
+        # Jobs finishing, or delivered, at about the same time are recorded in one statement (see batches).
+        self._finishes: GroupedWriter[queue.Finished, Generation | None] = GroupedWriter(self._record_finished)
+        self._delivered: GroupedWriter[queue.Delivered, None] = GroupedWriter(self._mark_delivered)
 
     @property
     def platforms(self) -> list[str]:
@@ -109,24 +114,31 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         while not self._stopping:
+            # Cleared before claiming, not after: a job accepted while the claim is in flight may be missing
+            # from its snapshot, and its wake-up must not be lost (it would wait a whole poll interval).
+            self._wake.clear()
             try:
                 await self._claim_available()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 log.warning("claiming jobs failed, will retry: %s", error)
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.limits.poll_seconds):
                     await self._wake.wait()
 
     async def _claim_available(self) -> None:
-        while not self._stopping and len(self._tasks) < self.limits.max_jobs:
+        """Fill the free slots, several jobs per query. Fewer jobs than slots means nothing else is
+        claimable now: the next accepted or finished job wakes the loop."""
+        free = self.limits.max_jobs - len(self._tasks)
+        while not self._stopping and free > 0:
             async with self.pool.acquire() as conn:
-                job = await queue.claim_next(
-                    conn, self.platforms, self.limits.per_user_jobs, self.owner, self.limits.lease_seconds
+                jobs = await queue.claim(
+                    conn, self.platforms, self.limits.per_user_jobs, self.owner, self.limits.lease_seconds, free
                 )
-            if job is None:
+            for job in jobs:
+                self._spawn(job.id, self._run(job))
+            if len(jobs) < free:
                 return
-            self._spawn(job.id, self._run(job))
+            free = self.limits.max_jobs - len(self._tasks)
 
     async def _lease_loop(self) -> None:
         """Keep our leases alive, and take over the jobs of processes that died."""
@@ -172,11 +184,16 @@ class Worker:
         stored: list[ImageRecord] = []
         try:
             outcome, files = await self._make(job, stored)
-            async with self.pool.acquire() as conn:
-                finished = await queue.finish(conn, job.id, self.owner, outcome, self.limits.lease_seconds)
         except BaseException:
             await self._discard(stored)
             raise
+        try:
+            finished = await self._finishes.submit(queue.Finished(job.id, outcome))
+        except Exception:
+            await self._discard(stored)
+            raise
+        # Cancelled while its batch was being written, the images stay: that write goes ahead regardless, and
+        # an orphaned file is better than a recorded image without its file.
         if finished is None:
             log.info("job %s was cancelled or taken over while running; result discarded", job.id)
             await self._discard(stored)
@@ -209,21 +226,25 @@ class Worker:
         except TimeoutError:
             return _failed(job, ProviderUnavailable(DEADLINE_MESSAGE)), []
 
-        files: list[ImageFile] = []
-        first_error: ProviderError | None = None
-        for outcome in outcomes:
-            if outcome.image is None:
-                first_error = first_error or outcome.error
-                continue
-            try:
-                record = await self._store(job, outcome.index, outcome.image)
-            except StorageError as error:
-                log.warning("job %s: storing image %d failed: %s", job.id, outcome.index, error)
-                first_error = first_error or ProviderUnavailable(STORAGE_FAILED_MESSAGE)
-                continue
-            stored.append(record)
-            files.append(ImageFile(record, outcome.image.data))
+        # The images of one job are stored at the same time, not one after another.
+        results = await all_of(*(self._store_outcome(job, outcome, stored) for outcome in outcomes))
+        files = [result for result in results if isinstance(result, ImageFile)]
+        first_error = next((result for result in results if isinstance(result, ProviderError)), None)
         return _settle(job, [f.record for f in files], first_error), files
+
+    async def _store_outcome(
+        self, job: Generation, outcome: ImageOutcome, stored: list[ImageRecord]
+    ) -> ImageFile | ProviderError | None:
+        """One image stored (and added to `stored`, to be discarded if the job does not finish), or why not."""
+        if outcome.image is None:
+            return outcome.error
+        try:
+            record = await self._store(job, outcome.index, outcome.image)
+        except StorageError as error:
+            log.warning("job %s: storing image %d failed: %s", job.id, outcome.index, error)
+            return ProviderUnavailable(STORAGE_FAILED_MESSAGE)
+        stored.append(record)
+        return ImageFile(record, outcome.image.data)
 
     async def _input_image(self, job: Generation, model: ModelSpec) -> InputImage | None:
         if job.parent_image_id is None or not model.supports_input_image:
@@ -281,11 +302,10 @@ class Worker:
         observer = self.observers.get(job.destination.platform)
         if observer is None:
             return False
+        receipt: DeliveryReceipt | None = None
         try:
             if job.status in ("succeeded", "partial"):
                 receipt = await observer.on_completed(job, files)
-                if receipt is not None:
-                    await self._record_receipt(job, receipt.message_id, receipt.file_refs)
             elif job.status == "cancelled":
                 await observer.on_cancelled(job)
             else:
@@ -293,18 +313,23 @@ class Worker:
         except Exception:
             log.exception("job %s: delivery to %s failed; will retry", job.id, job.destination.platform)
             return False
-        async with self.pool.acquire() as conn:
-            await queue.mark_delivered(conn, job.id)
+        await self._delivered.submit(queue.Delivered(job.id, job.destination.platform, receipt))
         return True
 
-    async def load_files(self, records: Sequence[ImageRecord]) -> list[ImageFile]:
-        return [ImageFile(r, await self.store.get(r.storage_key)) for r in records]
-
-    async def _record_receipt(self, job: Generation, message_id: str | None, refs: Mapping[str, str]) -> None:
+    async def _mark_delivered(self, delivered: Sequence[queue.Delivered]) -> list[None]:
         async with self.pool.acquire() as conn:
-            if message_id is not None:
-                await generations.set_message(conn, job.id, message_id, None)
-            await generations.set_file_refs(conn, job.destination.platform, dict(refs))
+            await queue.mark_delivered(conn, delivered)
+        return [None] * len(delivered)
+
+    async def _record_finished(self, runs: Sequence[queue.Finished]) -> list[Generation | None]:
+        async with self.pool.acquire() as conn:
+            finished = await queue.finish(conn, self.owner, self.limits.lease_seconds, runs)
+        return [finished.get(run.generation_id) for run in runs]
+
+    async def load_files(self, records: Sequence[ImageRecord]) -> list[ImageFile]:
+        """The files of a job's images, read at the same time."""
+        contents = await all_of(*(self.store.get(r.storage_key) for r in records))
+        return [ImageFile(r, data) for r, data in zip(records, contents, strict=True)]
 
     async def _notify(self, job: Generation, event: str, *args: object) -> None:
         """Progress events are best effort: a platform hiccup must not fail the job."""

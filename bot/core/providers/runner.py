@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from bot.config import ModelSpec
+from bot.core.aio import all_of
 from bot.core.errors import ProviderError, ProviderUnavailable
 from bot.core.metrics import PROVIDER_ERRORS, PROVIDER_LATENCY
 from bot.core.providers.base import GeneratedImage, ImageProvider, InputImage, PreviewCallback, ProviderCall
@@ -99,7 +100,7 @@ class ProviderRunner:
             )
             for start, size in chunks
         ]
-        results = await asyncio.gather(*(self._call_with_retries(provider, c, on_preview) for c in calls))
+        results = await all_of(*(self._call_with_retries(provider, c, on_preview) for c in calls))
         outcomes: list[ImageOutcome] = []
         for (start, size), result in zip(chunks, results, strict=True):
             for offset in range(size):
