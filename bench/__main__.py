@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
-import logging
 import os
 import platform
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -78,13 +81,9 @@ async def _scenarios(root: Path, dsn: str, wanted: set[str], args: argparse.Name
         return await _fresh_database(dsn, f"bench_{counter}_{os.getpid()}")
 
     if "overhead" in wanted:
-        from moto.server import ThreadedMotoServer
-
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request on the terminal
-        server.start()
-        host, port = server.get_host_and_port()
-        s3 = {"s3_endpoint_url": f"http://{host}:{port}", "s3_bucket": "bench",
+        # In a process of its own: in this one, moto's CPU would be counted as the bot's added latency.
+        server, port = _start_s3_server()
+        s3 = {"s3_endpoint_url": f"http://127.0.0.1:{port}", "s3_bucket": "bench",
               "s3_access_key_id": "bench", "s3_secret_access_key": "bench"}
         _create_bucket(s3)
         jobs = 10 if args.quick else 40
@@ -94,7 +93,8 @@ async def _scenarios(root: Path, dsn: str, wanted: set[str], args: argparse.Name
                     rows.append(await core_scenarios.overhead(root / f"o{store}{count}", await fresh_db(),
                                                               count, store, s3, jobs))
         finally:
-            server.stop()
+            server.terminate()
+            server.wait(10)
     if "throughput" in wanted:
         jobs = 400 if args.quick else 2000
         profile = RESULTS / "throughput-profile.txt" if args.profile else None
@@ -129,6 +129,24 @@ async def _fresh_database(server_dsn: str, name: str) -> str:
     scheme, _, rest = base.partition("://")
     authority = rest.partition("/")[0]
     return f"{scheme}://{authority}/{name}" + (f"?{query}" if query else "")
+
+
+def _start_s3_server() -> tuple[subprocess.Popen[bytes], int]:
+    """moto's S3 server on 127.0.0.1, its request log discarded; returns once it answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return server, port
+        time.sleep(0.1)
+    server.kill()
+    raise RuntimeError("moto's S3 server did not start within 30 s")
 
 
 def _create_bucket(s3: dict[str, str]) -> None:
