@@ -1,7 +1,10 @@
 """The credit ledger: every change is a ledger row plus the cached balance, in one transaction, with a
 guarded update so a balance never goes below zero and a unique idempotency key so the same event never
 counts twice. Reservations and refunds are SQL functions (image.accept_request, image.refund: migrations
-0002 and 0003), called inside the statements that accept and end a job; grants and revokes are here."""
+0002 and 0003), called inside the statements that accept and end a job; a first request creates its user
+with the welcome grant inside the accepting call too (image.accept_from_identity, migration 0004), with
+the same ledger key as ensure_user here, so the grant is given once whichever comes first. Grants and
+revokes are here."""
 
 from __future__ import annotations
 
