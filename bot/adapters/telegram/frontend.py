@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 ALLOWED_UPDATES = ["message", "callback_query"]
 # Updates processed at once. Handlers only queue work (the worker makes the images), so this bounds the
 # replies in flight, not generation; Telegram takes ~30 messages a second from a bot anyway. Kept small
-# so that under a burst the event loop turns quickly for everything else (the Discord gateway above all).
-CONCURRENT_UPDATES = 8
+# so that under a burst the event loop turns quickly for everything else (the Discord gateway above all;
+# see discord.commands.CONCURRENT_COMMANDS for what 4 against 8 measured).
+CONCURRENT_UPDATES = 4
 # Updates asked for per getUpdates. PTB parses a whole batch in one go, ~0.25 ms per update: a full
 # batch of 100 holds the event loop for ~25 ms, while the Discord gateway and everything else wait.
 UPDATES_PER_POLL = 20
