@@ -62,6 +62,18 @@ async def test_a_refused_early_deferral_is_made_again_the_usual_way(
     assert [r.status for r in callbacks(fake, interaction)] == [503, 200]  # type: ignore[attr-defined]
 
 
+async def test_an_early_deferral_answered_without_its_resource_still_starts_the_job(
+    runtime_factory: RuntimeFactory, fake: FakeDiscord
+) -> None:
+    alice = fake.user("alice")
+    async with running_bot(runtime_factory, fake) as bot:
+        fake.fail_next("POST", r"/interactions/\d+/[^/]+/callback", 200, {})  # 2xx, but no "interaction"
+        interaction = await fake.slash("imagine", {"prompt": "a green kite"}, user=alice)
+        await wait_for(finished(fake, interaction))
+        assert await bot.balance(alice) == 19
+    assert [r.status for r in callbacks(fake, interaction)] == [200, 200]  # type: ignore[attr-defined]
+
+
 @contextlib.asynccontextmanager
 async def _serve(handler: web.RequestHandler) -> AsyncIterator[tuple[str, list[object]]]:
     peers: list[object] = []

@@ -103,10 +103,18 @@ class EarlyAcks:
         except KeepAliveError as error:
             log.warning("interaction %s: early acknowledgement failed in transit: %s", interaction.id, error)
             return None
-        payload = response.json() if response.body else None
+        try:
+            payload = response.json()
+        except ValueError:  # a proxy's HTML error page, say
+            payload = None
         if response.status >= 300:
             code = payload.get("code") if isinstance(payload, dict) else None
             raise AckRefused(response.status, code, response.body[:200].decode(errors="replace"))
+        if not isinstance(payload, dict) or not isinstance(payload.get("interaction"), dict):
+            # Accepted, but with no callback resource to build on: the usual deferral follows, and its
+            # "already acknowledged" answer counts as deferred (commands._defer).
+            log.warning("interaction %s: early acknowledgement answered without a resource", interaction.id)
+            return None
         mark_deferred(interaction)
         return discord.InteractionCallbackResponse(
             data=payload, parent=interaction, state=interaction._state, type=DEFERRED_CHANNEL_MESSAGE

@@ -39,6 +39,7 @@ class Response:
     body: bytes
 
     def json(self) -> Any:
+        """The body as JSON (None when empty). Raises ValueError when it isn't JSON."""
         return json.loads(self.body) if self.body else None
 
 
