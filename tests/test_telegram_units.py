@@ -111,6 +111,9 @@ def test_command_argument_skips_the_command_and_bot_name() -> None:
     text = "/imagine@ImageTestBot a 🐈 on a mat"
     entity = MessageEntity(MessageEntity.BOT_COMMAND, 0, len("/imagine@ImageTestBot"))
     assert command_argument(_Message(text, [entity])) == "a 🐈 on a mat"  # type: ignore[arg-type]
+    # A lone surrogate (JSON can carry one) is passed on for the prompt cleaner to drop, not raised on.
+    forged = MessageEntity(MessageEntity.BOT_COMMAND, 0, len("/imagine"))
+    assert command_argument(_Message("/imagine a\ud800b", [forged])) == "a\ud800b"  # type: ignore[arg-type]
 
 
 def test_webhook_path_and_a_stable_derived_secret() -> None:

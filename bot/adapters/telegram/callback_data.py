@@ -65,7 +65,7 @@ def encode(action: Action) -> str:
 
 def decode(data: str | None) -> Action | None:
     """The action a payload names, or None for anything malformed, foreign or out of bounds."""
-    if not data or len(data.encode()) > MAX_BYTES:
+    if not data or len(data.encode(errors="surrogatepass")) > MAX_BYTES:  # JSON can carry lone surrogates
         return None
     kind, _, rest = data.partition(":")
     parts = rest.split(":")

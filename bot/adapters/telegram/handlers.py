@@ -69,7 +69,8 @@ def command_argument(message: Message) -> str:
 
 def _utf16_slice(text: str, units: int) -> str:
     # Entity offsets count UTF-16 code units: a command is ASCII, but be exact anyway.
-    return text.encode("utf-16-le")[units * 2 :].decode("utf-16-le").strip()
+    # surrogatepass: a lone surrogate (JSON can carry one) survives the round trip instead of raising.
+    return text.encode("utf-16-le", "surrogatepass")[units * 2 :].decode("utf-16-le", "surrogatepass").strip()
 
 
 def normalise_flags(text: str) -> str:
