@@ -20,6 +20,11 @@ HERE = Destination("test", "chat-1")
 ELSEWHERE = Destination("test", "chat-2")
 
 
+async def claim_one(conn, platforms, per_user_limit, owner, lease_seconds):  # type: ignore[no-untyped-def]
+    jobs = await queue.claim(conn, platforms, per_user_limit, owner, lease_seconds, 1)
+    return jobs[0] if jobs else None
+
+
 async def test_two_workers_never_take_the_same_job(runtime_factory, pool) -> None:
     async with runtime_factory(per_user_queued_limit=1000, starting_credits=1000) as rt:
         for i in range(60):
@@ -29,7 +34,7 @@ async def test_two_workers_never_take_the_same_job(runtime_factory, pool) -> Non
         taken = []
         while True:
             async with pool.acquire() as conn:
-                job = await queue.claim_next(conn, ["test"], 1000, owner, 60)
+                job = await claim_one(conn, ["test"], 1000, owner, 60)
             if job is None:
                 return taken
             taken.append(job.id)
@@ -48,7 +53,7 @@ async def test_a_newcomer_does_not_wait_behind_a_heavy_user(runtime_factory, poo
     order = []
     async with pool.acquire() as conn:
         for _ in range(3):
-            order.append((await queue.claim_next(conn, ["test"], 2, "w", 60)).id)
+            order.append((await claim_one(conn, ["test"], 2, "w", 60)).id)
     # Alice's oldest runs first; with Alice now busy, Bob's job is next, ahead of her 19 others.
     assert order[1] == newcomer.generation.id
     owners = Counter([await pool.fetchval("SELECT user_id FROM image.generations WHERE id = $1", j) for j in order])
@@ -60,7 +65,7 @@ async def test_per_user_cap_on_jobs_in_flight(runtime_factory, pool) -> None:
         for i in range(4):
             await rt.service.imagine(ALICE, ImagineRequest(f"job {i}"), HERE)
     async with pool.acquire() as conn:
-        claimed = [await queue.claim_next(conn, ["test"], 2, "w", 60) for _ in range(4)]
+        claimed = [await claim_one(conn, ["test"], 2, "w", 60) for _ in range(4)]
     assert claimed[2] is None and claimed[3] is None
 
 
@@ -79,7 +84,7 @@ async def test_a_dead_workers_job_is_taken_over_and_delivered_once(runtime_facto
         accepted = await rt.service.imagine(ALICE, ImagineRequest("orphaned job"), HERE)
         # Another process claimed it, then died: its lease runs out.
         async with pool.acquire() as conn:
-            claimed = await queue.claim_next(conn, ["test"], 2, "dead-worker", 60)
+            claimed = await claim_one(conn, ["test"], 2, "dead-worker", 60)
             assert claimed is not None and claimed.id == accepted.generation.id
             await conn.execute("UPDATE image.generations SET lease_expires_at = now() - interval '1 second'")
         await rt.start()

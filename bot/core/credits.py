@@ -14,6 +14,8 @@ import asyncpg
 
 from bot.core.models import LedgerEntry, UserIdentity
 
+MAX_DISPLAY_NAME = 100  # characters kept of a platform's display name
+
 
 @dataclass(frozen=True)
 class UserRow:
@@ -23,7 +25,7 @@ class UserRow:
 
 async def ensure_user(conn: asyncpg.Connection, who: UserIdentity, starting_credits: int) -> UserRow:
     """The user's row, created (with the welcome grant) on first contact."""
-    name = who.display_name[:100]
+    name = who.display_name[:MAX_DISPLAY_NAME]
     row = await conn.fetchrow(
         "SELECT id, balance, display_name FROM image.users WHERE platform = $1 AND platform_user_id = $2",
         who.platform, who.platform_user_id,

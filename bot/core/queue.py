@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from bot.core.credits import MAX_DISPLAY_NAME
 from bot.core.events import DeliveryReceipt
 from bot.core.generations import GENERATION_COLUMNS, IMAGE_COLUMNS, generation_from_row
 from bot.core.metrics import CREDITS_REFUNDED, JOBS_FINISHED
@@ -67,14 +68,6 @@ async def claim(
     return jobs
 
 
-async def claim_next(
-    conn: asyncpg.Connection, platforms: Sequence[str], per_user_limit: int, owner: str, lease_seconds: float
-) -> Generation | None:
-    """Take the next job fairly, or None."""
-    jobs = await claim(conn, platforms, per_user_limit, owner, lease_seconds, 1)
-    return jobs[0] if jobs else None
-
-
 async def queue_position(conn: asyncpg.Connection, generation_id: str) -> int:
     """How many queued jobs were accepted before this one."""
     return await conn.fetchval(
@@ -119,7 +112,6 @@ class Acceptance:
 
 _ACCEPT = """SELECT * FROM image.accept_from_identity(
     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"""
-MAX_DISPLAY_NAME = 100
 
 
 async def accept(

@@ -37,8 +37,8 @@ HISTORY_PAGE_SIZE = 1  # one generation per page: its images and buttons fit one
 # Discord's codes for an interaction that can't be answered: already acknowledged (a redelivered event
 # another handler took), or unknown (we were later than 3 seconds).
 _UNANSWERABLE = (ALREADY_ACKNOWLEDGED, UNKNOWN_INTERACTION)
-_APPLICATION_COMMAND = 2
-_COMPONENT = 3
+_APPLICATION_COMMAND = discord.InteractionType.application_command.value
+_COMPONENT = discord.InteractionType.component.value
 _JOB_BUTTONS = frozenset({Action.REGENERATE, Action.VARY})
 DM_CLOSED_NOTE = (
     "I couldn't send you a DM: your DMs are closed for me (Privacy Settings → Direct Messages). "

@@ -18,10 +18,7 @@ class LocalStore(ImageStore):
         self._root_uri = self.root.as_uri().rstrip("/")
 
     def path_for(self, key: str) -> Path:
-        return Path(self._path(key))
-
-    def _path(self, key: str) -> str:
-        return f"{self._root}/{_checked(key)}"
+        return Path(f"{self._root}/{_checked(key)}")
 
     async def put(self, key: str, data: bytes, mime_type: str) -> None:
         await asyncio.to_thread(_write_atomically, self.path_for(key), data)
