@@ -140,3 +140,29 @@ async def test_the_pool_reports_errors_and_skips_closed_connections(unused_port:
     with pytest.raises(KeepAliveError):
         await pool.post("/x", {})  # nothing listens there
     await pool.aclose()
+
+
+async def test_warm_connections_are_opened_and_replaced_before_they_go_stale(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bot.adapters.discord import keepalive
+
+    monkeypatch.setattr(keepalive, "WARM_EVERY_SECONDS", 0.05)
+    monkeypatch.setattr(keepalive, "IDLE_SECONDS", 0.5)  # stale after 0.5 - 2 × 0.05 = 0.4 s idle
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"ok": True})
+
+    async with _serve(answer) as (base, peers):
+        pool = KeepAlivePool(base, "test-agent", warm=3)
+        try:
+            pool.start()
+            await wait_for(lambda: len(pool._idle) == 3)
+            first = set(map(id, pool._idle))
+            # Kept warm: replaced by fresh ones before a server's keep-alive timeout could close them.
+            await wait_for(lambda: len(pool._idle) == 3 and not first & set(map(id, pool._idle)), within=3)
+            response = await pool.post("/x", {})  # written at once on a warm connection
+        finally:
+            await pool.aclose()
+    assert response.status == 200 and len(peers) == 1
+    assert pool._idle == [] and pool._keeper is not None and pool._keeper.done()
