@@ -1,8 +1,13 @@
-"""Jobs storing into S3 (moto's server on 127.0.0.1) through the settings, and S3 failing mid-job."""
+"""Jobs storing into S3 (moto's server on 127.0.0.1) through the settings, S3 failing mid-job, and images
+shown while they are being stored."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 from bot.core.models import Destination, ImagineRequest, UserIdentity
+from bot.core.storage.local import LocalStore
 from tests.conftest import wait_for
 from tests.fakes.core import RecordingObserver
 from tests.plugins.s3 import TEST_ACCESS_KEY, TEST_SECRET_KEY
@@ -35,14 +40,68 @@ async def test_images_land_in_s3_and_come_back(runtime_factory, pool, s3_server,
     assert all(f.record.url.startswith(s3_server) for f in files)
 
 
-async def test_s3_failing_fails_the_job_cleanly_and_refunds(runtime_factory, pool, s3_server) -> None:
+async def test_s3_failing_still_shows_the_images_but_records_the_failure_and_refunds(
+    runtime_factory, pool, s3_server
+) -> None:
+    """The images go to the chat while they are stored; when none can be kept, the user has them anyway, and
+    is not charged for images their history cannot show."""
     observer = RecordingObserver()
     async with runtime_factory(**s3_settings(s3_server, "no-such-bucket")) as rt:
         rt.register(observer)
         await rt.start()
         accepted = await rt.service.imagine(ALICE, ImagineRequest("nowhere to put this", count=3), HERE)
-        job = await wait_for(lambda: observer.done.get(accepted.generation.id))
-    assert job.status == "failed" and job.credits_refunded == 3
-    assert job.error_message == "The images were made but could not be saved."
+        await wait_for(lambda: observer.done.get(accepted.generation.id))
+        item = await rt.service.generation(ALICE, accepted.generation.id, HERE.chat_id)
+    assert len(observer.images[accepted.generation.id]) == 3
+    assert item.generation.status == "failed" and item.generation.credits_refunded == 3
+    assert item.generation.error_message == "The images were made but could not be saved."
+    assert item.images == ()
     assert await pool.fetchval("SELECT count(*) FROM image.images") == 0
     assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = 'alice'") == 20
+    # Shown once, and not shown again as a failure by recovery.
+    assert await pool.fetchval("SELECT delivered_at IS NOT NULL FROM image.generations") is True
+
+
+class GatedStore(LocalStore):
+    """Real files, but each write waits for `open` (a slow S3, held still)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.open = asyncio.Event()
+        self.waiting = 0
+
+    async def put(self, key: str, data: bytes, mime_type: str) -> None:
+        self.waiting += 1
+        await self.open.wait()
+        await super().put(key, data, mime_type)
+
+
+async def test_images_are_shown_before_they_are_stored_and_asking_about_them_waits_for_the_record(
+    runtime_factory, pool, tmp_path
+) -> None:
+    observer = RecordingObserver()
+    async with runtime_factory() as rt:
+        store = GatedStore(tmp_path / "gated")
+        rt.worker.store = store
+        rt.register(observer)
+        await rt.start()
+        accepted = await rt.service.imagine(ALICE, ImagineRequest("shown first", count=2), HERE)
+        job_id = accepted.generation.id
+        await wait_for(lambda: observer.done.get(job_id))
+        assert store.waiting == 2 and not list(store.root.rglob("*.png"))  # shown, not stored yet
+        assert observer.done[job_id].status == "succeeded"
+
+        first_image = observer.images[job_id][0].record
+        vary = asyncio.create_task(rt.service.vary(ALICE, first_image.id, HERE))
+        history = asyncio.create_task(rt.service.history(ALICE))
+        await asyncio.sleep(0.2)
+        assert not vary.done() and not history.done()  # they wait for the record instead of missing it
+
+        store.open.set()
+        varied = await vary
+        page = await history
+    assert varied.generation.parent_image_id == first_image.id
+    newest_first = {item.generation.id: item for item in page.items}
+    assert newest_first[job_id].generation.status == "succeeded" and len(newest_first[job_id].images) == 2
+    assert len(list(store.root.rglob("*.png"))) >= 2
+    assert await pool.fetchval("SELECT delivered_at IS NOT NULL FROM image.generations WHERE id = $1", job_id)

@@ -149,6 +149,8 @@ async def test_a_retried_album_delivery_does_not_post_the_album_twice(
         fake.send(ann, "/imagine three cats --n 3")
         await wait_for(lambda: any(c.method == "sendMessage" and not c.ok for c in fake.calls))
         generation_id = await pool.fetchval("SELECT id FROM image.generations")
+        # Shown while being stored: recorded just after.
+        await wait_for(lambda: pool.fetchval("SELECT finished_at IS NOT NULL FROM image.generations"))
         assert await pool.fetchval("SELECT delivered_at FROM image.generations") is None
         assert await bot.runtime.worker.deliver(generation_id)  # what the worker's retry does
     [album] = fake.sent("sendMediaGroup", ANN)

@@ -290,6 +290,7 @@ class GenerationService:
         """The caller's own generations, newest first. Nobody else's, ever."""
         page_size = max(1, min(page_size, MAX_HISTORY_PAGE_SIZE))
         page = max(0, page)
+        await self.worker.recorded(owner=who)
         async with self.pool.acquire() as conn:
             user = await credits.find_user(conn, who.platform, who.platform_user_id)
             if user is None:
@@ -383,6 +384,7 @@ class GenerationService:
         Anything else looks exactly like a missing one."""
         if not is_valid_id(generation_id):
             raise NotFound()
+        await self.worker.recorded([generation_id])
         async with self.pool.acquire() as conn:
             generation = await generations.get_generation(conn, generation_id)
         if generation is None:
@@ -396,6 +398,7 @@ class GenerationService:
     async def _visible_image(self, who: UserIdentity, image_id: str, chat_id: str) -> ImageRecord:
         if not is_valid_id(image_id):
             raise NotFound("That image")
+        await self.worker.recorded([image_id])
         async with self.pool.acquire() as conn:
             image = await generations.get_image(conn, image_id)
         if image is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import logging
 import secrets
@@ -22,9 +23,9 @@ from bot.core.errors import ProviderError, ProviderUnavailable
 from bot.core.events import DeliveryReceipt, JobObserver
 from bot.core.ids import new_id
 from bot.core.logcontext import job_id
-from bot.core.models import Generation, ImageFile, ImageRecord
+from bot.core.models import Generation, ImageFile, ImageRecord, UserIdentity
 from bot.core.providers.base import GeneratedImage, ImageProvider, InputImage
-from bot.core.providers.runner import GenerationSpec, ImageOutcome, ProviderRunner
+from bot.core.providers.runner import GenerationSpec, ProviderRunner
 from bot.core.safety import safety_identifier
 from bot.core.storage.base import ImageStore, StorageError, new_key
 
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 SHUTDOWN_MESSAGE = "The bot was restarted before your images were ready."
 STORAGE_FAILED_MESSAGE = "The images were made but could not be saved."
 DEADLINE_MESSAGE = "The image service took too long."
+# How long a question about a job shown but not yet recorded (its images still being stored) waits for it.
+RECORD_WAIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,8 @@ class Worker:
         # Jobs finishing, or delivered, at about the same time are recorded in one statement (see batches).
         self._finishes: GroupedWriter[queue.Finished, Generation | None] = GroupedWriter(self._record_finished)
         self._delivered: GroupedWriter[queue.Delivered, None] = GroupedWriter(self._mark_delivered)
+        # Jobs shown in their chat before they are recorded (see _run), by their id and their images' ids.
+        self._unrecorded: dict[str, Unrecorded] = {}
 
     @property
     def platforms(self) -> list[str]:
@@ -181,17 +186,25 @@ class Worker:
         job_id.set(job.id)
         log.info("job %s started: model=%s n=%d", job.id, job.model, job.count)
         await self._notify(job, "on_started")
+        files, error = await self._make(job)
         stored: list[ImageRecord] = []
+        sent: Sent | None = None
         try:
-            outcome, files = await self._make(job, stored)
+            if files:
+                # The images go to the chat while they are being stored: the user does not wait for storage
+                # (S3 takes tens of milliseconds at best). The job is recorded once both are done; until
+                # then, what asks about it waits for the record (see `recorded`).
+                self._expect_record(job, files)
+                provisional = _as_finished(job, _settle(job, [f.record for f in files], error))
+                sent, stored_errors = await self._send_while_storing(provisional, files, stored)
+                error = error or next(iter(stored_errors), None)
+            outcome = _settle(job, sorted(stored, key=lambda r: r.index), error)
+            finished = await self._finishes.submit(queue.Finished(job.id, outcome))
         except BaseException:
             await self._discard(stored)
             raise
-        try:
-            finished = await self._finishes.submit(queue.Finished(job.id, outcome))
-        except Exception:
-            await self._discard(stored)
-            raise
+        finally:
+            self._recorded(job, files)
         # Cancelled while its batch was being written, the images stay: that write goes ahead regardless, and
         # an orphaned file is better than a recorded image without its file.
         if finished is None:
@@ -199,14 +212,21 @@ class Worker:
             await self._discard(stored)
             return
         log.info("job %s %s: %d images, refund %d", job.id, outcome.status, len(outcome.images), outcome.refund)
-        await self._deliver(finished, files)
+        if sent is None:
+            await self._deliver(finished, [])
+        elif sent.delivered:
+            if len(stored) < len(files):
+                log.warning("job %s: %d of %d images were delivered but could not be kept; refunded",
+                            job.id, len(files) - len(stored), len(files))
+            await self._delivered.submit(queue.Delivered(job.id, job.destination.platform, sent.receipt))
+        # Not delivered: it stays undelivered, and recovery delivers it from storage (or its failure).
 
-    async def _make(self, job: Generation, stored: list[ImageRecord]) -> tuple[queue.Outcome, list[ImageFile]]:
+    async def _make(self, job: Generation) -> tuple[list[ImageFile], ProviderError | None]:
+        """The images the provider made, ready to store and send, and the first error of those it did not."""
         model = self.models.get(job.model)
         provider = self.providers.get(model.provider) if model else None
         if model is None or provider is None or not provider.available():
-            error = ProviderUnavailable(f"The model {job.model} is no longer available.")
-            return _failed(job, error), []
+            return [], ProviderUnavailable(f"The model {job.model} is no longer available.")
         try:
             async with asyncio.timeout(self.limits.job_deadline_seconds):
                 spec = GenerationSpec(
@@ -224,27 +244,50 @@ class Worker:
 
                 outcomes = await self.runner.run(provider, model, spec, preview)
         except TimeoutError:
-            return _failed(job, ProviderUnavailable(DEADLINE_MESSAGE)), []
+            return [], ProviderUnavailable(DEADLINE_MESSAGE)
+        prepared = [await self._prepare(job, o.index, o.image) if o.image else o.error for o in outcomes]
+        files = [p for p in prepared if isinstance(p, ImageFile)]
+        return files, next((p for p in prepared if isinstance(p, ProviderError)), None)
 
-        # The images of one job are stored at the same time, not one after another.
-        results = await all_of(*(self._store_outcome(job, outcome, stored) for outcome in outcomes))
-        files = [result for result in results if isinstance(result, ImageFile)]
-        first_error = next((result for result in results if isinstance(result, ProviderError)), None)
-        return _settle(job, [f.record for f in files], first_error), files
+    async def _send_while_storing(
+        self, job: Generation, files: Sequence[ImageFile], stored: list[ImageRecord]
+    ) -> tuple[Sent, list[ProviderError]]:
+        """Deliver `files` and store them at the same time (the sending starts first). The stored ones are
+        added to `stored`; returns how the sending went and the errors of the images that were not stored."""
+        results = await asyncio.gather(self._send(job, files), *(self._put(file, stored) for file in files))
+        sent, *errors = results
+        assert isinstance(sent, Sent)
+        return sent, [error for error in errors if isinstance(error, ProviderError)]
 
-    async def _store_outcome(
-        self, job: Generation, outcome: ImageOutcome, stored: list[ImageRecord]
-    ) -> ImageFile | ProviderError | None:
-        """One image stored (and added to `stored`, to be discarded if the job does not finish), or why not."""
-        if outcome.image is None:
-            return outcome.error
+    async def _put(self, file: ImageFile, stored: list[ImageRecord]) -> ProviderError | None:
         try:
-            record = await self._store(job, outcome.index, outcome.image)
+            await self.store.put(file.record.storage_key, file.data, file.record.mime_type)
         except StorageError as error:
-            log.warning("job %s: storing image %d failed: %s", job.id, outcome.index, error)
+            log.warning("job %s: storing image %d failed: %s", file.record.generation_id, file.record.index, error)
             return ProviderUnavailable(STORAGE_FAILED_MESSAGE)
-        stored.append(record)
-        return ImageFile(record, outcome.image.data)
+        stored.append(file.record)
+        return None
+
+    def _expect_record(self, job: Generation, files: Sequence[ImageFile]) -> None:
+        unrecorded = Unrecorded(job.owner, asyncio.Event())
+        for key in (job.id, *(f.record.id for f in files)):
+            self._unrecorded[key] = unrecorded
+
+    def _recorded(self, job: Generation, files: Sequence[ImageFile]) -> None:
+        unrecorded = self._unrecorded.pop(job.id, None)
+        for file in files:
+            self._unrecorded.pop(file.record.id, None)
+        if unrecorded is not None:
+            unrecorded.done.set()
+
+    async def recorded(self, ids: Sequence[str] = (), owner: UserIdentity | None = None) -> None:
+        """Wait, briefly, for the jobs shown but not yet recorded that have one of these ids (a job's or an
+        image's) or this owner. Returns at once when there are none, which is nearly always."""
+        waiting = {u.done for key, u in self._unrecorded.items() if key in ids or u.owner == owner}
+        if waiting:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RECORD_WAIT_SECONDS):
+                    await asyncio.gather(*(done.wait() for done in waiting))
 
     async def _input_image(self, job: Generation, model: ModelSpec) -> InputImage | None:
         if job.parent_image_id is None or not model.supports_input_image:
@@ -259,18 +302,23 @@ class Worker:
             log.warning("job %s: parent image unavailable, varying by seed only: %s", job.id, error)
             return None
 
-    async def _store(self, job: Generation, index: int, image: GeneratedImage) -> ImageRecord:
+    async def _prepare(self, job: Generation, index: int, image: GeneratedImage) -> ImageFile | ProviderError:
+        """The record an image will be stored under, with its bytes (or why it cannot be stored)."""
         width, height = image.width, image.height
         if not width or not height:
             width, height = _measure(image.data)
         key = new_key(image.mime_type)
-        await self.store.put(key, image.data, image.mime_type)
-        return ImageRecord(
+        try:
+            url = await self.store.url(key)
+        except StorageError as error:
+            log.warning("job %s: no address for image %d: %s", job.id, index, error)
+            return ProviderUnavailable(STORAGE_FAILED_MESSAGE)
+        record = ImageRecord(
             id=new_id(),
             generation_id=job.id,
             index=index,
             storage_key=key,
-            url=await self.store.url(key),
+            url=url,
             mime_type=image.mime_type,
             width=width,
             height=height,
@@ -278,6 +326,7 @@ class Worker:
             seed=image.seed,
             file_refs={},
         )
+        return ImageFile(record, image.data)
 
     async def _discard(self, stored: Sequence[ImageRecord]) -> None:
         for record in stored:
@@ -299,22 +348,27 @@ class Worker:
         return await self._deliver(job, files)
 
     async def _deliver(self, job: Generation, files: Sequence[ImageFile]) -> bool:
+        sent = await self._send(job, files)
+        if sent.delivered:
+            await self._delivered.submit(queue.Delivered(job.id, job.destination.platform, sent.receipt))
+        return sent.delivered
+
+    async def _send(self, job: Generation, files: Sequence[ImageFile]) -> Sent:
+        """Show a finished job in its chat. A platform error is logged, not raised: the job stays undelivered."""
         observer = self.observers.get(job.destination.platform)
         if observer is None:
-            return False
-        receipt: DeliveryReceipt | None = None
+            return Sent(False)
         try:
             if job.status in ("succeeded", "partial"):
-                receipt = await observer.on_completed(job, files)
-            elif job.status == "cancelled":
+                return Sent(True, await observer.on_completed(job, files))
+            if job.status == "cancelled":
                 await observer.on_cancelled(job)
             else:
                 await observer.on_failed(job)
         except Exception:
             log.exception("job %s: delivery to %s failed; will retry", job.id, job.destination.platform)
-            return False
-        await self._delivered.submit(queue.Delivered(job.id, job.destination.platform, receipt))
-        return True
+            return Sent(False)
+        return Sent(True)
 
     async def _mark_delivered(self, delivered: Sequence[queue.Delivered]) -> list[None]:
         async with self.pool.acquire() as conn:
@@ -342,8 +396,26 @@ class Worker:
             log.warning("job %s: %s notification failed", job.id, event, exc_info=True)
 
 
-def _failed(job: Generation, error: ProviderError) -> queue.Outcome:
-    return queue.Outcome("failed", (), job.credits_reserved, error.code, error.user_message)
+@dataclass(frozen=True)
+class Unrecorded:
+    owner: UserIdentity
+    done: asyncio.Event
+
+
+@dataclass(frozen=True)
+class Sent:
+    """How showing a job in its chat went."""
+
+    delivered: bool
+    receipt: DeliveryReceipt | None = None
+
+
+def _as_finished(job: Generation, outcome: queue.Outcome) -> Generation:
+    """The job as it will be recorded with `outcome`, to show it before the record is written."""
+    return dataclasses.replace(
+        job, status=outcome.status, credits_refunded=outcome.refund,  # type: ignore[arg-type]
+        error_code=outcome.error_code, error_message=outcome.error_message,
+    )
 
 
 def _settle(job: Generation, images: Sequence[ImageRecord], error: ProviderError | None) -> queue.Outcome:

@@ -174,6 +174,7 @@ class TelegramObserver:
                 result_id = message.message_id
             else:
                 album_id = _int(job.destination.context.get("album"))
+                refs.update(job.destination.context.get("album_refs", {}))
                 if album_id is None:
                     messages = await self.sender.album(
                         at.chat_id, [photo_source(image) for image in ordered],
@@ -262,12 +263,12 @@ class TelegramObserver:
         self, job: Generation, status_id: int | None, album_id: int, refs: dict[str, str]
     ) -> None:
         """An album went out: if the buttons message then fails and the delivery is retried, the album
-        must not be posted twice (nor uploaded again)."""
+        must not be posted twice (nor uploaded again). Its file refs go with the job, not on its images: those
+        are recorded only once the delivery and the storing are both done."""
         try:
-            for image_id, ref in refs.items():
-                await self.service.record_file_ref(image_id, PLATFORM, ref)
             message_id = str(status_id) if status_id is not None else str(album_id)
-            await self.service.attach_message(job.id, message_id, {"album": album_id, "status": status_id})
+            context = {"album": album_id, "status": status_id, "album_refs": refs}
+            await self.service.attach_message(job.id, message_id, context)
         except Exception:
             log.warning("job %s: could not record the album's delivery", job.id, exc_info=True)
 
