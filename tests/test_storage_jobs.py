@@ -93,7 +93,8 @@ async def test_images_are_shown_before_they_are_stored_and_asking_about_them_wai
 
         first_image = observer.images[job_id][0].record
         vary = asyncio.create_task(rt.service.vary(ALICE, first_image.id, HERE))
-        history = asyncio.create_task(rt.service.history(ALICE))
+        renamed = UserIdentity(ALICE.platform, ALICE.platform_user_id, "Alice (renamed)")  # the same person
+        history = asyncio.create_task(rt.service.history(renamed))
         await asyncio.sleep(0.2)
         assert not vary.done() and not history.done()  # they wait for the record instead of missing it
 

@@ -283,7 +283,11 @@ class Worker:
     async def recorded(self, ids: Sequence[str] = (), owner: UserIdentity | None = None) -> None:
         """Wait, briefly, for the jobs shown but not yet recorded that have one of these ids (a job's or an
         image's) or this owner. Returns at once when there are none, which is nearly always."""
-        waiting = {u.done for key, u in self._unrecorded.items() if key in ids or u.owner == owner}
+        who = (owner.platform, owner.platform_user_id) if owner else None
+        waiting = {
+            u.done for key, u in self._unrecorded.items()
+            if key in ids or (u.owner.platform, u.owner.platform_user_id) == who
+        }
         if waiting:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(RECORD_WAIT_SECONDS):
