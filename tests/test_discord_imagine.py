@@ -182,6 +182,22 @@ async def test_a_413_from_discord_shrinks_harder_instead_of_failing(
     assert len(message.attachments) == 1 and message.attachments[0]["size"] <= 13_000
 
 
+async def test_an_upload_retried_after_a_server_error_sends_the_same_bytes(
+    runtime_factory: RuntimeFactory, fake: FakeDiscord
+) -> None:
+    """discord.py rewinds each file and sends it again after a 5xx; the images go out as slices of the
+    bytes the provider made (bot.adapters.discord.uploads), whole again on the retry."""
+    alice = fake.user("alice")
+    async with running_bot(runtime_factory, fake) as bot:
+        interaction = await fake.slash("imagine", {"prompt": "two moons --n 2"}, user=alice)
+        fake.fail_next("PATCH", r"/webhooks/.*", 500, {"message": "oops", "code": 0}, uploads_only=True)
+        message = await wait_for(finished(fake, interaction))
+        page = await bot.runtime.service.history(identity(alice))
+        stored = [f.data for f in await bot.runtime.service.load_files(page.items[0].images)]
+    assert 500 in [r.status for r in fake.requests_for(interaction)]
+    assert message.attachment_data() == stored
+
+
 async def test_a_rate_limited_edit_is_retried(runtime_factory: RuntimeFactory, fake: FakeDiscord) -> None:
     alice = fake.user("alice")
     fake.rate_limit_next("PATCH", r"/webhooks/\d+/[^/]+/messages/\d+", retry_after=0.05)

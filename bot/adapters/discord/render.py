@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import discord
 from PIL import Image
 
+from bot.adapters.discord.uploads import ImageUpload
 from bot.core.models import Balance, Generation, HistoryPage, ImageFile
 from bot.core.storage.base import EXTENSIONS
 
@@ -138,7 +139,7 @@ class Upload:
 
     def file(self) -> discord.File:
         # A fresh File each time: discord.py consumes the stream when it sends.
-        return discord.File(io.BytesIO(self.data), filename=self.filename)
+        return discord.File(ImageUpload(self.data), filename=self.filename)
 
 
 @dataclass(frozen=True)
