@@ -106,3 +106,35 @@ async def test_images_are_shown_before_they_are_stored_and_asking_about_them_wai
     assert newest_first[job_id].generation.status == "succeeded" and len(newest_first[job_id].images) == 2
     assert len(list(store.root.rglob("*.png"))) >= 2
     assert await pool.fetchval("SELECT delivered_at IS NOT NULL FROM image.generations WHERE id = $1", job_id)
+
+
+class BrokenSecondWrite(LocalStore):
+    """The second write fails with an error outside the store's contract (a bug, say)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.writes = 0
+
+    async def put(self, key: str, data: bytes, mime_type: str) -> None:
+        self.writes += 1
+        if self.writes == 2:
+            raise RuntimeError("unexpected")
+        await super().put(key, data, mime_type)
+
+
+async def test_an_unexpected_storage_error_does_not_crash_a_job_already_shown(
+    runtime_factory, pool, tmp_path
+) -> None:
+    observer = RecordingObserver()
+    async with runtime_factory() as rt:
+        rt.worker.store = BrokenSecondWrite(tmp_path / "broken")
+        rt.register(observer)
+        await rt.start()
+        accepted = await rt.service.imagine(ALICE, ImagineRequest("two of them", count=2), HERE)
+        await wait_for(lambda: observer.done.get(accepted.generation.id))
+        item = await rt.service.generation(ALICE, accepted.generation.id, HERE.chat_id)
+    assert len(observer.images[accepted.generation.id]) == 2  # both shown
+    assert item.generation.status == "partial" and item.generation.credits_refunded == 1
+    assert len(item.images) == 1
+    assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = 'alice'") == 19
+    assert await pool.fetchval("SELECT delivered_at IS NOT NULL FROM image.generations") is True

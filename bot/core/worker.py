@@ -265,6 +265,11 @@ class Worker:
         except StorageError as error:
             log.warning("job %s: storing image %d failed: %s", file.record.generation_id, file.record.index, error)
             return ProviderUnavailable(STORAGE_FAILED_MESSAGE)
+        except Exception:
+            # Not the store's contract, but the image may be on screen already: crashing the job here would
+            # run it again and show it twice. Refunded like any image that could not be kept.
+            log.exception("job %s: storing image %d failed unexpectedly", file.record.generation_id, file.record.index)
+            return ProviderUnavailable(STORAGE_FAILED_MESSAGE)
         stored.append(file.record)
         return None
 
