@@ -62,16 +62,22 @@ async def test_s3_failing_still_shows_the_images_but_records_the_failure_and_ref
     assert await pool.fetchval("SELECT delivered_at IS NOT NULL FROM image.generations") is True
 
 
-class GatedStore(LocalStore):
-    """Real files, but each write waits for `open` (a slow S3, held still)."""
+class SlowOrBrokenStore(LocalStore):
+    """Real files, but writes can be held still until `open` is set (a slow S3), and write number
+    `fail_write` fails with an error outside the store's contract (a bug, say)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, held: bool = False, fail_write: int | None = None) -> None:
         super().__init__(root)
         self.open = asyncio.Event()
-        self.waiting = 0
+        if not held:
+            self.open.set()
+        self.fail_write = fail_write
+        self.writes = 0
 
     async def put(self, key: str, data: bytes, mime_type: str) -> None:
-        self.waiting += 1
+        self.writes += 1
+        if self.writes == self.fail_write:
+            raise RuntimeError("unexpected")
         await self.open.wait()
         await super().put(key, data, mime_type)
 
@@ -81,14 +87,14 @@ async def test_images_are_shown_before_they_are_stored_and_asking_about_them_wai
 ) -> None:
     observer = RecordingObserver()
     async with runtime_factory() as rt:
-        store = GatedStore(tmp_path / "gated")
+        store = SlowOrBrokenStore(tmp_path / "held", held=True)
         rt.worker.store = store
         rt.register(observer)
         await rt.start()
         accepted = await rt.service.imagine(ALICE, ImagineRequest("shown first", count=2), HERE)
         job_id = accepted.generation.id
         await wait_for(lambda: observer.done.get(job_id))
-        assert store.waiting == 2 and not list(store.root.rglob("*.png"))  # shown, not stored yet
+        assert store.writes == 2 and not list(store.root.rglob("*.png"))  # shown, not stored yet
         assert observer.done[job_id].status == "succeeded"
 
         first_image = observer.images[job_id][0].record
@@ -108,26 +114,12 @@ async def test_images_are_shown_before_they_are_stored_and_asking_about_them_wai
     assert await pool.fetchval("SELECT delivered_at IS NOT NULL FROM image.generations WHERE id = $1", job_id)
 
 
-class BrokenSecondWrite(LocalStore):
-    """The second write fails with an error outside the store's contract (a bug, say)."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.writes = 0
-
-    async def put(self, key: str, data: bytes, mime_type: str) -> None:
-        self.writes += 1
-        if self.writes == 2:
-            raise RuntimeError("unexpected")
-        await super().put(key, data, mime_type)
-
-
 async def test_an_unexpected_storage_error_does_not_crash_a_job_already_shown(
     runtime_factory, pool, tmp_path
 ) -> None:
     observer = RecordingObserver()
     async with runtime_factory() as rt:
-        rt.worker.store = BrokenSecondWrite(tmp_path / "broken")
+        rt.worker.store = SlowOrBrokenStore(tmp_path / "broken", fail_write=2)
         rt.register(observer)
         await rt.start()
         accepted = await rt.service.imagine(ALICE, ImagineRequest("two of them", count=2), HERE)
