@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from bot.core.batches import GroupedWriter
 from bot.core.models import Destination, ImagineRequest, UserIdentity
+from bot.core.storage.base import StorageError
 from bot.core.storage.local import LocalStore
 from tests.conftest import wait_for
 from tests.fakes.core import RecordingObserver
@@ -63,11 +65,13 @@ async def test_s3_failing_still_shows_the_images_but_records_the_failure_and_ref
 
 
 class SlowOrBrokenStore(LocalStore):
-    """Real files, but writes can be held still until `open` is set (a slow S3), and write number
-    `fail_write` fails with an error outside the store's contract (a bug, say)."""
+    """Real files, but writes can be held still until `open` is set (a slow S3), write number
+    `fail_write` fails with an error outside the store's contract (a bug, say), and with `no_urls` no
+    image gets an address (a store that cannot sign one)."""
 
-    def __init__(self, root: Path, *, held: bool = False, fail_write: int | None = None) -> None:
+    def __init__(self, root: Path, *, held: bool = False, fail_write: int | None = None, no_urls: bool = False) -> None:
         super().__init__(root)
+        self.no_urls = no_urls
         self.open = asyncio.Event()
         if not held:
             self.open.set()
@@ -80,6 +84,11 @@ class SlowOrBrokenStore(LocalStore):
             raise RuntimeError("unexpected")
         await self.open.wait()
         await super().put(key, data, mime_type)
+
+    async def url(self, key: str) -> str:
+        if self.no_urls:
+            raise StorageError("cannot sign")
+        return await super().url(key)
 
 
 async def test_images_are_shown_before_they_are_stored_and_asking_about_them_waits_for_the_record(
@@ -130,3 +139,43 @@ async def test_an_unexpected_storage_error_does_not_crash_a_job_already_shown(
     assert len(item.images) == 1
     assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = 'alice'") == 19
     assert await pool.fetchval("SELECT delivered_at IS NOT NULL FROM image.generations") is True
+
+
+async def test_a_job_cancelled_while_its_record_is_written_keeps_its_files(runtime_factory, pool, tmp_path) -> None:
+    """The record is written for the whole batch even when one job's wait for it is cancelled (a shutdown,
+    say): the job's files must stay, or its recorded images would have none."""
+    async with runtime_factory() as rt:
+        worker = rt.worker
+        writing, go_on = asyncio.Event(), asyncio.Event()
+
+        async def slow_record(runs):  # type: ignore[no-untyped-def]
+            writing.set()
+            await go_on.wait()
+            return await worker._record_finished(runs)
+
+        worker._finishes = GroupedWriter(slow_record)
+        rt.register(RecordingObserver())
+        await rt.start()
+        accepted = await rt.service.imagine(ALICE, ImagineRequest("kept", count=2), HERE)
+        await writing.wait()
+        worker.abort(accepted.generation.id)  # the job's task is cancelled while its batch is being written
+        await asyncio.sleep(0.05)
+        go_on.set()
+        await wait_for(lambda: pool.fetchval("SELECT count(*) = 2 FROM image.images"))
+        await asyncio.sleep(0.1)  # time for a wrongful discard to happen
+        keys = [r["storage_key"] for r in await pool.fetch("SELECT storage_key FROM image.images")]
+        assert all(await asyncio.gather(*(rt.worker.store.get(k) for k in keys)))
+
+
+async def test_images_without_an_address_are_not_shown_and_are_refunded(runtime_factory, pool, tmp_path) -> None:
+    observer = RecordingObserver()
+    async with runtime_factory() as rt:
+        rt.worker.store = SlowOrBrokenStore(tmp_path / "unsigned", no_urls=True)
+        rt.register(observer)
+        await rt.start()
+        accepted = await rt.service.imagine(ALICE, ImagineRequest("nowhere to point", count=2), HERE)
+        job = await wait_for(lambda: observer.done.get(accepted.generation.id))
+    assert ("failed", job.id) in observer.events and job.id not in observer.images
+    assert job.status == "failed" and job.credits_refunded == 2
+    assert job.error_message == "The images were made but could not be saved."
+    assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = 'alice'") == 20

@@ -189,24 +189,29 @@ class Worker:
         files, error = await self._make(job)
         stored: list[ImageRecord] = []
         sent: Sent | None = None
+        # The images go to the chat while they are being stored: the user does not wait for storage (S3
+        # takes tens of milliseconds at best). The job is recorded once both are done; until then, what asks
+        # about it waits for the record (see `recorded`).
+        self._expect_record(job, files)
         try:
-            if files:
-                # The images go to the chat while they are being stored: the user does not wait for storage
-                # (S3 takes tens of milliseconds at best). The job is recorded once both are done; until
-                # then, what asks about it waits for the record (see `recorded`).
-                self._expect_record(job, files)
-                provisional = _as_finished(job, _settle(job, [f.record for f in files], error))
-                sent, stored_errors = await self._send_while_storing(provisional, files, stored)
-                error = error or next(iter(stored_errors), None)
+            try:
+                if files:
+                    provisional = _as_finished(job, _settle(job, [f.record for f in files], error))
+                    sent, stored_errors = await self._send_while_storing(provisional, files, stored)
+                    error = error or next(iter(stored_errors), None)
+            except BaseException:
+                await self._discard(stored)
+                raise
             outcome = _settle(job, sorted(stored, key=lambda r: r.index), error)
-            finished = await self._finishes.submit(queue.Finished(job.id, outcome))
-        except BaseException:
-            await self._discard(stored)
-            raise
+            try:
+                finished = await self._finishes.submit(queue.Finished(job.id, outcome))
+            except Exception:
+                # Not on cancellation: the batch is written regardless, and an orphaned file is better than a
+                # recorded image without its file.
+                await self._discard(stored)
+                raise
         finally:
             self._recorded(job, files)
-        # Cancelled while its batch was being written, the images stay: that write goes ahead regardless, and
-        # an orphaned file is better than a recorded image without its file.
         if finished is None:
             log.info("job %s was cancelled or taken over while running; result discarded", job.id)
             await self._discard(stored)
