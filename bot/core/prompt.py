@@ -8,7 +8,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from bot.config import ASPECT_RATIOS, ModelSpec
+from bot.core.catalogue import ASPECT_RATIOS, ModelSpec
 from bot.core.errors import InvalidRequest
 from bot.core.models import ImagineRequest
 

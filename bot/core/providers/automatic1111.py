@@ -23,7 +23,7 @@ import httpx
 from PIL import Image, UnidentifiedImageError
 from pydantic import SecretStr
 
-from bot.config import ModelSpec
+from bot.core.catalogue import ModelSpec
 from bot.core.errors import ProviderBadRequest, ProviderError
 from bot.core.providers.base import (
     GeneratedImage,

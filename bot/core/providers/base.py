@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.config import ModelSpec
+from bot.core.catalogue import ModelSpec
 
 PreviewCallback = Callable[[bytes, str], Awaitable[None]]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from bot.config import ModelSpec
+from bot.core.catalogue import ModelSpec
 from bot.core.errors import ProviderAuthError, ProviderBadRequest, ProviderError
 from bot.core.providers.base import GeneratedImage, PreviewCallback, ProviderCall, size_for_pixels
 from bot.core.providers.gemini import GEMINI_SIZES, REFUSAL_FINISH_REASONS

@@ -10,7 +10,7 @@ import random
 
 from PIL import Image, ImageDraw, ImageFont
 
-from bot.config import ModelSpec
+from bot.core.catalogue import ModelSpec
 from bot.core.providers.base import (
     GeneratedImage,
     ImageProvider,
