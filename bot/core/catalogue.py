@@ -63,6 +63,9 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
         label="OpenAI GPT Image 2",
         cost=4,
         max_images_per_call=4,
+        # Variations go to /images/edits with the parent image. No seed, no negative prompt in the API;
+        # any size within 1:3..3:1, so every ratio.
+        supports_input_image=True,
         # Single-image calls stream two partial images as live previews (multi-image calls can't:
         # OpenAI's partial-image events don't say which image they belong to).
         options={"quality": "medium", "output_format": "png", "partial_images": 2},
@@ -74,6 +77,9 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
         label="OpenAI GPT Image 1 mini",
         cost=2,
         max_images_per_call=4,
+        supports_input_image=True,
+        # Three fixed sizes only (1024x1024, 1536x1024, 1024x1536): other ratios would come back as these.
+        aspect_ratios=("1:1", "3:2", "2:3"),
         options={"quality": "medium", "output_format": "png"},
     ),
     ModelSpec(
@@ -83,6 +89,7 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
         provider_model="google/gemini-2.5-flash-image",
         label="Gemini 2.5 Flash Image (gateway)",
         cost=3,
+        # Gemini's image models refuse more than one candidate; a seed isn't documented to steer the image.
         max_images_per_call=1,
         supports_input_image=True,
     ),
@@ -92,6 +99,7 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
         provider_model="gemini-2.5-flash-image",
         label="Gemini 2.5 Flash Image",
         cost=3,
+        # "Multiple candidates is not enabled" for the image models: one image per call.
         max_images_per_call=1,
         supports_input_image=True,
     ),
