@@ -52,8 +52,9 @@ class Settings(BaseSettings):
     a1111_base_url: str | None = None
     a1111_username: str | None = None  # for a server started with --api-auth user:password
     a1111_password: SecretStr | None = None
-    # Such a server renders one job at a time; more in flight only queue there and time out here.
-    a1111_max_concurrency: int = Field(default=1, ge=1, le=16)
+    # Requests in flight to A1111_BASE_URL. One web UI renders one job at a time (more only queue there and
+    # time out here); a farm of GPUs behind one URL takes one per GPU.
+    a1111_max_concurrency: int = Field(default=1, ge=1, le=256)
     # How far an img2img variation may move from its parent (0 = identical, 1 = ignore the parent).
     a1111_denoising_strength: float = Field(default=0.55, gt=0, le=1)
     provider_timeout_seconds: float = Field(default=180.0, gt=0)

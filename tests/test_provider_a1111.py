@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from bot.core.catalogue import ASPECT_RATIOS, ModelSpec
 from bot.core.errors import ProviderAuthError, ProviderBadRequest, ProviderError, ProviderUnavailable
 from bot.core.providers.automatic1111 import Automatic1111Provider
 from bot.core.providers.base import InputImage, ratio_parts
 from bot.core.providers.runner import ImageOutcome, ProviderRunner, RetryPolicy
+from bot.runtime import build_providers
+from tests.conftest import make_settings
 from tests.fakes.a1111_server import (
     RANDOM_SEED,
     FakeA1111,
@@ -138,6 +141,31 @@ async def test_the_concurrency_limit_is_configurable(
         await provider.aclose()
 
     assert fake.max_jobs_running == 2
+
+
+async def test_a_farm_behind_one_url_gets_as_many_requests_at_once_as_configured(
+    fake: FakeA1111, tmp_path: Path
+) -> None:
+    # Above httpx's default pool of 100 connections (the provider's own client must make room), below the
+    # fake server's listen backlog.
+    settings = make_settings(tmp_path, a1111_base_url=fake.base_url, a1111_max_concurrency=120, max_provider_calls=400)
+    provider = build_providers(settings)["automatic1111"]
+    runner = ProviderRunner(settings.max_provider_calls, POLICY)
+    small = MODEL.model_copy(update={"max_images_per_call": 1, "options": {"base_size": 64}})
+    fake.queue(*(slow(0.5) for _ in range(130)))
+    try:
+        outcomes = await runner.run(provider, small, spec(count=130))
+    finally:
+        await provider.aclose()
+
+    assert all(o.image is not None for o in outcomes)
+    assert fake.max_jobs_running == 120
+
+
+def test_a1111_concurrency_is_capped_only_far_above_a_farm(tmp_path: Path) -> None:
+    assert make_settings(tmp_path, a1111_max_concurrency=256).a1111_max_concurrency == 256
+    with pytest.raises(ValidationError):
+        make_settings(tmp_path, a1111_max_concurrency=257)
 
 
 async def test_variation_is_img2img_with_the_denoising_strength(

@@ -58,6 +58,9 @@ OWN_OPTIONS = frozenset({"base_size", "variation", "subseed_strength"})
 PROGRESS_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 INTERRUPT_TIMEOUT = 2.0
 INFOTEXT_SEED = re.compile(r"\bSeed: (\d+)")
+# httpx's own pool sizes, kept as the floor.
+DEFAULT_POOL = 100
+DEFAULT_KEEPALIVE = 20
 
 
 class Automatic1111Provider(HttpProvider):
@@ -73,10 +76,17 @@ class Automatic1111Provider(HttpProvider):
         http: httpx.AsyncClient | None = None,
         progress_interval: float = 1.0,
     ) -> None:
-        super().__init__(base_url or "", http)
+        # Each request in flight may have a progress poll beside it: room for both, beyond httpx's default
+        # pool of 100 when a farm behind one URL takes more at once.
+        limits = httpx.Limits(
+            max_connections=max(DEFAULT_POOL, 2 * max_concurrency + 2),
+            max_keepalive_connections=max(DEFAULT_KEEPALIVE, 2 * max_concurrency),
+        )
+        super().__init__(base_url or "", http, limits)
         self._auth = httpx.BasicAuth(username, password.get_secret_value() if password else "") if username else None
         self._password = password
-        # The runner holds calls beyond this outside their timeout: such servers run one job at a time.
+        # The runner holds calls beyond this outside their timeout: one web UI runs one job at a time, a
+        # farm behind one URL as many as it has GPUs.
         self.concurrency_limit = max_concurrency
         self._denoising_strength = denoising_strength
         self._progress_interval = progress_interval
