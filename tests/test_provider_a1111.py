@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from tests.fakes.a1111_server import (
     slow,
     validation_error,
 )
-from tests.fakes.http_server import png_bytes
+from tests.fakes.http_server import Scripted, png_bytes
 from tests.plugins.providers import POLICY, PROMPT, Previews, spec
 
 MODEL = ModelSpec(
@@ -101,6 +102,46 @@ async def test_a_random_seed_is_read_back_from_info(
 
     assert fake.requests[0].json["seed"] == -1
     assert outcome.image is not None and outcome.image.seed == RANDOM_SEED
+
+
+def answer_without_all_seeds(count: int, info: dict[str, object]) -> Scripted:
+    """What a fork or a proxy may answer: the images, and an `info` without `all_seeds`."""
+    images = [base64.b64encode(png_bytes(8, 8, (i, 0, 0))).decode() for i in range(count)]
+    return Scripted(body={"images": images, "parameters": {}, "info": json.dumps(info)})
+
+
+async def test_without_all_seeds_the_seed_sent_is_the_seed_of_each_image(
+    fake: FakeA1111, provider: Automatic1111Provider, runner: ProviderRunner
+) -> None:
+    fake.queue(answer_without_all_seeds(2, {"sd_model_name": "sd_xl_base_1.0"}))
+
+    outcomes = await runner.run(provider, MODEL, spec(count=2))
+
+    assert [o.image.seed for o in outcomes if o.image] == [1234, 1235]
+
+
+async def test_a_random_seed_the_answer_reports_only_as_its_first_seed_is_still_read(
+    fake: FakeA1111, provider: Automatic1111Provider, runner: ProviderRunner
+) -> None:
+    unseeded = MODEL.model_copy(update={"supports_seed": False})
+    fake.queue(answer_without_all_seeds(2, {"seed": 42}))
+
+    outcomes = await runner.run(provider, unseeded, spec(count=2))
+
+    assert fake.requests[0].json["seed"] == -1
+    assert [o.image.seed for o in outcomes if o.image] == [42, 43]
+
+
+async def test_a_random_seed_the_answer_does_not_report_is_no_seed(
+    fake: FakeA1111, provider: Automatic1111Provider, runner: ProviderRunner
+) -> None:
+    unseeded = MODEL.model_copy(update={"supports_seed": False})
+    fake.queue(answer_without_all_seeds(1, {}))
+
+    [outcome] = await runner.run(provider, unseeded, spec())
+
+    # -1 was sent and nothing says what it became: no seed rather than a made-up one.
+    assert outcome.image is not None and outcome.image.seed is None
 
 
 async def test_a_named_checkpoint_is_selected_and_kept_loaded(

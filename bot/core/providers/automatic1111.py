@@ -213,7 +213,7 @@ class Automatic1111Provider(HttpProvider):
         encoded = body["images"][first : first + call.n]
         if not encoded:
             raise malformed("response has no images")
-        seeds = _ints(info.get("all_seeds"))
+        seeds = _ints(info.get("all_seeds")) or _batch_seeds(info, payload, len(encoded))
         subseeds = _ints(info.get("all_subseeds"))
         shared: dict[str, Any] = {
             key: info[key] for key in ("sd_model_name", "sampler_name", "steps", "cfg_scale") if key in info
@@ -262,6 +262,17 @@ def _info(value: object) -> dict[str, Any]:
             return {}
         return parsed if isinstance(parsed, dict) else {}
     return {}
+
+
+def _batch_seeds(info: dict[str, Any], payload: dict[str, Any], count: int) -> list[int]:
+    """The seeds of a batch whose answer has no `all_seeds` (a fork, a proxy): from the one seed the answer
+    or the request gives, counting up per image as the web UI does (a subseed batch shares its seed).
+    None known (a random -1 that the answer doesn't report) means no seeds: better none than a wrong one."""
+    first = info.get("seed") if isinstance(info.get("seed"), int) else payload["seed"]
+    if isinstance(first, bool) or not isinstance(first, int) or first < 0:
+        return []
+    step = 0 if "subseed_strength" in payload else 1
+    return [first + step * index for index in range(count)]
 
 
 def _ints(value: object) -> list[int]:

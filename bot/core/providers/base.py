@@ -41,6 +41,8 @@ class GeneratedImage:
     mime_type: str
     width: int
     height: int
+    # The seed that made this image: as the service reports it, or as sent to a model that honours seeds;
+    # None when no seed steered it. It becomes the image record's seed, the one users are shown.
     seed: int | None
     metadata: dict[str, Any] = field(default_factory=dict)
 
