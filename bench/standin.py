@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from bot.config import ModelSpec
+from bot.core.catalogue import ModelSpec
 from bot.core.providers.base import GeneratedImage, ImageProvider, PreviewCallback, ProviderCall
 
 BENCH_MODEL = ModelSpec(

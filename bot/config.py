@@ -6,103 +6,12 @@ import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-ASPECT_RATIOS: tuple[str, ...] = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3")
+from bot.core.catalogue import ASPECT_RATIOS, DEFAULT_MODELS, ModelSpec
 
-
-class ModelSpec(BaseModel):
-    """One entry of the model catalogue: a friendly name users pick, mapped to a provider's model."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
-    provider: str
-    provider_model: str
-    label: str = ""
-    cost: int = Field(default=1, ge=0)
-    max_images_per_call: int = Field(default=1, ge=1, le=10)
-    supports_seed: bool = False
-    supports_negative_prompt: bool = False
-    supports_input_image: bool = False
-    aspect_ratios: tuple[str, ...] = ASPECT_RATIOS
-    # Provider-specific extras (quality, output format, steps...), passed through untouched.
-    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
-
-    @field_validator("aspect_ratios")
-    @classmethod
-    def _known_ratios(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [r for r in value if r not in ASPECT_RATIOS]
-        if unknown:
-            raise ValueError(f"unknown aspect ratios {unknown}; allowed: {', '.join(ASPECT_RATIOS)}")
-        return value
-
-
-DEFAULT_MODELS: tuple[ModelSpec, ...] = (
-    ModelSpec(
-        name="offline",
-        provider="offline",
-        provider_model="offline-demo",
-        label="Offline demo (not AI)",
-        cost=1,
-        max_images_per_call=4,
-        supports_seed=True,
-        supports_negative_prompt=True,
-        supports_input_image=True,
-    ),
-    ModelSpec(
-        name="gpt-image-2",
-        provider="openai",
-        provider_model="gpt-image-2",
-        label="OpenAI GPT Image 2",
-        cost=4,
-        max_images_per_call=4,
-        # Single-image calls stream two partial images as live previews (multi-image calls can't:
-        # OpenAI's partial-image events don't say which image they belong to).
-        options={"quality": "medium", "output_format": "png", "partial_images": 2},
-    ),
-    ModelSpec(
-        name="gpt-image-1-mini",
-        provider="openai",
-        provider_model="gpt-image-1-mini",
-        label="OpenAI GPT Image 1 mini",
-        cost=2,
-        max_images_per_call=4,
-        options={"quality": "medium", "output_format": "png"},
-    ),
-    ModelSpec(
-        # Gemini 2.5 Flash Image ("Nano Banana"): the GA id, the same on OpenRouter and Vercel's gateway.
-        name="gemini-flash-image-gw",
-        provider="gateway",
-        provider_model="google/gemini-2.5-flash-image",
-        label="Gemini 2.5 Flash Image (gateway)",
-        cost=3,
-        max_images_per_call=1,
-        supports_input_image=True,
-    ),
-    ModelSpec(
-        name="gemini-flash-image",
-        provider="gemini",
-        provider_model="gemini-2.5-flash-image",
-        label="Gemini 2.5 Flash Image",
-        cost=3,
-        max_images_per_call=1,
-        supports_input_image=True,
-    ),
-    ModelSpec(
-        # "default" means whichever checkpoint the server has loaded; name a checkpoint to switch.
-        name="sd",
-        provider="automatic1111",
-        provider_model="default",
-        label="Stable Diffusion (self-hosted)",
-        cost=1,
-        max_images_per_call=4,
-        supports_seed=True,
-        supports_negative_prompt=True,
-        supports_input_image=True,
-        options={"steps": 30, "cfg_scale": 7},
-    ),
-)
-
+__all__ = ["ASPECT_RATIOS", "DEFAULT_MODELS", "ModelSpec", "Settings", "describe_error", "load_settings"]
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
@@ -143,8 +52,9 @@ class Settings(BaseSettings):
     a1111_base_url: str | None = None
     a1111_username: str | None = None  # for a server started with --api-auth user:password
     a1111_password: SecretStr | None = None
-    # Such a server renders one job at a time; more in flight only queue there and time out here.
-    a1111_max_concurrency: int = Field(default=1, ge=1, le=16)
+    # Requests in flight to A1111_BASE_URL. One web UI renders one job at a time (more only queue there and
+    # time out here); a farm of GPUs behind one URL takes one per GPU.
+    a1111_max_concurrency: int = Field(default=1, ge=1, le=256)
     # How far an img2img variation may move from its parent (0 = identical, 1 = ignore the parent).
     a1111_denoising_strength: float = Field(default=0.55, gt=0, le=1)
     provider_timeout_seconds: float = Field(default=180.0, gt=0)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bot.config import ModelSpec
+from bot.core.catalogue import ModelSpec
 from tests.conftest import RuntimeFactory, wait_for
 from tests.fakes.discord_harness import finished, generation_id, running_bot, serving_fake
 from tests.fakes.discord_server import FakeDiscord, FakeInteraction, FakeMessage

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
-from bot.config import ASPECT_RATIOS, ModelSpec
+from bot.core.catalogue import ASPECT_RATIOS, ModelSpec
 from bot.core.errors import (
     ContentRefused,
     ProviderAuthError,

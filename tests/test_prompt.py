@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.config import DEFAULT_MODELS
+from bot.core.catalogue import DEFAULT_MODELS
 from bot.core.errors import InvalidRequest
 from bot.core.models import ImagineRequest
 from bot.core.prompt import MAX_SEED, clean_text, parse_command_text, validate_request

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
-from bot.config import ASPECT_RATIOS, ModelSpec
+from bot.core.catalogue import ASPECT_RATIOS, ModelSpec
 from bot.core.errors import ProviderAuthError, ProviderBadRequest, ProviderError, ProviderUnavailable
 from bot.core.providers.automatic1111 import Automatic1111Provider
 from bot.core.providers.base import InputImage, ratio_parts
 from bot.core.providers.runner import ImageOutcome, ProviderRunner, RetryPolicy
+from bot.runtime import build_providers
+from tests.conftest import make_settings
 from tests.fakes.a1111_server import (
     RANDOM_SEED,
     FakeA1111,
@@ -26,7 +30,7 @@ from tests.fakes.a1111_server import (
     slow,
     validation_error,
 )
-from tests.fakes.http_server import png_bytes
+from tests.fakes.http_server import Scripted, png_bytes
 from tests.plugins.providers import POLICY, PROMPT, Previews, spec
 
 MODEL = ModelSpec(
@@ -100,6 +104,46 @@ async def test_a_random_seed_is_read_back_from_info(
     assert outcome.image is not None and outcome.image.seed == RANDOM_SEED
 
 
+def answer_without_all_seeds(count: int, info: dict[str, object]) -> Scripted:
+    """What a fork or a proxy may answer: the images, and an `info` without `all_seeds`."""
+    images = [base64.b64encode(png_bytes(8, 8, (i, 0, 0))).decode() for i in range(count)]
+    return Scripted(body={"images": images, "parameters": {}, "info": json.dumps(info)})
+
+
+async def test_without_all_seeds_the_seed_sent_is_the_seed_of_each_image(
+    fake: FakeA1111, provider: Automatic1111Provider, runner: ProviderRunner
+) -> None:
+    fake.queue(answer_without_all_seeds(2, {"sd_model_name": "sd_xl_base_1.0"}))
+
+    outcomes = await runner.run(provider, MODEL, spec(count=2))
+
+    assert [o.image.seed for o in outcomes if o.image] == [1234, 1235]
+
+
+async def test_a_random_seed_the_answer_reports_only_as_its_first_seed_is_still_read(
+    fake: FakeA1111, provider: Automatic1111Provider, runner: ProviderRunner
+) -> None:
+    unseeded = MODEL.model_copy(update={"supports_seed": False})
+    fake.queue(answer_without_all_seeds(2, {"seed": 42}))
+
+    outcomes = await runner.run(provider, unseeded, spec(count=2))
+
+    assert fake.requests[0].json["seed"] == -1
+    assert [o.image.seed for o in outcomes if o.image] == [42, 43]
+
+
+async def test_a_random_seed_the_answer_does_not_report_is_no_seed(
+    fake: FakeA1111, provider: Automatic1111Provider, runner: ProviderRunner
+) -> None:
+    unseeded = MODEL.model_copy(update={"supports_seed": False})
+    fake.queue(answer_without_all_seeds(1, {}))
+
+    [outcome] = await runner.run(provider, unseeded, spec())
+
+    # -1 was sent and nothing says what it became: no seed rather than a made-up one.
+    assert outcome.image is not None and outcome.image.seed is None
+
+
 async def test_a_named_checkpoint_is_selected_and_kept_loaded(
     fake: FakeA1111, provider: Automatic1111Provider, runner: ProviderRunner
 ) -> None:
@@ -138,6 +182,31 @@ async def test_the_concurrency_limit_is_configurable(
         await provider.aclose()
 
     assert fake.max_jobs_running == 2
+
+
+async def test_a_farm_behind_one_url_gets_as_many_requests_at_once_as_configured(
+    fake: FakeA1111, tmp_path: Path
+) -> None:
+    # Above httpx's default pool of 100 connections (the provider's own client must make room), below the
+    # fake server's listen backlog.
+    settings = make_settings(tmp_path, a1111_base_url=fake.base_url, a1111_max_concurrency=120, max_provider_calls=400)
+    provider = build_providers(settings)["automatic1111"]
+    runner = ProviderRunner(settings.max_provider_calls, POLICY)
+    small = MODEL.model_copy(update={"max_images_per_call": 1, "options": {"base_size": 64}})
+    fake.queue(*(slow(0.5) for _ in range(130)))
+    try:
+        outcomes = await runner.run(provider, small, spec(count=130))
+    finally:
+        await provider.aclose()
+
+    assert all(o.image is not None for o in outcomes)
+    assert fake.max_jobs_running == 120
+
+
+def test_a1111_concurrency_is_capped_only_far_above_a_farm(tmp_path: Path) -> None:
+    assert make_settings(tmp_path, a1111_max_concurrency=256).a1111_max_concurrency == 256
+    with pytest.raises(ValidationError):
+        make_settings(tmp_path, a1111_max_concurrency=257)
 
 
 async def test_variation_is_img2img_with_the_denoising_strength(

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
-from bot.config import ModelSpec
+from bot.core.catalogue import ModelSpec
 from bot.core.errors import (
     ContentRefused,
     ProviderAuthError,
@@ -155,7 +155,7 @@ async def test_several_images_in_one_call_use_n(
     assert colours == [(0, 100, 200), (10, 100, 200)]
 
 
-async def test_streaming_previews_each_image_as_it_arrives(
+async def test_a_watched_call_is_streamed_without_previewing_the_final_image(
     fake: FakeGateway, provider: GatewayProvider, runner: ProviderRunner
 ) -> None:
     previews = Previews()
@@ -164,7 +164,8 @@ async def test_streaming_previews_each_image_as_it_arrives(
 
     assert fake.requests[0].json["stream"] is True
     assert outcome.image is not None
-    assert previews.received == [(outcome.image.data, "image/png")]
+    # A streamed image is the final image itself: a preview of it would be the same picture sent twice.
+    assert previews.received == []
     assert outcome.image.metadata["text"] == "Here is a lighthouse at dusk."
     assert outcome.image.metadata["usage"]["total_tokens"] == 1313
 
@@ -278,7 +279,7 @@ async def test_an_error_inside_the_stream_is_retried(
     [outcome] = await runner.run(provider, MODEL, spec(), previews)
 
     assert len(fake.requests) == 2
-    assert outcome.image is not None and len(previews.received) == 1
+    assert outcome.image is not None and previews.received == []
 
 
 async def test_runner_timeout_is_unavailable(fake: FakeGateway, provider: GatewayProvider) -> None:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from bot.config import ModelSpec
+from bot.core.catalogue import ModelSpec
 from bot.core.errors import (
     ContentRefused,
     ProviderAuthError,

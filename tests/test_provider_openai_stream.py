@@ -8,7 +8,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from bot.config import ModelSpec
+from bot.core.catalogue import ModelSpec
 from bot.core.errors import ContentRefused, ProviderUnavailable
 from bot.core.providers.base import InputImage
 from bot.core.providers.openai_images import OpenAIImagesProvider

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from bot.config import ASPECT_RATIOS, ModelSpec
+from bot.core.catalogue import ASPECT_RATIOS, ModelSpec
 from bot.core.errors import InvalidRequest
 from bot.core.models import ImagineRequest
 
@@ -155,9 +156,77 @@ def validate_request(
 
 
 def contains_banned(text: str, banned_words: Sequence[str]) -> bool:
-    """Whole-word, case-insensitive. Runs on cleaned text, so zero-width characters can't split a word."""
-    folded = text.casefold()
-    return any(re.search(rf"(?<!\w){re.escape(word.casefold())}(?!\w)", folded) for word in banned_words if word)
+    """Whether `text` (cleaned) has a banned word or phrase, compared as words after `fold`.
+
+    A match is a banned entry's words, in order, as whole words of the text, with anything between them
+    ("bad phrase", "bad-phrase"), or written together as one word ("badphrase"). Letters spelled out one
+    by one ("f o r b i d d e n", "f.o.r.b.i.d.d.e.n") are read as a word. A banned word inside a longer
+    word ("ass" in "class") is not a match."""
+    forms = _banned_forms(tuple(banned_words))
+    if not forms:
+        return False
+    words = _WORD.findall(fold(text))
+    line = f" {' '.join(words)} "
+    if any(f" {spaced} " in line or f" {joined} " in line for spaced, joined in forms):
+        return True
+    return any(joined in spelled for spelled in _spelled_out(words) for _, joined in forms)
+
+
+def fold(text: str) -> str:
+    """Text reduced to what it looks like, for matching: compatibility forms (fullwidth, ligatures,
+    mathematical letters) made plain, case folded, accents and other combining marks dropped, and letters
+    of other scripts that look like a Latin letter or a digit (Unicode's confusables) made that letter."""
+    if text.isascii():
+        return text.lower()  # nothing to normalise: skip the per-character work
+    plain = unicodedata.normalize("NFD", unicodedata.normalize("NFKC", text).casefold())
+    marks_dropped = "".join(char for char in plain if not unicodedata.category(char).startswith("M"))
+    return marks_dropped.translate(_lookalikes())
+
+
+# A word of text: letters and digits; anything else (spaces, punctuation, "_") separates words.
+_WORD = re.compile(r"[^\W_]+")
+
+
+@functools.lru_cache(maxsize=8)
+def _banned_forms(banned_words: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """Each banned entry as its words spaced and joined, folded like the text they are matched against."""
+    forms = []
+    for entry in banned_words:
+        words = _WORD.findall(fold(entry))
+        if words:
+            forms.append((" ".join(words), "".join(words)))
+    return tuple(forms)
+
+
+def _spelled_out(words: list[str]) -> list[str]:
+    """Runs of two or more one-character words, each joined: "f o r b i d" is read as "forbid"."""
+    runs: list[str] = []
+    current: list[str] = []
+    for word in [*words, ""]:
+        if len(word) == 1:
+            current.append(word)
+            continue
+        if len(current) > 1:
+            runs.append("".join(current))
+        current = []
+    return runs
+
+
+@functools.cache
+def _lookalikes() -> dict[int, str]:
+    """Every non-ASCII character that Unicode's confusables table says looks like one ASCII letter or digit,
+    mapped to it (Greek omicron and Cyrillic о to "o", Cyrillic а to "a"...). Loaded on first need."""
+    # The table ships inside the pinned package (data from Unicode's confusables.txt); nothing is fetched.
+    from confusable_homoglyphs.confusables import confusables_data
+
+    table: dict[int, str] = {}
+    for char, homoglyphs in confusables_data.items():
+        if len(char) != 1 or char.isascii():
+            continue
+        latin = {h["c"].casefold() for h in homoglyphs if len(h["c"]) == 1 and h["c"].isascii() and h["c"].isalnum()}
+        if len(latin) == 1:
+            table[ord(char)] = latin.pop()
+    return table
 
 
 def random_seed() -> int:

@@ -12,8 +12,8 @@ from typing import ParamSpec, TypeVar
 
 import asyncpg
 
-from bot.config import ModelSpec
 from bot.core import credits, generations, queue
+from bot.core.catalogue import ModelSpec
 from bot.core.errors import (
     Forbidden,
     InsufficientCredits,

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import asyncpg
 from PIL import Image
 
-from bot.config import ModelSpec
 from bot.core import generations, queue
 from bot.core.aio import all_of
 from bot.core.batches import GroupedWriter
+from bot.core.catalogue import ModelSpec
 from bot.core.errors import ProviderError, ProviderUnavailable
 from bot.core.events import DeliveryReceipt, JobObserver
 from bot.core.ids import new_id

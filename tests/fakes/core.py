@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from bot.config import ModelSpec
+from bot.core.catalogue import ModelSpec
 from bot.core.errors import ProviderError
 from bot.core.events import DeliveryReceipt
 from bot.core.models import Generation, ImageFile

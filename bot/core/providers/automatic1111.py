@@ -23,7 +23,7 @@ import httpx
 from PIL import Image, UnidentifiedImageError
 from pydantic import SecretStr
 
-from bot.config import ModelSpec
+from bot.core.catalogue import ModelSpec
 from bot.core.errors import ProviderBadRequest, ProviderError
 from bot.core.providers.base import (
     GeneratedImage,
@@ -58,6 +58,9 @@ OWN_OPTIONS = frozenset({"base_size", "variation", "subseed_strength"})
 PROGRESS_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 INTERRUPT_TIMEOUT = 2.0
 INFOTEXT_SEED = re.compile(r"\bSeed: (\d+)")
+# httpx's own pool sizes, kept as the floor.
+DEFAULT_POOL = 100
+DEFAULT_KEEPALIVE = 20
 
 
 class Automatic1111Provider(HttpProvider):
@@ -73,10 +76,17 @@ class Automatic1111Provider(HttpProvider):
         http: httpx.AsyncClient | None = None,
         progress_interval: float = 1.0,
     ) -> None:
-        super().__init__(base_url or "", http)
+        # Each request in flight may have a progress poll beside it: room for both, beyond httpx's default
+        # pool of 100 when a farm behind one URL takes more at once.
+        limits = httpx.Limits(
+            max_connections=max(DEFAULT_POOL, 2 * max_concurrency + 2),
+            max_keepalive_connections=max(DEFAULT_KEEPALIVE, 2 * max_concurrency),
+        )
+        super().__init__(base_url or "", http, limits)
         self._auth = httpx.BasicAuth(username, password.get_secret_value() if password else "") if username else None
         self._password = password
-        # The runner holds calls beyond this outside their timeout: such servers run one job at a time.
+        # The runner holds calls beyond this outside their timeout: one web UI runs one job at a time, a
+        # farm behind one URL as many as it has GPUs.
         self.concurrency_limit = max_concurrency
         self._denoising_strength = denoising_strength
         self._progress_interval = progress_interval
@@ -203,7 +213,7 @@ class Automatic1111Provider(HttpProvider):
         encoded = body["images"][first : first + call.n]
         if not encoded:
             raise malformed("response has no images")
-        seeds = _ints(info.get("all_seeds"))
+        seeds = _ints(info.get("all_seeds")) or _batch_seeds(info, payload, len(encoded))
         subseeds = _ints(info.get("all_subseeds"))
         shared: dict[str, Any] = {
             key: info[key] for key in ("sd_model_name", "sampler_name", "steps", "cfg_scale") if key in info
@@ -252,6 +262,17 @@ def _info(value: object) -> dict[str, Any]:
             return {}
         return parsed if isinstance(parsed, dict) else {}
     return {}
+
+
+def _batch_seeds(info: dict[str, Any], payload: dict[str, Any], count: int) -> list[int]:
+    """The seeds of a batch whose answer has no `all_seeds` (a fork, a proxy): from the one seed the answer
+    or the request gives, counting up per image as the web UI does (a subseed batch shares its seed).
+    None known (a random -1 that the answer doesn't report) means no seeds: better none than a wrong one."""
+    first = info.get("seed") if isinstance(info.get("seed"), int) else payload["seed"]
+    if isinstance(first, bool) or not isinstance(first, int) or first < 0:
+        return []
+    step = 0 if "subseed_strength" in payload else 1
+    return [first + step * index for index in range(count)]
 
 
 def _ints(value: object) -> list[int]:

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.config import ModelSpec
+from bot.core.catalogue import ModelSpec
 
 PreviewCallback = Callable[[bytes, str], Awaitable[None]]
 
@@ -41,6 +41,8 @@ class GeneratedImage:
     mime_type: str
     width: int
     height: int
+    # The seed that made this image: as the service reports it, or as sent to a model that honours seeds;
+    # None when no seed steered it. It becomes the image record's seed, the one users are shown.
     seed: int | None
     metadata: dict[str, Any] = field(default_factory=dict)
 

@@ -2,7 +2,7 @@
 and others serving e.g. Gemini 2.5 Flash Image): POST {base}/chat/completions with `modalities`.
 
 The assistant message carries `content` (text, kept as metadata) and `images: [{type: "image_url",
-image_url: {url: "data:image/png;base64,..."}}]`; streamed, the images arrive in `delta.images`. An
+image_url: {url: "data:image/png;base64,..."}}]`; streamed, the images arrive whole in `delta.images`. An
 input image (variation) goes in as an `image_url` content part. The aspect ratio is sent as
 `image_config.aspect_ratio`, the way OpenRouter documents it for Gemini image models."""
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from bot.config import ModelSpec
+from bot.core.catalogue import ModelSpec
 from bot.core.errors import ProviderAuthError, ProviderBadRequest, ProviderError
 from bot.core.providers.base import GeneratedImage, PreviewCallback, ProviderCall, size_for_pixels
 from bot.core.providers.gemini import GEMINI_SIZES, REFUSAL_FINISH_REASONS
@@ -30,7 +30,6 @@ from bot.core.providers.http import (
     malformed,
     refused,
     retry_after,
-    send_preview,
     server_sent_events,
 )
 from bot.core.providers.openai_images import REFUSAL_CODES
@@ -77,8 +76,9 @@ class GatewayProvider(KeyedHttpProvider):
     async def generate(self, call: ProviderCall, on_preview: PreviewCallback | None) -> list[GeneratedImage]:
         if not self.available():
             raise ProviderAuthError(AUTH_MESSAGE, detail="no gateway API key configured")
-        # Streaming whenever someone is watching: each image is shown the moment it arrives, and a
-        # long generation keeps the connection busy (gateways send keep-alive comments meanwhile).
+        # Streamed whenever someone is watching, so that a long generation keeps the connection busy
+        # (gateways send keep-alive comments meanwhile). No previews though: each streamed image arrives
+        # whole and is itself a final image, so a preview of it would only upload the same picture twice.
         stream = on_preview is not None
         request = self._client().build_request(
             "POST", f"{self._base_url}/chat/completions", json=self._body(call, stream), headers=self._headers()
@@ -90,7 +90,7 @@ class GatewayProvider(KeyedHttpProvider):
                     await response.aread()
                     raise self._error_for(response)
                 if stream:
-                    reply = await self._read_stream(response, on_preview)
+                    reply = await self._read_stream(response)
                 else:
                     reply = self._read_body(response)
             finally:
@@ -155,7 +155,7 @@ class GatewayProvider(KeyedHttpProvider):
             reply.images.extend(_decode_images(message.get("images"), f"choices[{index}].message.images"))
         return reply
 
-    async def _read_stream(self, response: httpx.Response, on_preview: PreviewCallback | None) -> _Reply:
+    async def _read_stream(self, response: httpx.Response) -> _Reply:
         reply = _Reply()
         async for sse in server_sent_events(response):
             if sse.data.strip() == "[DONE]":
@@ -176,10 +176,7 @@ class GatewayProvider(KeyedHttpProvider):
                 delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
                 if isinstance(delta.get("content"), str) and delta["content"]:
                     reply.text.append(delta["content"])
-                for image in _decode_images(delta.get("images"), "delta.images"):
-                    reply.images.append(image)
-                    # Each image arrives whole: one preview per image, shown before the others are done.
-                    await send_preview(on_preview, image)
+                reply.images.extend(_decode_images(delta.get("images"), "delta.images"))
         return reply
 
     def _images(self, reply: _Reply, call: ProviderCall) -> list[GeneratedImage]:

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import httpx
 
-from bot.config import ModelSpec
+from bot.core.catalogue import ModelSpec
 from bot.core.errors import ProviderAuthError, ProviderBadRequest, ProviderError
 from bot.core.providers.base import GeneratedImage, PreviewCallback, ProviderCall, size_for_pixels
 from bot.core.providers.http import (

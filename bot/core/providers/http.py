@@ -53,11 +53,14 @@ MAX_DETAIL_CHARS = 500
 class HttpProvider(ImageProvider):
     """A provider that talks HTTP through one httpx client, its own unless one is passed in (tests)."""
 
-    def __init__(self, base_url: str, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self, base_url: str, http: httpx.AsyncClient | None = None, limits: httpx.Limits | None = None
+    ) -> None:
         self._base_url = base_url.rstrip("/")
         self._owns_http = http is None
         # Our own client is made on first use: a provider without credentials never opens one.
         self._http = http
+        self._limits = limits
 
     def _secrets(self) -> Iterable[str]:
         """The configured secrets, to be scrubbed from every detail that reaches a log."""
@@ -65,7 +68,8 @@ class HttpProvider(ImageProvider):
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
+            limits = {"limits": self._limits} if self._limits else {}
+            self._http = httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, **limits)
         return self._http
 
     async def aclose(self) -> None:

@@ -10,7 +10,7 @@ import random
 
 from PIL import Image, ImageDraw, ImageFont
 
-from bot.config import ModelSpec
+from bot.core.catalogue import ModelSpec
 from bot.core.providers.base import (
     GeneratedImage,
     ImageProvider,
@@ -42,7 +42,8 @@ class OfflineProvider(ImageProvider):
         return await asyncio.to_thread(self._draw_all, call)
 
     def _draw_all(self, call: ProviderCall) -> list[GeneratedImage]:
-        base_seed = call.seed if call.seed is not None else 0
+        # Without a seed from the user's model settings, roll one like A1111's -1, and report it.
+        base_seed = call.seed if call.seed is not None else random.randrange(2**32)
         images = []
         for i in range(call.n):
             seed = (base_seed + i) % 2**32

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from bot.config import ModelSpec
+from bot.core.catalogue import ModelSpec
 from bot.core.errors import ProviderAuthError, ProviderError, RateLimited
 from bot.core.providers.base import (
     GeneratedImage,

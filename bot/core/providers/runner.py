@@ -10,8 +10,8 @@ import random
 import time
 from dataclasses import dataclass
 
-from bot.config import ModelSpec
 from bot.core.aio import all_of
+from bot.core.catalogue import ModelSpec
 from bot.core.errors import ProviderError, ProviderUnavailable
 from bot.core.metrics import PROVIDER_ERRORS, PROVIDER_LATENCY
 from bot.core.providers.base import GeneratedImage, ImageProvider, InputImage, PreviewCallback, ProviderCall
