@@ -6,9 +6,9 @@ import functools
 import hashlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 import asyncpg
 
@@ -41,14 +41,24 @@ from bot.core.models import (
 )
 from bot.core.prompt import MAX_SEED, ValidRequest, random_seed, validate_request
 from bot.core.providers.runner import warnings_for
-from bot.core.worker import Worker
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
-CANCELLED_MESSAGE = "Cancelled."
 MAX_HISTORY_PAGE_SIZE = 10
+
+
+class JobControl(Protocol):
+    """What the service needs of the jobs side (bot.core.jobs.worker.Worker)."""
+
+    def wake(self) -> None: ...
+
+    async def cancel(self, generation_id: str) -> bool: ...
+
+    async def wait_for_records(self, ids: Sequence[str] = (), owner: UserIdentity | None = None) -> None: ...
+
+    async def load_files(self, records: Sequence[ImageRecord]) -> list[ImageFile]: ...
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,7 @@ class GenerationService:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        worker: Worker,
+        jobs: JobControl,
         models: Mapping[str, ModelSpec],
         default_model: str,
         credit_policy: CreditPolicy,
@@ -109,7 +119,7 @@ class GenerationService:
         request_policy: RequestPolicy,
     ) -> None:
         self.pool = pool
-        self.worker = worker
+        self.jobs = jobs
         self.models = dict(models)
         self.default_model = default_model
         self.credit_policy = credit_policy
@@ -218,7 +228,7 @@ class GenerationService:
         assert generation is not None
         CREDITS_RESERVED.inc(cost)
         log.info("job %s accepted: %s by %s:%s, cost %d", generation.id, kind, who.platform, who.platform_user_id, cost)
-        self.worker.wake()
+        self.jobs.wake()
         await self._announce(generation, acceptance.ahead)
         return Accepted(generation, acceptance.ahead, acceptance.balance if self.credit_policy.enabled else None)
 
@@ -258,14 +268,8 @@ class GenerationService:
     async def cancel(self, who: UserIdentity, generation_id: str, chat_id: str) -> Generation:
         """Only the owner may cancel. Refunds everything (nothing was delivered)."""
         generation = await self._owned(who, generation_id, chat_id)
-        async with self.pool.acquire() as conn:
-            cancelled = await queue.cancel(
-                conn, generation.id, CANCELLED_MESSAGE, self.worker.owner, self.worker.limits.lease_seconds
-            )
-        if cancelled is None:
+        if not await self.jobs.cancel(generation.id):
             raise InvalidRequest("That generation has already finished, so it can't be cancelled.")
-        self.worker.abort(generation.id)
-        await self.worker.deliver(generation.id)
         return await self._reload(generation.id)
 
     @translates_connection_errors
@@ -290,7 +294,7 @@ class GenerationService:
         """The caller's own generations, newest first. Nobody else's, ever."""
         page_size = max(1, min(page_size, MAX_HISTORY_PAGE_SIZE))
         page = max(0, page)
-        await self.worker.recorded(owner=who)
+        await self.jobs.wait_for_records(owner=who)
         async with self.pool.acquire() as conn:
             user = await credits.find_user(conn, who.platform, who.platform_user_id)
             if user is None:
@@ -314,7 +318,7 @@ class GenerationService:
 
     @translates_connection_errors
     async def load_files(self, images: tuple[ImageRecord, ...] | list[ImageRecord]) -> list[ImageFile]:
-        return await self.worker.load_files(images)
+        return await self.jobs.load_files(images)
 
     @translates_connection_errors
     async def record_file_ref(self, image_id: str, platform: str, ref: str) -> None:
@@ -384,7 +388,7 @@ class GenerationService:
         Anything else looks exactly like a missing one."""
         if not is_valid_id(generation_id):
             raise NotFound()
-        await self.worker.recorded([generation_id])
+        await self.jobs.wait_for_records([generation_id])
         async with self.pool.acquire() as conn:
             generation = await generations.get_generation(conn, generation_id)
         if generation is None:
@@ -398,7 +402,7 @@ class GenerationService:
     async def _visible_image(self, who: UserIdentity, image_id: str, chat_id: str) -> ImageRecord:
         if not is_valid_id(image_id):
             raise NotFound("That image")
-        await self.worker.recorded([image_id])
+        await self.jobs.wait_for_records([image_id])
         async with self.pool.acquire() as conn:
             image = await generations.get_image(conn, image_id)
         if image is None:
