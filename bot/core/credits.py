@@ -1,20 +1,51 @@
-"""The credit ledger: every change is a ledger row plus the cached balance, in one transaction, with a
-guarded update so a balance never goes below zero and a unique idempotency key so the same event never
-counts twice. Reservations and refunds are SQL functions (image.accept_request, image.refund: migrations
-0002 and 0003), called inside the statements that accept and end a job; a first request creates its user
-with the welcome grant inside the accepting call too (image.accept_from_identity, migration 0004), with
-the same ledger key as ensure_user here, so the grant is given once whichever comes first. Grants and
-revokes are here."""
+"""Credits: every rule about them, and the SQL that applies them.
+
+Every change is a ledger row plus the cached balance, in one transaction, with a guarded update so a
+balance never goes below zero and a unique idempotency key so the same event never counts twice. Rules
+that must run inside another statement, for atomicity, are SQL functions; each is called from here only:
+
+- the welcome grant: image.ensure_user (migrations/0005), through `ensure_user` and the accepting call;
+- the reservation, with the request's limits: image.accept_from_identity (migrations/0003-0005), `accept`;
+- refunds: image.refund (migrations/0002), in the statements `refund_sql` writes, for a finished job (the
+  images not made, `refund_for_missing`) and for one ended early (all of it, `end_with_full_refund`).
+
+Grants and revokes by admins are `adjust`."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import asyncpg
 
-from bot.core.models import LedgerEntry, UserIdentity
+from bot.config import ModelSpec
+from bot.core.generations import NewJob
+from bot.core.metrics import CREDITS_REFUNDED, JOBS_FINISHED
+from bot.core.models import Generation, LedgerEntry, UserIdentity
 
 MAX_DISPLAY_NAME = 100  # characters kept of a platform's display name
+
+
+@dataclass(frozen=True)
+class CreditPolicy:
+    enabled: bool
+    starting_credits: int
+    admin_ids: frozenset[str]  # "platform:user_id"
+
+    def cost(self, model: ModelSpec, count: int) -> int:
+        """What a request reserves: the model's price per image (nothing when credits are off)."""
+        return model.cost * count if self.enabled else 0
+
+    @property
+    def welcome(self) -> int:
+        """The grant a user gets on first contact."""
+        return self.starting_credits if self.enabled else 0
+
+    def is_admin(self, who: UserIdentity) -> bool:
+        return f"{who.platform}:{who.platform_user_id}" in self.admin_ids
+
+
+# --- users and the welcome grant ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -23,31 +54,13 @@ class UserRow:
     balance: int
 
 
-async def ensure_user(conn: asyncpg.Connection, who: UserIdentity, starting_credits: int) -> UserRow:
-    """The user's row, created (with the welcome grant) on first contact."""
-    name = who.display_name[:MAX_DISPLAY_NAME]
+async def ensure_user(conn: asyncpg.Connection, who: UserIdentity, welcome: int) -> UserRow:
+    """The user's row, created (with the welcome grant) on first contact; the display name kept current."""
     row = await conn.fetchrow(
-        "SELECT id, balance, display_name FROM image.users WHERE platform = $1 AND platform_user_id = $2",
-        who.platform, who.platform_user_id,
+        "SELECT r_user_id, r_balance FROM image.ensure_user($1, $2, $3, $4)",
+        who.platform, who.platform_user_id, who.display_name[:MAX_DISPLAY_NAME], welcome,
     )
-    if row is not None:
-        if name and row["display_name"] != name:
-            await conn.execute("UPDATE image.users SET display_name = $2 WHERE id = $1", row["id"], name)
-        return UserRow(row["id"], row["balance"])
-    async with conn.transaction():
-        created = await conn.fetchrow(
-            """INSERT INTO image.users (platform, platform_user_id, display_name)
-               VALUES ($1, $2, $3)
-               ON CONFLICT (platform, platform_user_id) DO NOTHING
-               RETURNING id, balance""",
-            who.platform, who.platform_user_id, name,
-        )
-        if created is None:  # created by a concurrent first request
-            return await ensure_user(conn, who, starting_credits)
-        balance = 0
-        if starting_credits > 0:
-            balance = await _apply(conn, created["id"], starting_credits, "welcome", f"welcome:{created['id']}")
-        return UserRow(created["id"], balance)
+    return UserRow(row["r_user_id"], row["r_balance"])
 
 
 async def find_user(conn: asyncpg.Connection, platform: str, platform_user_id: str) -> UserRow | None:
@@ -56,6 +69,107 @@ async def find_user(conn: asyncpg.Connection, platform: str, platform_user_id: s
         platform, platform_user_id,
     )
     return UserRow(row["id"], row["balance"]) if row else None
+
+
+async def balance(conn: asyncpg.Connection, user_id: int) -> int:
+    return await conn.fetchval("SELECT balance FROM image.users WHERE id = $1", user_id)
+
+
+# --- reserving, on acceptance ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    outcome: str  # accepted | duplicate | too_busy | too_fast | insufficient
+    user_id: int  # the asker's row, created on first contact whatever the outcome
+    balance: int
+    active: int  # the user's unfinished jobs
+    retry_in: int  # too_fast: seconds until the oldest request of the minute leaves it
+    ahead: int  # accepted: queued jobs in front of this one
+    existing: str | None  # duplicate: the generation already recorded under the key
+    generation: Generation | None  # accepted: the new job
+
+
+_ACCEPT = """SELECT * FROM image.accept_from_identity(
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"""
+
+
+async def accept(
+    conn: asyncpg.Connection, job: NewJob, welcome: int, queued_limit: int, per_minute: int
+) -> Acceptance:
+    """Find or create the user (welcome grant included), lock them, check the key, the limits and the
+    balance, reserve and record the job: one round trip, one atomic statement."""
+    owner, destination = job.owner, job.destination
+    row = await conn.fetchrow(
+        _ACCEPT,
+        owner.platform, owner.platform_user_id, owner.display_name[:MAX_DISPLAY_NAME], welcome,
+        job.idempotency_key, job.cost, queued_limit, per_minute,
+        job.id, job.prompt, job.negative_prompt, job.model, job.aspect_ratio, job.count, job.seed, job.kind,
+        job.parent_generation_id, job.parent_image_id, list(job.warnings),
+        destination.platform, destination.chat_id, destination.message_id, json.dumps(destination.context),
+    )
+    outcome, user_id = row["r_outcome"], row["r_user_id"]
+    generation = None
+    if outcome == "accepted":
+        generation = Generation(
+            id=job.id, user_id=user_id, owner=owner, prompt=job.prompt,
+            negative_prompt=job.negative_prompt, model=job.model, aspect_ratio=job.aspect_ratio, count=job.count,
+            seed=job.seed, kind=job.kind,  # type: ignore[arg-type]
+            parent_generation_id=job.parent_generation_id, parent_image_id=job.parent_image_id, status="queued",
+            error_code=None, error_message=None, warnings=job.warnings, credits_reserved=job.cost,
+            credits_refunded=0, destination=destination, created_at=row["r_created_at"], started_at=None,
+            finished_at=None,
+        )
+    return Acceptance(
+        outcome, user_id, row["r_balance"], row["r_active"], row["r_retry_in"], row["r_ahead"], row["r_existing"],
+        generation,
+    )
+
+
+# --- refunding ---------------------------------------------------------------------------------
+
+
+def refund_for_missing(job: Generation, kept: int) -> int:
+    """What a finished job gives back: the images it did not deliver, at the price reserved for each;
+    all of it when none were."""
+    if kept == 0:
+        return job.credits_reserved
+    per_image = job.credits_reserved // job.count if job.count else 0
+    return per_image * (job.count - kept)
+
+
+def refund_sql(user_id: str, amount: str, generation_id: str) -> str:
+    """The SQL expression that refunds `amount` for a job (a ledger row keyed by the job, so never twice,
+    and the balance), for statements that end jobs. Arguments are SQL expressions."""
+    return f"image.refund({user_id}, {amount}, {generation_id})"
+
+
+async def end_with_full_refund(
+    conn: asyncpg.Connection, generation_id: str, status: str, code: str, message: str, owner: str,
+    lease_seconds: float,
+) -> int | None:
+    """End a queued or running job (cancelled, or failed before it could finish) and refund all of it:
+    nothing was delivered. The credits refunded, or None if it had already ended. `owner` takes the
+    delivery lease: it tells the user."""
+    refunded = await conn.fetchval(
+        f"""WITH job AS (
+               UPDATE image.generations
+               SET status = $2, error_code = $3, error_message = $4, credits_refunded = credits_reserved,
+                   finished_at = now(), lease_owner = $5, lease_expires_at = now() + make_interval(secs => $6)
+               WHERE id = $1 AND status IN ('queued', 'running')
+               RETURNING user_id, credits_reserved
+           )
+           SELECT job.credits_reserved, {refund_sql("job.user_id", "job.credits_reserved", "$1")} FROM job""",
+        generation_id, status, code, message, owner, lease_seconds,
+    )
+    if refunded is None:
+        return None
+    JOBS_FINISHED.labels(status).inc()
+    CREDITS_REFUNDED.inc(refunded)
+    return refunded
+
+
+# --- admins' grants and revokes ----------------------------------------------------------------
 
 
 async def adjust(
@@ -76,10 +190,10 @@ async def adjust(
         )
         if inserted is None:
             return 0, current
-        balance = await conn.fetchval(
+        new_balance = await conn.fetchval(
             "UPDATE image.users SET balance = balance + $2 WHERE id = $1 RETURNING balance", user_id, applied
         )
-        return applied, balance
+        return applied, new_balance
 
 
 async def ledger(conn: asyncpg.Connection, user_id: int, limit: int = 50) -> list[LedgerEntry]:
@@ -89,13 +203,3 @@ async def ledger(conn: asyncpg.Connection, user_id: int, limit: int = 50) -> lis
         user_id, limit,
     )
     return [LedgerEntry(r["delta"], r["reason"], r["generation_id"], r["created_at"]) for r in rows]
-
-
-async def _apply(conn: asyncpg.Connection, user_id: int, delta: int, reason: str, key: str) -> int:
-    await conn.execute(
-        "INSERT INTO image.credit_ledger (user_id, delta, reason, idempotency_key) VALUES ($1, $2, $3, $4)",
-        user_id, delta, reason, key,
-    )
-    return await conn.fetchval(
-        "UPDATE image.users SET balance = balance + $2 WHERE id = $1 RETURNING balance", user_id, delta
-    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -18,6 +19,27 @@ GENERATION_COLUMNS = """
 """
 FROM_GENERATIONS = "FROM image.generations g JOIN image.users u ON u.id = g.user_id"
 IMAGE_COLUMNS = "id, generation_id, index, storage_key, url, mime_type, width, height, bytes, seed, file_refs"
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job to accept: who asks, what it makes, what it costs, where its result goes."""
+
+    id: str
+    owner: UserIdentity
+    prompt: str
+    negative_prompt: str | None
+    model: str
+    aspect_ratio: str
+    count: int
+    seed: int
+    kind: str
+    parent_generation_id: str | None
+    parent_image_id: str | None
+    warnings: tuple[str, ...]
+    cost: int
+    idempotency_key: str | None
+    destination: Destination
 
 
 def generation_from_row(row: asyncpg.Record) -> Generation:

@@ -14,6 +14,7 @@ import asyncpg
 
 from bot.config import ModelSpec
 from bot.core import credits, generations, queue
+from bot.core.credits import CreditPolicy
 from bot.core.errors import (
     Forbidden,
     InsufficientCredits,
@@ -59,13 +60,6 @@ class JobControl(Protocol):
     async def wait_for_records(self, ids: Sequence[str] = (), owner: UserIdentity | None = None) -> None: ...
 
     async def load_files(self, records: Sequence[ImageRecord]) -> list[ImageFile]: ...
-
-
-@dataclass(frozen=True)
-class CreditPolicy:
-    enabled: bool
-    starting_credits: int
-    admin_ids: frozenset[str]  # "platform:user_id"
 
 
 @dataclass(frozen=True)
@@ -187,12 +181,12 @@ class GenerationService:
         idempotency_key: str | None,
     ) -> Accepted:
         key = f"{who.platform}:{idempotency_key}" if idempotency_key else None
-        cost = valid.model.cost * valid.count if self.credit_policy.enabled else 0
+        cost = self.credit_policy.cost(valid.model, valid.count)
         policy = self.request_policy
-        acceptance: queue.Acceptance | None = None
+        acceptance: credits.Acceptance | None = None
         try:
             async with self.pool.acquire() as conn:
-                job = queue.NewJob(
+                job = generations.NewJob(
                     id=new_id(),
                     owner=who,
                     prompt=valid.prompt,
@@ -209,8 +203,8 @@ class GenerationService:
                     idempotency_key=key,
                     destination=destination,
                 )
-                acceptance = await queue.accept(
-                    conn, job, self._starting_credits, policy.per_user_queued_limit, policy.requests_per_minute
+                acceptance = await credits.accept(
+                    conn, job, self.credit_policy.welcome, policy.per_user_queued_limit, policy.requests_per_minute
                 )
                 if acceptance.outcome == "duplicate":
                     assert acceptance.existing is not None
@@ -232,7 +226,7 @@ class GenerationService:
         await self._announce(generation, acceptance.ahead)
         return Accepted(generation, acceptance.ahead, acceptance.balance if self.credit_policy.enabled else None)
 
-    def _refuse_unless_accepted(self, acceptance: queue.Acceptance, cost: int) -> None:
+    def _refuse_unless_accepted(self, acceptance: credits.Acceptance, cost: int) -> None:
         """A refused request says why, in plain words; nothing was written for it."""
         if acceptance.outcome == "too_busy":
             raise TooBusy(
@@ -246,7 +240,7 @@ class GenerationService:
 
     async def _duplicate(self, conn: asyncpg.Connection, existing: Generation, user_id: int) -> Accepted:
         position = await queue.queue_position(conn, existing.id) if existing.status == "queued" else 0
-        balance = await conn.fetchval("SELECT balance FROM image.users WHERE id = $1", user_id)
+        balance = await credits.balance(conn, user_id)
         return Accepted(existing, position, balance if self.credit_policy.enabled else None, duplicate=True)
 
     async def _announce(self, generation: Generation, position: int) -> None:
@@ -329,7 +323,7 @@ class GenerationService:
     @translates_connection_errors
     async def balance(self, who: UserIdentity) -> Balance:
         async with self.pool.acquire() as conn:
-            user = await credits.ensure_user(conn, who, self._starting_credits)
+            user = await credits.ensure_user(conn, who, self.credit_policy.welcome)
         return Balance(self.credit_policy.enabled, user.balance, tuple(self.model_choices()))
 
     def model_choices(self) -> list[ModelPrice]:
@@ -338,7 +332,7 @@ class GenerationService:
     # --- credits administration ----------------------------------------------------------------
 
     def is_admin(self, who: UserIdentity) -> bool:
-        return f"{who.platform}:{who.platform_user_id}" in self.credit_policy.admin_ids
+        return self.credit_policy.is_admin(who)
 
     @translates_connection_errors
     async def grant(
@@ -350,8 +344,8 @@ class GenerationService:
         if amount == 0 or abs(amount) > 1_000_000:
             raise InvalidRequest("The amount must be a whole number between 1 and 1000000.")
         async with self.pool.acquire() as conn:
-            admin_row = await credits.ensure_user(conn, admin, self._starting_credits)
-            target_row = await credits.ensure_user(conn, target, self._starting_credits)
+            admin_row = await credits.ensure_user(conn, admin, self.credit_policy.welcome)
+            target_row = await credits.ensure_user(conn, target, self.credit_policy.welcome)
             key = f"admin:{admin.platform}:{idempotency_key or secrets.token_hex(8)}"
             applied, balance = await credits.adjust(conn, target_row.id, amount, admin_id=admin_row.id, key=key)
         log.info("credits: %s:%s changed %s:%s by %d", admin.platform, admin.platform_user_id,
@@ -362,7 +356,7 @@ class GenerationService:
     async def operator_adjust(self, target: UserIdentity, amount: int) -> Adjustment:
         """The same, from the operator's command line (no chat admin involved)."""
         async with self.pool.acquire() as conn:
-            row = await credits.ensure_user(conn, target, self._starting_credits)
+            row = await credits.ensure_user(conn, target, self.credit_policy.welcome)
             applied, balance = await credits.adjust(
                 conn, row.id, amount, admin_id=None, key=f"operator:{secrets.token_hex(8)}"
             )
@@ -377,10 +371,6 @@ class GenerationService:
             return row.balance, await credits.ledger(conn, row.id, limit)
 
     # --- visibility ----------------------------------------------------------------------------
-
-    @property
-    def _starting_credits(self) -> int:
-        return self.credit_policy.starting_credits if self.credit_policy.enabled else 0
 
     @translates_connection_errors
     async def visible_generation(self, who: UserIdentity, generation_id: str, chat_id: str) -> Generation:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from bot.core import queue
+from bot.core import credits, queue
 from bot.core.batches import GroupedWriter
 from bot.core.errors import ProviderError
 from bot.core.jobs.delivery import Delivery, Sent
@@ -130,14 +130,12 @@ def _as_finished(job: Generation, outcome: queue.Outcome) -> Generation:
 
 
 def settle(job: Generation, images: Sequence[ImageRecord], error: ProviderError | None) -> queue.Outcome:
-    """Refund the images that were not made, at the price reserved for each."""
-    per_image = job.credits_reserved // job.count if job.count else 0
-    missing = job.count - len(images)
-    refund = job.credits_reserved if not images else per_image * missing
+    """How a run ended, given the images kept: all, some (partial) or none (failed), with the refund."""
+    refund = credits.refund_for_missing(job, len(images))
     if not images:
         assert error is not None
         return queue.Outcome("failed", (), refund, error.code, error.user_message)
-    if missing:
+    if len(images) < job.count:
         message = error.user_message if error else "Some images could not be made."
         return queue.Outcome("partial", images, refund, error.code if error else "partial", message)
     return queue.Outcome("succeeded", images, 0, None, None)
