@@ -5,7 +5,7 @@ balance never goes below zero and a unique idempotency key so the same event nev
 that must run inside another statement, for atomicity, are SQL functions; each is called from here only:
 
 - the welcome grant: image.ensure_user (migrations/0005), through `ensure_user` and the accepting call;
-- the reservation, with the request's limits: image.accept_from_identity (migrations/0003-0005), `accept`;
+- the reservation, with the request's limits: image.accept_job (migrations/0006), `accept`;
 - refunds: image.refund (migrations/0002), in the statements `refund_sql` writes, for a finished job (the
   images not made, `refund_for_missing`) and for one ended early (all of it, `end_with_full_refund`).
 
@@ -90,8 +90,7 @@ class Acceptance:
     generation: Generation | None  # accepted: the new job
 
 
-_ACCEPT = """SELECT * FROM image.accept_from_identity(
-    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"""
+_ACCEPT = "SELECT * FROM image.accept_job($1, $2, $3, $4, $5, $6, $7::jsonb)"
 
 
 async def accept(
@@ -99,27 +98,14 @@ async def accept(
 ) -> Acceptance:
     """Find or create the user (welcome grant included), lock them, check the key, the limits and the
     balance, reserve and record the job: one round trip, one atomic statement."""
-    owner, destination = job.owner, job.destination
+    owner = job.owner
     row = await conn.fetchrow(
         _ACCEPT,
         owner.platform, owner.platform_user_id, owner.display_name[:MAX_DISPLAY_NAME], welcome,
-        job.idempotency_key, job.cost, queued_limit, per_minute,
-        job.id, job.prompt, job.negative_prompt, job.model, job.aspect_ratio, job.count, job.seed, job.kind,
-        job.parent_generation_id, job.parent_image_id, list(job.warnings),
-        destination.platform, destination.chat_id, destination.message_id, json.dumps(destination.context),
+        queued_limit, per_minute, json.dumps(job.row()),
     )
     outcome, user_id = row["r_outcome"], row["r_user_id"]
-    generation = None
-    if outcome == "accepted":
-        generation = Generation(
-            id=job.id, user_id=user_id, owner=owner, prompt=job.prompt,
-            negative_prompt=job.negative_prompt, model=job.model, aspect_ratio=job.aspect_ratio, count=job.count,
-            seed=job.seed, kind=job.kind,  # type: ignore[arg-type]
-            parent_generation_id=job.parent_generation_id, parent_image_id=job.parent_image_id, status="queued",
-            error_code=None, error_message=None, warnings=job.warnings, credits_reserved=job.cost,
-            credits_refunded=0, destination=destination, created_at=row["r_created_at"], started_at=None,
-            finished_at=None,
-        )
+    generation = job.queued(user_id, row["r_created_at"]) if outcome == "accepted" else None
     return Acceptance(
         outcome, user_id, row["r_balance"], row["r_active"], row["r_retry_in"], row["r_ahead"], row["r_existing"],
         generation,

@@ -3,37 +3,38 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
 
 import asyncpg
 
-from bot.core.models import Destination, Generation, ImageRecord, UserIdentity
+from bot.core.models import (
+    Destination,
+    Generation,
+    GenerationKind,
+    ImageRecord,
+    Request,
+    UserIdentity,
+    request_fields,
+)
 
-GENERATION_COLUMNS = """
-    g.id, g.user_id, u.platform AS owner_platform, u.platform_user_id, u.display_name,
-    g.prompt, g.negative_prompt, g.model, g.aspect_ratio, g.count, g.seed, g.kind,
-    g.parent_generation_id, g.parent_image_id, g.status, g.error_code, g.error_message, g.warnings,
-    g.credits_reserved, g.credits_refunded, g.platform, g.chat_id, g.message_id, g.reply_context,
-    g.created_at, g.started_at, g.finished_at
-"""
+# Every column of the generation (options included, by name), and its owner's identity.
+GENERATION_COLUMNS = "g.*, u.platform AS owner_platform, u.platform_user_id, u.display_name"
 FROM_GENERATIONS = "FROM image.generations g JOIN image.users u ON u.id = g.user_id"
 IMAGE_COLUMNS = "id, generation_id, index, storage_key, url, mime_type, width, height, bytes, seed, file_refs"
+REQUEST_COLUMNS = tuple(f.name for f in fields(Request))
 
 
 @dataclass(frozen=True)
 class NewJob:
-    """A job to accept: who asks, what it makes, what it costs, where its result goes."""
+    """A request to accept as a job: who asks, what, of which kind, what it costs, where its result goes."""
 
     id: str
     owner: UserIdentity
-    prompt: str
-    negative_prompt: str | None
-    model: str
-    aspect_ratio: str
-    count: int
-    seed: int
-    kind: str
+    request: Request
+    kind: GenerationKind
     parent_generation_id: str | None
     parent_image_id: str | None
     warnings: tuple[str, ...]
@@ -41,18 +42,41 @@ class NewJob:
     idempotency_key: str | None
     destination: Destination
 
+    def row(self) -> dict[str, Any]:
+        """Its image.generations row, by column name (the accepting SQL fills in the user and the defaults)."""
+        return {
+            **request_fields(self.request),
+            "id": self.id,
+            "kind": self.kind,
+            "parent_generation_id": self.parent_generation_id,
+            "parent_image_id": self.parent_image_id,
+            "warnings": list(self.warnings),
+            "credits_reserved": self.cost,
+            "idempotency_key": self.idempotency_key,
+            "platform": self.destination.platform,
+            "chat_id": self.destination.chat_id,
+            "message_id": self.destination.message_id,
+            "reply_context": self.destination.context,
+        }
 
-def generation_from_row(row: asyncpg.Record) -> Generation:
+    def queued(self, user_id: int, created_at: datetime) -> Generation:
+        """The job as just accepted, without reading it back."""
+        return Generation(
+            **request_fields(self.request),
+            id=self.id, user_id=user_id, owner=self.owner, kind=self.kind,
+            parent_generation_id=self.parent_generation_id, parent_image_id=self.parent_image_id,
+            status="queued", error_code=None, error_message=None, warnings=self.warnings,
+            credits_reserved=self.cost, credits_refunded=0, destination=self.destination,
+            created_at=created_at, started_at=None, finished_at=None,
+        )
+
+
+def generation_from_row(row: Mapping[str, Any]) -> Generation:
     return Generation(
+        **{name: row[name] for name in REQUEST_COLUMNS},
         id=row["id"],
         user_id=row["user_id"],
         owner=UserIdentity(row["owner_platform"], row["platform_user_id"], row["display_name"]),
-        prompt=row["prompt"],
-        negative_prompt=row["negative_prompt"],
-        model=row["model"],
-        aspect_ratio=row["aspect_ratio"],
-        count=row["count"],
-        seed=row["seed"],
         kind=row["kind"],
         parent_generation_id=row["parent_generation_id"],
         parent_image_id=row["parent_image_id"],

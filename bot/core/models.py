@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Literal
 
@@ -44,16 +44,36 @@ class ImagineRequest:
 
 
 @dataclass(frozen=True)
-class Generation:
-    id: str
-    user_id: int
-    owner: UserIdentity
+class Request:
+    """What a user asked for, validated and complete (see core.prompt.validate_request). An option is a
+    field here and a column of image.generations of the same name: the row mapping and the accepting SQL
+    read both by name."""
+
     prompt: str
     negative_prompt: str | None
-    model: str
+    model: str  # a name in the catalogue
     aspect_ratio: str
     count: int
     seed: int
+
+    def only_request(self) -> Request:
+        """Just what was asked (of a Generation: without the job around it)."""
+        return Request(**request_fields(self))
+
+
+def request_fields(request: Request) -> dict[str, Any]:
+    """A request's options by name, which are also their column names."""
+    return {f.name: getattr(request, f.name) for f in fields(Request)}
+
+
+@dataclass(frozen=True)
+class Generation(Request):
+    """A request as a job (the two words are the same thing in the core: a generation is the record,
+    a job is that record being worked on): whose, which kind, where it stands, where its result goes."""
+
+    id: str
+    user_id: int
+    owner: UserIdentity
     kind: GenerationKind
     parent_generation_id: str | None
     parent_image_id: str | None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -31,6 +32,7 @@ from bot.core.models import (
     Balance,
     Destination,
     Generation,
+    GenerationKind,
     HistoryItem,
     HistoryPage,
     ImageFile,
@@ -38,9 +40,10 @@ from bot.core.models import (
     ImagineRequest,
     LedgerEntry,
     ModelPrice,
+    Request,
     UserIdentity,
 )
-from bot.core.prompt import MAX_SEED, ValidRequest, random_seed, validate_request
+from bot.core.prompt import MAX_SEED, random_seed, validate_request
 from bot.core.providers.runner import warnings_for
 
 log = logging.getLogger(__name__)
@@ -131,9 +134,11 @@ class GenerationService:
             request, self.models, self.default_model, policy.prompt_max_chars, policy.banned_words
         )
         warnings = warnings_for(
-            valid.model, seed_given=request.seed is not None, negative=bool(valid.negative_prompt), variation=False
+            self.models[valid.model], seed_given=request.seed is not None, negative=bool(valid.negative_prompt),
+            variation=False,
         )
-        return await self._accept(who, valid, "imagine", None, None, warnings, destination, idempotency_key)
+        job = self._new_job(who, valid, "imagine", None, None, warnings, destination, idempotency_key)
+        return await self._accept(job)
 
     @translates_connection_errors
     async def regenerate(
@@ -141,8 +146,10 @@ class GenerationService:
     ) -> Accepted:
         """Same parameters, a new seed: a new charged generation linked to its parent."""
         parent = await self.visible_generation(who, generation_id, destination.chat_id)
-        valid = self._replay(parent, random_seed())
-        return await self._accept(who, valid, "regenerate", parent.id, None, (), destination, idempotency_key)
+        again = self._replay(parent, random_seed())
+        return await self._accept(
+            self._new_job(who, again, "regenerate", parent.id, None, (), destination, idempotency_key)
+        )
 
     @translates_connection_errors
     async def vary(
@@ -152,57 +159,46 @@ class GenerationService:
         with a seed derived from the image's)."""
         image = await self._visible_image(who, image_id, destination.chat_id)
         parent = await self.visible_generation(who, image.generation_id, destination.chat_id)
-        valid = self._replay(parent, _derived_seed(image.seed if image.seed is not None else parent.seed))
-        warnings = warnings_for(valid.model, seed_given=False, negative=False, variation=True)
-        return await self._accept(who, valid, "variation", parent.id, image.id, warnings, destination, idempotency_key)
-
-    def _replay(self, parent: Generation, seed: int) -> ValidRequest:
-        model = self.models.get(parent.model)
-        if model is None:
-            raise InvalidRequest(f"The model {parent.model} is no longer available. Try /imagine with another model.")
-        return ValidRequest(
-            prompt=parent.prompt,
-            negative_prompt=parent.negative_prompt,
-            model=model,
-            aspect_ratio=parent.aspect_ratio,
-            count=parent.count,
-            seed=seed,
+        varied = self._replay(parent, _derived_seed(image.seed if image.seed is not None else parent.seed))
+        warnings = warnings_for(self.models[varied.model], seed_given=False, negative=False, variation=True)
+        return await self._accept(
+            self._new_job(who, varied, "variation", parent.id, image.id, warnings, destination, idempotency_key)
         )
 
-    async def _accept(
+    def _replay(self, parent: Generation, seed: int) -> Request:
+        if parent.model not in self.models:
+            raise InvalidRequest(f"The model {parent.model} is no longer available. Try /imagine with another model.")
+        return dataclasses.replace(parent.only_request(), seed=seed)
+
+    def _new_job(
         self,
         who: UserIdentity,
-        valid: ValidRequest,
-        kind: str,
+        request: Request,
+        kind: GenerationKind,
         parent_generation_id: str | None,
         parent_image_id: str | None,
-        warnings: tuple[str, ...] | list[str],
+        warnings: Sequence[str],
         destination: Destination,
         idempotency_key: str | None,
-    ) -> Accepted:
-        key = f"{who.platform}:{idempotency_key}" if idempotency_key else None
-        cost = self.credit_policy.cost(valid.model, valid.count)
+    ) -> generations.NewJob:
+        return generations.NewJob(
+            id=new_id(),
+            owner=who,
+            request=request,
+            kind=kind,
+            parent_generation_id=parent_generation_id,
+            parent_image_id=parent_image_id,
+            warnings=tuple(warnings),
+            cost=self.credit_policy.cost(self.models[request.model], request.count),
+            idempotency_key=f"{who.platform}:{idempotency_key}" if idempotency_key else None,
+            destination=destination,
+        )
+
+    async def _accept(self, job: generations.NewJob) -> Accepted:
         policy = self.request_policy
         acceptance: credits.Acceptance | None = None
         try:
             async with self.pool.acquire() as conn:
-                job = generations.NewJob(
-                    id=new_id(),
-                    owner=who,
-                    prompt=valid.prompt,
-                    negative_prompt=valid.negative_prompt,
-                    model=valid.model.name,
-                    aspect_ratio=valid.aspect_ratio,
-                    count=valid.count,
-                    seed=valid.seed,
-                    kind=kind,
-                    parent_generation_id=parent_generation_id,
-                    parent_image_id=parent_image_id,
-                    warnings=tuple(warnings),
-                    cost=cost,
-                    idempotency_key=key,
-                    destination=destination,
-                )
                 acceptance = await credits.accept(
                     conn, job, self.credit_policy.welcome, policy.per_user_queued_limit, policy.requests_per_minute
                 )
@@ -217,11 +213,13 @@ class GenerationService:
             # Committed, then the connection went while it was handed back: the request stands.
             log.warning("connection lost after accepting a request; it stands")
         assert acceptance is not None
-        self._refuse_unless_accepted(acceptance, cost)
+        self._refuse_unless_accepted(acceptance, job.cost)
         generation = acceptance.generation
         assert generation is not None
-        CREDITS_RESERVED.inc(cost)
-        log.info("job %s accepted: %s by %s:%s, cost %d", generation.id, kind, who.platform, who.platform_user_id, cost)
+        CREDITS_RESERVED.inc(job.cost)
+        who = job.owner
+        log.info("job %s accepted: %s by %s:%s, cost %d", generation.id, job.kind, who.platform, who.platform_user_id,
+                 job.cost)
         self.jobs.wake()
         await self._announce(generation, acceptance.ahead)
         return Accepted(generation, acceptance.ahead, acceptance.balance if self.credit_policy.enabled else None)
