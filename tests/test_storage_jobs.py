@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from bot.core.batches import GroupedWriter
+from bot.core.errors import ImagesUnavailable
 from bot.core.models import Destination, ImagineRequest, UserIdentity
 from bot.core.storage.base import StorageError
 from bot.core.storage.local import LocalStore
@@ -210,3 +213,17 @@ async def test_a_job_read_right_after_it_is_shown_has_the_chats_file_refs(runtim
         go_on.set()
         item = await reading
     assert [image.file_refs for image in item.images] == [{"test": "file-0"}, {"test": "file-1"}]
+
+
+async def test_files_gone_from_the_store_are_a_plain_words_error(runtime_factory, pool) -> None:
+    """The service raises only BotError: a store failure reaches the front end in words it can show."""
+    observer = RecordingObserver()
+    async with runtime_factory() as rt:
+        rt.register(observer)
+        await rt.start()
+        accepted = await rt.service.imagine(ALICE, ImagineRequest("soon gone"), HERE)
+        await wait_for(lambda: observer.done.get(accepted.generation.id))
+        item = await rt.service.generation(ALICE, accepted.generation.id, HERE.chat_id)
+        await rt.worker.images.store.delete(item.images[0].storage_key)
+        with pytest.raises(ImagesUnavailable, match="no longer available"):
+            await rt.service.load_files(item.images)

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import StrEnum
 
 import asyncpg
 
 from bot.config import ModelSpec
 from bot.core.generations import NewJob
 from bot.core.metrics import CREDITS_REFUNDED, JOBS_FINISHED
-from bot.core.models import Generation, LedgerEntry, UserIdentity
+from bot.core.models import Generation, GenerationStatus, LedgerEntry, UserIdentity
 
 MAX_DISPLAY_NAME = 100  # characters kept of a platform's display name
 
@@ -78,9 +79,19 @@ async def balance(conn: asyncpg.Connection, user_id: int) -> int:
 # --- reserving, on acceptance ------------------------------------------------------------------
 
 
+class AcceptOutcome(StrEnum):
+    """What image.accept_job decided (its r_outcome)."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"  # the same platform event again: the generation already recorded under its key
+    TOO_BUSY = "too_busy"  # the user has too many unfinished generations
+    TOO_FAST = "too_fast"  # the user made too many requests this minute
+    INSUFFICIENT = "insufficient"  # the balance does not cover the cost
+
+
 @dataclass(frozen=True)
 class Acceptance:
-    outcome: str  # accepted | duplicate | too_busy | too_fast | insufficient
+    outcome: AcceptOutcome
     user_id: int  # the asker's row, created on first contact whatever the outcome
     balance: int
     active: int  # the user's unfinished jobs
@@ -104,8 +115,8 @@ async def accept(
         owner.platform, owner.platform_user_id, owner.display_name[:MAX_DISPLAY_NAME], welcome,
         queued_limit, per_minute, json.dumps(job.row()),
     )
-    outcome, user_id = row["r_outcome"], row["r_user_id"]
-    generation = job.queued(user_id, row["r_created_at"]) if outcome == "accepted" else None
+    outcome, user_id = AcceptOutcome(row["r_outcome"]), row["r_user_id"]
+    generation = job.queued(user_id, row["r_created_at"]) if outcome == AcceptOutcome.ACCEPTED else None
     return Acceptance(
         outcome, user_id, row["r_balance"], row["r_active"], row["r_retry_in"], row["r_ahead"], row["r_existing"],
         generation,
@@ -131,7 +142,7 @@ def refund_sql(user_id: str, amount: str, generation_id: str) -> str:
 
 
 async def end_with_full_refund(
-    conn: asyncpg.Connection, generation_id: str, status: str, code: str, message: str, owner: str,
+    conn: asyncpg.Connection, generation_id: str, status: GenerationStatus, code: str, message: str, owner: str,
     lease_seconds: float,
 ) -> int | None:
     """End a queued or running job (cancelled, or failed before it could finish) and refund all of it:

@@ -4,11 +4,40 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
-GenerationKind = Literal["imagine", "regenerate", "variation"]
-GenerationStatus = Literal["queued", "running", "succeeded", "partial", "failed", "cancelled"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "partial", "failed", "cancelled"})
+
+class GenerationKind(StrEnum):
+    """How a generation was asked for. The values are what image.generations.kind holds."""
+
+    IMAGINE = "imagine"
+    REGENERATE = "regenerate"  # the same request again with a new seed
+    VARIATION = "variation"  # conditioned on one image of an earlier generation
+
+
+class GenerationStatus(StrEnum):
+    """Where a generation stands. The values are what image.generations.status holds."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"  # some images made, the others refunded
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+    @property
+    def has_images(self) -> bool:
+        return self in (GenerationStatus.SUCCEEDED, GenerationStatus.PARTIAL)
+
+
+TERMINAL_STATUSES: frozenset[GenerationStatus] = frozenset(
+    {GenerationStatus.SUCCEEDED, GenerationStatus.PARTIAL, GenerationStatus.FAILED, GenerationStatus.CANCELLED}
+)
 
 
 @dataclass(frozen=True)
@@ -90,7 +119,7 @@ class Generation(Request):
 
     @property
     def is_finished(self) -> bool:
-        return self.status in TERMINAL_STATUSES
+        return self.status.is_finished
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from bot.core import credits
 from bot.core.events import DeliveryReceipt
 from bot.core.generations import GENERATION_COLUMNS, IMAGE_COLUMNS, generation_from_row
 from bot.core.metrics import CREDITS_REFUNDED, JOBS_FINISHED
-from bot.core.models import Generation, ImageRecord
+from bot.core.models import Generation, GenerationStatus, ImageRecord
 
 # A job interrupted this many times (crashes mid-run) is failed and refunded rather than retried again.
 MAX_ATTEMPTS = 3
@@ -87,7 +87,7 @@ async def renew_leases(conn: asyncpg.Connection, owner: str, ids: Sequence[str],
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # succeeded | partial | failed
+    status: GenerationStatus  # succeeded, partial or failed
     images: Sequence[ImageRecord]
     refund: int
     error_code: str | None
@@ -157,7 +157,7 @@ async def cancel(
     """Cancel a queued or running job and refund all of it (nothing was delivered): the credits refunded,
     or None if it had already ended. The canceller takes the delivery lease: it tells the user."""
     return await credits.end_with_full_refund(
-        conn, generation_id, "cancelled", "cancelled", message, owner, lease_seconds
+        conn, generation_id, GenerationStatus.CANCELLED, "cancelled", message, owner, lease_seconds
     )
 
 
@@ -166,7 +166,9 @@ async def fail_unstarted(
 ) -> int | None:
     """Fail a queued or running job with a full refund (shutdown, too many interruptions): the credits
     refunded, or None if it had already ended."""
-    return await credits.end_with_full_refund(conn, generation_id, "failed", code, message, owner, lease_seconds)
+    return await credits.end_with_full_refund(
+        conn, generation_id, GenerationStatus.FAILED, code, message, owner, lease_seconds
+    )
 
 
 @dataclass(frozen=True)

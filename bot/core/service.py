@@ -15,9 +15,10 @@ import asyncpg
 
 from bot.config import ModelSpec
 from bot.core import credits, generations, queue
-from bot.core.credits import CreditPolicy
+from bot.core.credits import AcceptOutcome, CreditPolicy
 from bot.core.errors import (
     Forbidden,
+    ImagesUnavailable,
     InsufficientCredits,
     InvalidRequest,
     NotFound,
@@ -33,6 +34,7 @@ from bot.core.models import (
     Destination,
     Generation,
     GenerationKind,
+    GenerationStatus,
     HistoryItem,
     HistoryPage,
     ImageFile,
@@ -45,6 +47,7 @@ from bot.core.models import (
 )
 from bot.core.prompt import MAX_SEED, random_seed, validate_request
 from bot.core.providers.runner import warnings_for
+from bot.core.storage.base import StorageError
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -137,7 +140,7 @@ class GenerationService:
             self.models[valid.model], seed_given=request.seed is not None, negative=bool(valid.negative_prompt),
             variation=False,
         )
-        job = self._new_job(who, valid, "imagine", None, None, warnings, destination, idempotency_key)
+        job = self._new_job(who, valid, GenerationKind.IMAGINE, None, None, warnings, destination, idempotency_key)
         return await self._accept(job)
 
     @translates_connection_errors
@@ -148,7 +151,7 @@ class GenerationService:
         parent = await self.visible_generation(who, generation_id, destination.chat_id)
         again = self._replay(parent, random_seed())
         return await self._accept(
-            self._new_job(who, again, "regenerate", parent.id, None, (), destination, idempotency_key)
+            self._new_job(who, again, GenerationKind.REGENERATE, parent.id, None, (), destination, idempotency_key)
         )
 
     @translates_connection_errors
@@ -161,9 +164,10 @@ class GenerationService:
         parent = await self.visible_generation(who, image.generation_id, destination.chat_id)
         varied = self._replay(parent, _derived_seed(image.seed if image.seed is not None else parent.seed))
         warnings = warnings_for(self.models[varied.model], seed_given=False, negative=False, variation=True)
-        return await self._accept(
-            self._new_job(who, varied, "variation", parent.id, image.id, warnings, destination, idempotency_key)
+        job = self._new_job(
+            who, varied, GenerationKind.VARIATION, parent.id, image.id, warnings, destination, idempotency_key
         )
+        return await self._accept(job)
 
     def _replay(self, parent: Generation, seed: int) -> Request:
         if parent.model not in self.models:
@@ -202,7 +206,7 @@ class GenerationService:
                 acceptance = await credits.accept(
                     conn, job, self.credit_policy.welcome, policy.per_user_queued_limit, policy.requests_per_minute
                 )
-                if acceptance.outcome == "duplicate":
+                if acceptance.outcome == AcceptOutcome.DUPLICATE:
                     assert acceptance.existing is not None
                     existing = await generations.get_generation(conn, acceptance.existing)
                     assert existing is not None
@@ -226,18 +230,18 @@ class GenerationService:
 
     def _refuse_unless_accepted(self, acceptance: credits.Acceptance, cost: int) -> None:
         """A refused request says why, in plain words; nothing was written for it."""
-        if acceptance.outcome == "too_busy":
+        if acceptance.outcome == AcceptOutcome.TOO_BUSY:
             raise TooBusy(
                 f"You already have {acceptance.active} generations waiting. "
                 "Please wait for them to finish, or cancel one."
             )
-        if acceptance.outcome == "too_fast":
+        if acceptance.outcome == AcceptOutcome.TOO_FAST:
             raise TooBusy(f"You're making requests very fast. Please try again in {acceptance.retry_in} seconds.")
-        if acceptance.outcome == "insufficient":
+        if acceptance.outcome == AcceptOutcome.INSUFFICIENT:
             raise InsufficientCredits(balance=acceptance.balance, cost=cost)
 
     async def _duplicate(self, conn: asyncpg.Connection, existing: Generation, user_id: int) -> Accepted:
-        position = await queue.queue_position(conn, existing.id) if existing.status == "queued" else 0
+        position = await queue.queue_position(conn, existing.id) if existing.status == GenerationStatus.QUEUED else 0
         balance = await credits.balance(conn, user_id)
         return Accepted(existing, position, balance if self.credit_policy.enabled else None, duplicate=True)
 
@@ -309,8 +313,13 @@ class GenerationService:
         return HistoryItem(generation, tuple(images[generation.id]))
 
     @translates_connection_errors
-    async def load_files(self, images: tuple[ImageRecord, ...] | list[ImageRecord]) -> list[ImageFile]:
-        return await self.jobs.load_files(images)
+    async def load_files(self, images: Sequence[ImageRecord]) -> list[ImageFile]:
+        """The images' files, from the store; ImagesUnavailable if any cannot be read."""
+        try:
+            return await self.jobs.load_files(images)
+        except StorageError as error:
+            log.warning("image files unavailable: %s", error)
+            raise ImagesUnavailable() from error
 
     @translates_connection_errors
     async def record_file_ref(self, image_id: str, platform: str, ref: str) -> None:

@@ -14,7 +14,7 @@ from bot.core.batches import GroupedWriter
 from bot.core.events import DeliveryReceipt, JobObserver
 from bot.core.jobs.storing import StoredImages
 from bot.core.logcontext import job_id
-from bot.core.models import Generation, ImageFile
+from bot.core.models import Generation, GenerationStatus, ImageFile
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Delivery:
             records = (await generations.get_images(conn, [generation_id]))[generation_id] if job else []
         if job is None or not job.is_finished:
             return False
-        files = await self.images.load(records) if job.status in ("succeeded", "partial") else []
+        files = await self.images.load(records) if job.status.has_images else []
         return await self.deliver_finished(job, files)
 
     async def deliver_finished(self, job: Generation, files: Sequence[ImageFile]) -> bool:
@@ -59,9 +59,9 @@ class Delivery:
         if observer is None:
             return Sent(False)
         try:
-            if job.status in ("succeeded", "partial"):
+            if job.status.has_images:
                 return Sent(True, await observer.on_completed(job, files))
-            if job.status == "cancelled":
+            if job.status == GenerationStatus.CANCELLED:
                 await observer.on_cancelled(job)
             else:
                 await observer.on_failed(job)

@@ -23,7 +23,7 @@ from bot.core.jobs.record_barrier import RecordBarrier
 from bot.core.jobs.scheduler import Lease
 from bot.core.jobs.storing import StoredImages
 from bot.core.logcontext import job_id
-from bot.core.models import Generation, ImageFile, ImageRecord
+from bot.core.models import Generation, GenerationStatus, ImageFile, ImageRecord
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class JobLifecycle:
 def _as_finished(job: Generation, outcome: queue.Outcome) -> Generation:
     """The job as it will be recorded with `outcome`, to show it before the record is written."""
     return dataclasses.replace(
-        job, status=outcome.status, credits_refunded=outcome.refund,  # type: ignore[arg-type]
+        job, status=outcome.status, credits_refunded=outcome.refund,
         error_code=outcome.error_code, error_message=outcome.error_message,
     )
 
@@ -134,8 +134,8 @@ def settle(job: Generation, images: Sequence[ImageRecord], error: ProviderError 
     refund = credits.refund_for_missing(job, len(images))
     if not images:
         assert error is not None
-        return queue.Outcome("failed", (), refund, error.code, error.user_message)
+        return queue.Outcome(GenerationStatus.FAILED, (), refund, error.code, error.user_message)
     if len(images) < job.count:
         message = error.user_message if error else "Some images could not be made."
-        return queue.Outcome("partial", images, refund, error.code if error else "partial", message)
-    return queue.Outcome("succeeded", images, 0, None, None)
+        return queue.Outcome(GenerationStatus.PARTIAL, images, refund, error.code if error else "partial", message)
+    return queue.Outcome(GenerationStatus.SUCCEEDED, images, 0, None, None)
