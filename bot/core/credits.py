@@ -20,7 +20,7 @@ from enum import StrEnum
 import asyncpg
 
 from bot.config import ModelSpec
-from bot.core.generations import NewJob
+from bot.core.generations import NewGeneration
 from bot.core.metrics import CREDITS_REFUNDED, JOBS_FINISHED
 from bot.core.models import Generation, GenerationStatus, LedgerEntry, UserIdentity
 
@@ -105,18 +105,18 @@ _ACCEPT = "SELECT * FROM image.accept_job($1, $2, $3, $4, $5, $6, $7::jsonb)"
 
 
 async def accept(
-    conn: asyncpg.Connection, job: NewJob, welcome: int, queued_limit: int, per_minute: int
+    conn: asyncpg.Connection, new: NewGeneration, welcome: int, queued_limit: int, per_minute: int
 ) -> Acceptance:
     """Find or create the user (welcome grant included), lock them, check the key, the limits and the
     balance, reserve and record the job: one round trip, one atomic statement."""
-    owner = job.owner
+    owner = new.owner
     row = await conn.fetchrow(
         _ACCEPT,
         owner.platform, owner.platform_user_id, owner.display_name[:MAX_DISPLAY_NAME], welcome,
-        queued_limit, per_minute, json.dumps(job.row()),
+        queued_limit, per_minute, json.dumps(new.row()),
     )
     outcome, user_id = AcceptOutcome(row["r_outcome"]), row["r_user_id"]
-    generation = job.queued(user_id, row["r_created_at"]) if outcome == AcceptOutcome.ACCEPTED else None
+    generation = new.queued(user_id, row["r_created_at"]) if outcome == AcceptOutcome.ACCEPTED else None
     return Acceptance(
         outcome, user_id, row["r_balance"], row["r_active"], row["r_retry_in"], row["r_ahead"], row["r_existing"],
         generation,
@@ -126,13 +126,13 @@ async def accept(
 # --- refunding ---------------------------------------------------------------------------------
 
 
-def refund_for_missing(job: Generation, kept: int) -> int:
+def refund_for_missing(generation: Generation, kept: int) -> int:
     """What a finished job gives back: the images it did not deliver, at the price reserved for each;
     all of it when none were."""
     if kept == 0:
-        return job.credits_reserved
-    per_image = job.credits_reserved // job.count if job.count else 0
-    return per_image * (job.count - kept)
+        return generation.credits_reserved
+    per_image = generation.credits_reserved // generation.count if generation.count else 0
+    return per_image * (generation.count - kept)
 
 
 def refund_sql(user_id: str, amount: str, generation_id: str) -> str:

@@ -29,8 +29,8 @@ REQUEST_COLUMNS = tuple(f.name for f in fields(Request))
 
 
 @dataclass(frozen=True)
-class NewJob:
-    """A request to accept as a job: who asks, what, of which kind, what it costs, where its result goes."""
+class NewGeneration:
+    """A generation to accept: who asks, what, of which kind, what it costs, where its result goes."""
 
     id: str
     owner: UserIdentity

@@ -97,8 +97,10 @@ def request_fields(request: Request) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Generation(Request):
-    """A request as a job (the two words are the same thing in the core: a generation is the record,
-    a job is that record being worked on): whose, which kind, where it stands, where its result goes."""
+    """A request and what became of it: whose, which kind, where it stands, where its result goes.
+
+    Words: a *generation* is this record (image.generations; its id is `generation_id` everywhere); a
+    *job* is the work of making one (bot/core/jobs, bot/core/queue.py), never the record itself."""
 
     id: str
     user_id: int

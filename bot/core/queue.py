@@ -1,4 +1,5 @@
-"""The durable job queue: generations are the jobs. Claims use FOR UPDATE SKIP LOCKED so several bot
+"""The durable job queue: a job is the work of making a generation (claimed, leased, recovered,
+finished, delivered), addressed by the generation's id. Claims use FOR UPDATE SKIP LOCKED so several bot
 processes can share one database; leases let a crashed process's jobs be taken over."""
 
 from __future__ import annotations
@@ -63,9 +64,9 @@ async def claim(
 ) -> list[Generation]:
     """Take up to `limit` jobs fairly (see above), under leases held by `owner`, oldest first."""
     rows = await conn.fetch(_CLAIM, list(platforms), per_user_limit, owner, lease_seconds, limit)
-    jobs = [generation_from_row(row) for row in rows]
-    jobs.sort(key=lambda job: (job.created_at, job.id))
-    return jobs
+    claimed = [generation_from_row(row) for row in rows]
+    claimed.sort(key=lambda generation: (generation.created_at, generation.id))
+    return claimed
 
 
 async def queue_position(conn: asyncpg.Connection, generation_id: str) -> int:
@@ -145,9 +146,9 @@ async def finish(
         [i.seed for i in images], [json.dumps(i.file_refs) for i in images],
     )
     finished = {row["id"]: generation_from_row(row) for row in rows}
-    for job in finished.values():
-        JOBS_FINISHED.labels(job.status).inc()
-        CREDITS_REFUNDED.inc(job.credits_refunded)
+    for generation in finished.values():
+        JOBS_FINISHED.labels(generation.status).inc()
+        CREDITS_REFUNDED.inc(generation.credits_refunded)
     return finished
 
 

@@ -140,8 +140,10 @@ class GenerationService:
             self.models[valid.model], seed_given=request.seed is not None, negative=bool(valid.negative_prompt),
             variation=False,
         )
-        job = self._new_job(who, valid, GenerationKind.IMAGINE, None, None, warnings, destination, idempotency_key)
-        return await self._accept(job)
+        new = self._new_generation(
+            who, valid, GenerationKind.IMAGINE, None, None, warnings, destination, idempotency_key
+        )
+        return await self._accept(new)
 
     @translates_connection_errors
     async def regenerate(
@@ -150,9 +152,10 @@ class GenerationService:
         """Same parameters, a new seed: a new charged generation linked to its parent."""
         parent = await self.visible_generation(who, generation_id, destination.chat_id)
         again = self._replay(parent, random_seed())
-        return await self._accept(
-            self._new_job(who, again, GenerationKind.REGENERATE, parent.id, None, (), destination, idempotency_key)
+        new = self._new_generation(
+            who, again, GenerationKind.REGENERATE, parent.id, None, (), destination, idempotency_key
         )
+        return await self._accept(new)
 
     @translates_connection_errors
     async def vary(
@@ -164,17 +167,17 @@ class GenerationService:
         parent = await self.visible_generation(who, image.generation_id, destination.chat_id)
         varied = self._replay(parent, _derived_seed(image.seed if image.seed is not None else parent.seed))
         warnings = warnings_for(self.models[varied.model], seed_given=False, negative=False, variation=True)
-        job = self._new_job(
+        new = self._new_generation(
             who, varied, GenerationKind.VARIATION, parent.id, image.id, warnings, destination, idempotency_key
         )
-        return await self._accept(job)
+        return await self._accept(new)
 
     def _replay(self, parent: Generation, seed: int) -> Request:
         if parent.model not in self.models:
             raise InvalidRequest(f"The model {parent.model} is no longer available. Try /imagine with another model.")
         return dataclasses.replace(parent.only_request(), seed=seed)
 
-    def _new_job(
+    def _new_generation(
         self,
         who: UserIdentity,
         request: Request,
@@ -184,8 +187,8 @@ class GenerationService:
         warnings: Sequence[str],
         destination: Destination,
         idempotency_key: str | None,
-    ) -> generations.NewJob:
-        return generations.NewJob(
+    ) -> generations.NewGeneration:
+        return generations.NewGeneration(
             id=new_id(),
             owner=who,
             request=request,
@@ -198,13 +201,13 @@ class GenerationService:
             destination=destination,
         )
 
-    async def _accept(self, job: generations.NewJob) -> Accepted:
+    async def _accept(self, new: generations.NewGeneration) -> Accepted:
         policy = self.request_policy
         acceptance: credits.Acceptance | None = None
         try:
             async with self.pool.acquire() as conn:
                 acceptance = await credits.accept(
-                    conn, job, self.credit_policy.welcome, policy.per_user_queued_limit, policy.requests_per_minute
+                    conn, new, self.credit_policy.welcome, policy.per_user_queued_limit, policy.requests_per_minute
                 )
                 if acceptance.outcome == AcceptOutcome.DUPLICATE:
                     assert acceptance.existing is not None
@@ -217,13 +220,13 @@ class GenerationService:
             # Committed, then the connection went while it was handed back: the request stands.
             log.warning("connection lost after accepting a request; it stands")
         assert acceptance is not None
-        self._refuse_unless_accepted(acceptance, job.cost)
+        self._refuse_unless_accepted(acceptance, new.cost)
         generation = acceptance.generation
         assert generation is not None
-        CREDITS_RESERVED.inc(job.cost)
-        who = job.owner
-        log.info("job %s accepted: %s by %s:%s, cost %d", generation.id, job.kind, who.platform, who.platform_user_id,
-                 job.cost)
+        CREDITS_RESERVED.inc(new.cost)
+        who = new.owner
+        log.info("job %s accepted: %s by %s:%s, cost %d", generation.id, new.kind, who.platform, who.platform_user_id,
+                 new.cost)
         self.jobs.wake()
         await self._announce(generation, acceptance.ahead)
         return Accepted(generation, acceptance.ahead, acceptance.balance if self.credit_policy.enabled else None)

@@ -40,59 +40,59 @@ class Delivery:
         stays undelivered and is retried when its lease runs out."""
         job_id.set(generation_id)
         async with self.pool.acquire() as conn:
-            job = await generations.get_generation(conn, generation_id)
-            records = (await generations.get_images(conn, [generation_id]))[generation_id] if job else []
-        if job is None or not job.is_finished:
+            generation = await generations.get_generation(conn, generation_id)
+            records = (await generations.get_images(conn, [generation_id]))[generation_id] if generation else []
+        if generation is None or not generation.is_finished:
             return False
-        files = await self.images.load(records) if job.status.has_images else []
-        return await self.deliver_finished(job, files)
+        files = await self.images.load(records) if generation.status.has_images else []
+        return await self.deliver_finished(generation, files)
 
-    async def deliver_finished(self, job: Generation, files: Sequence[ImageFile]) -> bool:
-        sent = await self.send(job, files)
+    async def deliver_finished(self, generation: Generation, files: Sequence[ImageFile]) -> bool:
+        sent = await self.send(generation, files)
         if sent.delivered:
-            await self.record(job, sent)
+            await self.record(generation, sent)
         return sent.delivered
 
-    async def send(self, job: Generation, files: Sequence[ImageFile]) -> Sent:
+    async def send(self, generation: Generation, files: Sequence[ImageFile]) -> Sent:
         """Show a finished job in its chat. A platform error is logged, not raised: the job stays undelivered."""
-        observer = self.observers.get(job.destination.platform)
+        observer = self.observers.get(generation.destination.platform)
         if observer is None:
             return Sent(False)
         try:
-            if job.status.has_images:
-                return Sent(True, await observer.on_completed(job, files))
-            if job.status == GenerationStatus.CANCELLED:
-                await observer.on_cancelled(job)
+            if generation.status.has_images:
+                return Sent(True, await observer.on_completed(generation, files))
+            if generation.status == GenerationStatus.CANCELLED:
+                await observer.on_cancelled(generation)
             else:
-                await observer.on_failed(job)
+                await observer.on_failed(generation)
         except Exception:
-            log.exception("job %s: delivery to %s failed; will retry", job.id, job.destination.platform)
+            log.exception("job %s: delivery to %s failed; will retry", generation.id, generation.destination.platform)
             return Sent(False)
         return Sent(True)
 
-    async def record(self, job: Generation, sent: Sent) -> None:
+    async def record(self, generation: Generation, sent: Sent) -> None:
         """Mark the job delivered, with its receipt. Cancelling the wait does not stop the write."""
-        await self.receipts.submit(queue.Delivered(job.id, job.destination.platform, sent.receipt))
+        await self.receipts.submit(queue.Delivered(generation.id, generation.destination.platform, sent.receipt))
 
     async def write_receipts(self, delivered: Sequence[queue.Delivered]) -> list[None]:
         async with self.pool.acquire() as conn:
             await queue.mark_delivered(conn, delivered)
         return [None] * len(delivered)
 
-    async def started(self, job: Generation) -> None:
-        observer = self.observers.get(job.destination.platform)
+    async def started(self, generation: Generation) -> None:
+        observer = self.observers.get(generation.destination.platform)
         if observer is not None:
-            await _best_effort(job, "on_started", observer.on_started(job))
+            await _best_effort(generation, "on_started", observer.on_started(generation))
 
-    async def preview(self, job: Generation, image: bytes, mime_type: str) -> None:
-        observer = self.observers.get(job.destination.platform)
+    async def preview(self, generation: Generation, image: bytes, mime_type: str) -> None:
+        observer = self.observers.get(generation.destination.platform)
         if observer is not None:
-            await _best_effort(job, "on_preview", observer.on_preview(job, image, mime_type))
+            await _best_effort(generation, "on_preview", observer.on_preview(generation, image, mime_type))
 
 
-async def _best_effort(job: Generation, event: str, notification: Awaitable[None]) -> None:
+async def _best_effort(generation: Generation, event: str, notification: Awaitable[None]) -> None:
     """Progress events are best effort: a platform hiccup must not fail the job."""
     try:
         await notification
     except Exception:
-        log.warning("job %s: %s notification failed", job.id, event, exc_info=True)
+        log.warning("job %s: %s notification failed", generation.id, event, exc_info=True)

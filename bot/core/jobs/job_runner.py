@@ -52,43 +52,43 @@ class JobRunner:
         self.runner = runner
         self.deadline_seconds = deadline_seconds
 
-    async def make(self, job: Generation, preview: PreviewCallback) -> Made:
-        model = self.models.get(job.model)
+    async def make(self, generation: Generation, preview: PreviewCallback) -> Made:
+        model = self.models.get(generation.model)
         provider = self.providers.get(model.provider) if model else None
         if model is None or provider is None or not provider.available():
-            return Made([], ProviderUnavailable(f"The model {job.model} is no longer available."))
+            return Made([], ProviderUnavailable(f"The model {generation.model} is no longer available."))
         try:
             async with asyncio.timeout(self.deadline_seconds):
                 spec = GenerationSpec(
-                    prompt=job.prompt,
-                    negative_prompt=job.negative_prompt,
-                    count=job.count,
-                    aspect_ratio=job.aspect_ratio,
-                    seed=job.seed,
-                    input_image=await self._input_image(job, model),
-                    safety_identifier=safety_identifier(job.owner),
+                    prompt=generation.prompt,
+                    negative_prompt=generation.negative_prompt,
+                    count=generation.count,
+                    aspect_ratio=generation.aspect_ratio,
+                    seed=generation.seed,
+                    input_image=await self._input_image(generation, model),
+                    safety_identifier=safety_identifier(generation.owner),
                 )
                 outcomes = await self.runner.run(provider, model, spec, preview)
         except TimeoutError:
             return Made([], ProviderUnavailable(DEADLINE_MESSAGE))
-        prepared = [await self._prepare(job, o.index, o.image) if o.image else o.error for o in outcomes]
+        prepared = [await self._prepare(generation, o.index, o.image) if o.image else o.error for o in outcomes]
         files = [p for p in prepared if isinstance(p, ImageFile)]
         return Made(files, next((p for p in prepared if isinstance(p, ProviderError)), None))
 
-    async def _input_image(self, job: Generation, model: ModelSpec) -> InputImage | None:
-        if job.parent_image_id is None or not model.supports_input_image:
+    async def _input_image(self, generation: Generation, model: ModelSpec) -> InputImage | None:
+        if generation.parent_image_id is None or not model.supports_input_image:
             return None
         async with self.pool.acquire() as conn:
-            parent = await generations.get_image(conn, job.parent_image_id)
+            parent = await generations.get_image(conn, generation.parent_image_id)
         if parent is None:
             return None
         try:
             return InputImage(await self.images.store.get(parent.storage_key), parent.mime_type)
         except StorageError as error:
-            log.warning("job %s: parent image unavailable, varying by seed only: %s", job.id, error)
+            log.warning("job %s: parent image unavailable, varying by seed only: %s", generation.id, error)
             return None
 
-    async def _prepare(self, job: Generation, index: int, image: GeneratedImage) -> ImageFile | ProviderError:
+    async def _prepare(self, generation: Generation, index: int, image: GeneratedImage) -> ImageFile | ProviderError:
         """The record an image will be stored under, with its bytes (or why it cannot be stored)."""
         width, height = image.width, image.height
         if not width or not height:
@@ -97,11 +97,11 @@ class JobRunner:
         try:
             url = await self.images.store.url(key)
         except StorageError as error:
-            log.warning("job %s: no address for image %d: %s", job.id, index, error)
+            log.warning("job %s: no address for image %d: %s", generation.id, index, error)
             return ProviderUnavailable(STORAGE_FAILED_MESSAGE)
         record = ImageRecord(
             id=new_id(),
-            generation_id=job.id,
+            generation_id=generation.id,
             index=index,
             storage_key=key,
             url=url,

@@ -47,45 +47,45 @@ class JobLifecycle:
         # Jobs finishing at about the same time are recorded in one statement (see batches).
         self.finishes: GroupedWriter[queue.Finished, Generation | None] = GroupedWriter(self.write_finished)
 
-    async def run(self, job: Generation) -> None:
-        job_id.set(job.id)
-        log.info("job %s started: model=%s n=%d", job.id, job.model, job.count)
-        await self.delivery.started(job)
+    async def run(self, generation: Generation) -> None:
+        job_id.set(generation.id)
+        log.info("job %s started: model=%s n=%d", generation.id, generation.model, generation.count)
+        await self.delivery.started(generation)
 
         async def preview(data: bytes, mime_type: str) -> None:
-            await self.delivery.preview(job, data, mime_type)
+            await self.delivery.preview(generation, data, mime_type)
 
-        made = await self.runner.make(job, preview)
+        made = await self.runner.make(generation, preview)
         stored: list[ImageRecord] = []
-        with self.barrier.hold(job.id, job.owner, [f.record.id for f in made.files]):
-            sent, error = await self._show_while_storing(job, made, stored)
-            outcome = settle(job, sorted(stored, key=lambda r: r.index), error)
-            finished = await self._record(job, outcome, stored)
+        with self.barrier.hold(generation.id, generation.owner, [f.record.id for f in made.files]):
+            sent, error = await self._show_while_storing(generation, made, stored)
+            outcome = settle(generation, sorted(stored, key=lambda r: r.index), error)
+            finished = await self._record(generation, outcome, stored)
             if finished is not None and sent is not None and sent.delivered:
                 # Inside the barrier: a reader let through must find the chat's file references, or it
                 # would upload again what the chat already holds.
                 if len(stored) < len(made.files):
                     log.warning("job %s: %d of %d images were delivered but could not be kept; refunded",
-                                job.id, len(made.files) - len(stored), len(made.files))
+                                generation.id, len(made.files) - len(stored), len(made.files))
                 await self.delivery.record(finished, sent)
         if finished is None:
-            log.info("job %s was cancelled or taken over while running; result discarded", job.id)
+            log.info("job %s was cancelled or taken over while running; result discarded", generation.id)
             await self.images.discard(stored)
             return
-        log.info("job %s %s: %d images, refund %d", job.id, outcome.status, len(outcome.images), outcome.refund)
+        log.info("job %s %s: %d images, refund %d", generation.id, outcome.status, len(outcome.images), outcome.refund)
         if sent is None:
             await self.delivery.deliver_finished(finished, [])
         # Shown but not delivered: it stays undelivered, and recovery delivers it from storage (or its failure).
 
     async def _show_while_storing(
-        self, job: Generation, made: Made, stored: list[ImageRecord]
+        self, generation: Generation, made: Made, stored: list[ImageRecord]
     ) -> tuple[Sent | None, ProviderError | None]:
         """Show the images and store them at the same time (the showing starts first); the stored ones are
         added to `stored` as they land. Returns how the showing went (None: nothing to show) and the first
         error of the images that were not made or not kept."""
         if not made.files:
             return None, made.error
-        as_shown = _as_finished(job, settle(job, [f.record for f in made.files], made.error))
+        as_shown = _as_finished(generation, settle(generation, [f.record for f in made.files], made.error))
         try:
             sent, *kept = await asyncio.gather(
                 self.delivery.send(as_shown, made.files), *(self._keep(file, stored) for file in made.files)
@@ -104,11 +104,11 @@ class JobLifecycle:
         return error
 
     async def _record(
-        self, job: Generation, outcome: queue.Outcome, stored: Sequence[ImageRecord]
+        self, generation: Generation, outcome: queue.Outcome, stored: Sequence[ImageRecord]
     ) -> Generation | None:
         """Record the job's outcome: the finished job, or None if it is no longer ours."""
         try:
-            return await self.finishes.submit(queue.Finished(job.id, outcome))
+            return await self.finishes.submit(queue.Finished(generation.id, outcome))
         except Exception:
             # Not on cancellation (a BaseException): the batch is written regardless, and an orphaned file
             # is better than a recorded image without its file.
@@ -121,21 +121,21 @@ class JobLifecycle:
         return [finished.get(run.generation_id) for run in runs]
 
 
-def _as_finished(job: Generation, outcome: queue.Outcome) -> Generation:
+def _as_finished(generation: Generation, outcome: queue.Outcome) -> Generation:
     """The job as it will be recorded with `outcome`, to show it before the record is written."""
     return dataclasses.replace(
-        job, status=outcome.status, credits_refunded=outcome.refund,
+        generation, status=outcome.status, credits_refunded=outcome.refund,
         error_code=outcome.error_code, error_message=outcome.error_message,
     )
 
 
-def settle(job: Generation, images: Sequence[ImageRecord], error: ProviderError | None) -> queue.Outcome:
+def settle(generation: Generation, images: Sequence[ImageRecord], error: ProviderError | None) -> queue.Outcome:
     """How a run ended, given the images kept: all, some (partial) or none (failed), with the refund."""
-    refund = credits.refund_for_missing(job, len(images))
+    refund = credits.refund_for_missing(generation, len(images))
     if not images:
         assert error is not None
         return queue.Outcome(GenerationStatus.FAILED, (), refund, error.code, error.user_message)
-    if len(images) < job.count:
+    if len(images) < generation.count:
         message = error.user_message if error else "Some images could not be made."
         return queue.Outcome(GenerationStatus.PARTIAL, images, refund, error.code if error else "partial", message)
     return queue.Outcome(GenerationStatus.SUCCEEDED, images, 0, None, None)

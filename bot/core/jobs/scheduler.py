@@ -130,13 +130,13 @@ class Scheduler:
         free = self.limits.max_jobs - len(self._tasks)
         while not self._stopping and free > 0:
             async with self.pool.acquire() as conn:
-                jobs = await queue.claim(
+                claimed = await queue.claim(
                     conn, list(self.platforms), self.limits.per_user_jobs, self.lease.owner, self.lease.seconds,
                     free,
                 )
-            for job in jobs:
-                self._spawn(job.id, self._run(job))
-            if len(jobs) < free:
+            for generation in claimed:
+                self._spawn(generation.id, self._run(generation))
+            if len(claimed) < free:
                 return
             free = self.limits.max_jobs - len(self._tasks)
 
