@@ -17,9 +17,8 @@ import json
 from dataclasses import dataclass
 from enum import StrEnum
 
-import asyncpg
-
 from bot.config import ModelSpec
+from bot.core.database import Connection
 from bot.core.generations import NewGeneration
 from bot.core.metrics import CREDITS_REFUNDED, JOBS_FINISHED
 from bot.core.models import Generation, GenerationStatus, LedgerEntry, UserIdentity
@@ -55,16 +54,17 @@ class UserRow:
     balance: int
 
 
-async def ensure_user(conn: asyncpg.Connection, who: UserIdentity, welcome: int) -> UserRow:
+async def ensure_user(conn: Connection, who: UserIdentity, welcome: int) -> UserRow:
     """The user's row, created (with the welcome grant) on first contact; the display name kept current."""
     row = await conn.fetchrow(
         "SELECT r_user_id, r_balance FROM image.ensure_user($1, $2, $3, $4)",
         who.platform, who.platform_user_id, who.display_name[:MAX_DISPLAY_NAME], welcome,
     )
+    assert row is not None  # the function returns one row
     return UserRow(row["r_user_id"], row["r_balance"])
 
 
-async def find_user(conn: asyncpg.Connection, platform: str, platform_user_id: str) -> UserRow | None:
+async def find_user(conn: Connection, platform: str, platform_user_id: str) -> UserRow | None:
     row = await conn.fetchrow(
         "SELECT id, balance FROM image.users WHERE platform = $1 AND platform_user_id = $2",
         platform, platform_user_id,
@@ -72,8 +72,9 @@ async def find_user(conn: asyncpg.Connection, platform: str, platform_user_id: s
     return UserRow(row["id"], row["balance"]) if row else None
 
 
-async def balance(conn: asyncpg.Connection, user_id: int) -> int:
-    return await conn.fetchval("SELECT balance FROM image.users WHERE id = $1", user_id)
+async def balance(conn: Connection, user_id: int) -> int:
+    value: int = await conn.fetchval("SELECT balance FROM image.users WHERE id = $1", user_id)
+    return value
 
 
 # --- reserving, on acceptance ------------------------------------------------------------------
@@ -105,7 +106,7 @@ _ACCEPT = "SELECT * FROM image.accept_job($1, $2, $3, $4, $5, $6, $7::jsonb)"
 
 
 async def accept(
-    conn: asyncpg.Connection, new: NewGeneration, welcome: int, queued_limit: int, per_minute: int
+    conn: Connection, new: NewGeneration, welcome: int, queued_limit: int, per_minute: int
 ) -> Acceptance:
     """Find or create the user (welcome grant included), lock them, check the key, the limits and the
     balance, reserve and record the job: one round trip, one atomic statement."""
@@ -115,6 +116,7 @@ async def accept(
         owner.platform, owner.platform_user_id, owner.display_name[:MAX_DISPLAY_NAME], welcome,
         queued_limit, per_minute, json.dumps(new.row()),
     )
+    assert row is not None  # the function returns one row
     outcome, user_id = AcceptOutcome(row["r_outcome"]), row["r_user_id"]
     generation = new.queued(user_id, row["r_created_at"]) if outcome == AcceptOutcome.ACCEPTED else None
     return Acceptance(
@@ -142,13 +144,13 @@ def refund_sql(user_id: str, amount: str, generation_id: str) -> str:
 
 
 async def end_with_full_refund(
-    conn: asyncpg.Connection, generation_id: str, status: GenerationStatus, code: str, message: str, owner: str,
+    conn: Connection, generation_id: str, status: GenerationStatus, code: str, message: str, owner: str,
     lease_seconds: float,
 ) -> int | None:
     """End a queued or running job (cancelled, or failed before it could finish) and refund all of it:
     nothing was delivered. The credits refunded, or None if it had already ended. `owner` takes the
     delivery lease: it tells the user."""
-    refunded = await conn.fetchval(
+    refunded: int | None = await conn.fetchval(
         f"""WITH job AS (
                UPDATE image.generations
                SET status = $2, error_code = $3, error_message = $4, credits_refunded = credits_reserved,
@@ -170,7 +172,7 @@ async def end_with_full_refund(
 
 
 async def adjust(
-    conn: asyncpg.Connection, user_id: int, delta: int, *, admin_id: int | None, key: str
+    conn: Connection, user_id: int, delta: int, *, admin_id: int | None, key: str
 ) -> tuple[int, int]:
     """An admin's grant (delta > 0) or revoke (delta < 0, capped at the balance).
     Returns (applied delta, new balance); a repeated key applies nothing again."""
@@ -193,7 +195,7 @@ async def adjust(
         return applied, new_balance
 
 
-async def ledger(conn: asyncpg.Connection, user_id: int, limit: int = 50) -> list[LedgerEntry]:
+async def ledger(conn: Connection, user_id: int, limit: int = 50) -> list[LedgerEntry]:
     rows = await conn.fetch(
         """SELECT delta, reason, generation_id, created_at FROM image.credit_ledger
            WHERE user_id = $1 ORDER BY id DESC LIMIT $2""",

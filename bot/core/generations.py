@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
+from bot.core.database import Connection
 from bot.core.models import (
     Destination,
     Generation,
@@ -72,7 +73,7 @@ class NewGeneration:
         )
 
 
-def generation_from_row(row: Mapping[str, Any]) -> Generation:
+def generation_from_row(row: asyncpg.Record) -> Generation:
     return Generation(
         **{name: row[name] for name in REQUEST_COLUMNS},
         id=row["id"],
@@ -115,14 +116,14 @@ def image_from_row(row: asyncpg.Record) -> ImageRecord:
     )
 
 
-async def get_generation(conn: asyncpg.Connection, generation_id: str) -> Generation | None:
+async def get_generation(conn: Connection, generation_id: str) -> Generation | None:
     row = await conn.fetchrow(
         f"SELECT {GENERATION_COLUMNS} {FROM_GENERATIONS} WHERE g.id = $1 AND g.deleted_at IS NULL", generation_id
     )
     return generation_from_row(row) if row else None
 
 
-async def get_images(conn: asyncpg.Connection, generation_ids: Sequence[str]) -> dict[str, list[ImageRecord]]:
+async def get_images(conn: Connection, generation_ids: Sequence[str]) -> dict[str, list[ImageRecord]]:
     rows = await conn.fetch(
         f"SELECT {IMAGE_COLUMNS} FROM image.images WHERE generation_id = ANY($1) ORDER BY generation_id, index",
         list(generation_ids),
@@ -133,12 +134,12 @@ async def get_images(conn: asyncpg.Connection, generation_ids: Sequence[str]) ->
     return found
 
 
-async def get_image(conn: asyncpg.Connection, image_id: str) -> ImageRecord | None:
+async def get_image(conn: Connection, image_id: str) -> ImageRecord | None:
     row = await conn.fetchrow(f"SELECT {IMAGE_COLUMNS} FROM image.images WHERE id = $1", image_id)
     return image_from_row(row) if row else None
 
 
-async def set_file_refs(conn: asyncpg.Connection, platform: str, refs: dict[str, str]) -> None:
+async def set_file_refs(conn: Connection, platform: str, refs: dict[str, str]) -> None:
     """Remember each image's platform handle (e.g. a Telegram file_id), all in one statement."""
     if not refs:
         return
@@ -149,7 +150,9 @@ async def set_file_refs(conn: asyncpg.Connection, platform: str, refs: dict[str,
     )
 
 
-async def set_message(conn: asyncpg.Connection, generation_id: str, message_id: str, context: dict | None) -> None:
+async def set_message(
+    conn: Connection, generation_id: str, message_id: str, context: dict[str, Any] | None
+) -> None:
     await conn.execute(
         """UPDATE image.generations
            SET message_id = $2, reply_context = reply_context || coalesce($3::jsonb, '{}'::jsonb)
@@ -159,7 +162,7 @@ async def set_message(conn: asyncpg.Connection, generation_id: str, message_id: 
 
 
 async def history(
-    conn: asyncpg.Connection, user_id: int, offset: int, limit: int
+    conn: Connection, user_id: int, offset: int, limit: int
 ) -> tuple[list[Generation], int]:
     total = await conn.fetchval(
         "SELECT count(*) FROM image.generations WHERE user_id = $1 AND deleted_at IS NULL", user_id
@@ -173,5 +176,5 @@ async def history(
     return [generation_from_row(r) for r in rows], total
 
 
-async def mark_deleted(conn: asyncpg.Connection, generation_id: str) -> None:
+async def mark_deleted(conn: Connection, generation_id: str) -> None:
     await conn.execute("UPDATE image.generations SET deleted_at = now() WHERE id = $1", generation_id)

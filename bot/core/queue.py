@@ -8,9 +8,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import asyncpg
-
 from bot.core import credits
+from bot.core.database import Connection
 from bot.core.events import DeliveryReceipt
 from bot.core.generations import GENERATION_COLUMNS, IMAGE_COLUMNS, generation_from_row
 from bot.core.metrics import CREDITS_REFUNDED, JOBS_FINISHED
@@ -59,7 +58,7 @@ _CLAIM = f"""
 
 
 async def claim(
-    conn: asyncpg.Connection, platforms: Sequence[str], per_user_limit: int, owner: str, lease_seconds: float,
+    conn: Connection, platforms: Sequence[str], per_user_limit: int, owner: str, lease_seconds: float,
     limit: int,
 ) -> list[Generation]:
     """Take up to `limit` jobs fairly (see above), under leases held by `owner`, oldest first."""
@@ -69,16 +68,17 @@ async def claim(
     return claimed
 
 
-async def queue_position(conn: asyncpg.Connection, generation_id: str) -> int:
+async def queue_position(conn: Connection, generation_id: str) -> int:
     """How many queued jobs were accepted before this one."""
-    return await conn.fetchval(
+    ahead: int = await conn.fetchval(
         """SELECT count(*) FROM image.generations q, image.generations me
            WHERE me.id = $1 AND q.status = 'queued' AND (q.created_at, q.id) < (me.created_at, me.id)""",
         generation_id,
     )
+    return ahead
 
 
-async def renew_leases(conn: asyncpg.Connection, owner: str, ids: Sequence[str], lease_seconds: float) -> None:
+async def renew_leases(conn: Connection, owner: str, ids: Sequence[str], lease_seconds: float) -> None:
     await conn.execute(
         """UPDATE image.generations SET lease_expires_at = now() + make_interval(secs => $3)
            WHERE lease_owner = $1 AND id = ANY($2)""",
@@ -129,7 +129,7 @@ class Finished:
 
 
 async def finish(
-    conn: asyncpg.Connection, owner: str, lease_seconds: float, runs: Sequence[Finished]
+    conn: Connection, owner: str, lease_seconds: float, runs: Sequence[Finished]
 ) -> dict[str, Generation]:
     """Record runs' results, images and refunds in one statement. Returns the finished jobs by id; a job
     missing from it is no longer ours."""
@@ -153,7 +153,7 @@ async def finish(
 
 
 async def cancel(
-    conn: asyncpg.Connection, generation_id: str, message: str, owner: str, lease_seconds: float
+    conn: Connection, generation_id: str, message: str, owner: str, lease_seconds: float
 ) -> int | None:
     """Cancel a queued or running job and refund all of it (nothing was delivered): the credits refunded,
     or None if it had already ended. The canceller takes the delivery lease: it tells the user."""
@@ -163,7 +163,7 @@ async def cancel(
 
 
 async def fail_unstarted(
-    conn: asyncpg.Connection, generation_id: str, code: str, message: str, owner: str, lease_seconds: float
+    conn: Connection, generation_id: str, code: str, message: str, owner: str, lease_seconds: float
 ) -> int | None:
     """Fail a queued or running job with a full refund (shutdown, too many interruptions): the credits
     refunded, or None if it had already ended."""
@@ -193,7 +193,7 @@ _MARK_DELIVERED = """
     FROM unnest($1::text[], $2::text[]) AS d(id, message_id) WHERE g.id = d.id"""
 
 
-async def mark_delivered(conn: asyncpg.Connection, delivered: Sequence[Delivered]) -> None:
+async def mark_delivered(conn: Connection, delivered: Sequence[Delivered]) -> None:
     ref_images: list[str] = []
     ref_platforms: list[str] = []
     refs: list[str] = []
@@ -211,7 +211,7 @@ async def mark_delivered(conn: asyncpg.Connection, delivered: Sequence[Delivered
 
 
 async def recover_expired(
-    conn: asyncpg.Connection, platforms: Sequence[str], owner: str, lease_seconds: float
+    conn: Connection, platforms: Sequence[str], owner: str, lease_seconds: float
 ) -> list[str]:
     """Jobs whose worker died: requeue them, or fail and refund those interrupted too often.
     Returns the ids that were failed (they need their failure delivered)."""
@@ -234,7 +234,7 @@ async def recover_expired(
 
 
 async def claim_undelivered(
-    conn: asyncpg.Connection, platforms: Sequence[str], owner: str, lease_seconds: float, limit: int = 20
+    conn: Connection, platforms: Sequence[str], owner: str, lease_seconds: float, limit: int = 20
 ) -> list[str]:
     """Finished jobs nobody is delivering (the deliverer died): take them over for delivery."""
     await conn.execute(

@@ -9,13 +9,14 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ParamSpec, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import asyncpg
 
 from bot.config import ModelSpec
 from bot.core import credits, generations, queue
 from bot.core.credits import AcceptOutcome, CreditPolicy
+from bot.core.database import Connection
 from bot.core.errors import (
     Forbidden,
     ImagesUnavailable,
@@ -243,7 +244,7 @@ class GenerationService:
         if acceptance.outcome == AcceptOutcome.INSUFFICIENT:
             raise InsufficientCredits(balance=acceptance.balance, cost=cost)
 
-    async def _duplicate(self, conn: asyncpg.Connection, existing: Generation, user_id: int) -> Accepted:
+    async def _duplicate(self, conn: Connection, existing: Generation, user_id: int) -> Accepted:
         position = await queue.queue_position(conn, existing.id) if existing.status == GenerationStatus.QUEUED else 0
         balance = await credits.balance(conn, user_id)
         return Accepted(existing, position, balance if self.credit_policy.enabled else None, duplicate=True)
@@ -281,7 +282,7 @@ class GenerationService:
             await generations.mark_deleted(conn, generation.id)
 
     @translates_connection_errors
-    async def attach_message(self, generation_id: str, message_id: str, context: dict | None = None) -> None:
+    async def attach_message(self, generation_id: str, message_id: str, context: dict[str, Any] | None = None) -> None:
         """Remember where a front end showed a job (to edit it later)."""
         async with self.pool.acquire() as conn:
             await generations.set_message(conn, generation_id, message_id, context)
