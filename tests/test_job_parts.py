@@ -1,18 +1,22 @@
-"""The parts of the jobs side, each alone: the record barrier, the job runner, delivery, the scheduler."""
+"""The parts of the jobs side, each alone: the record barrier, the job runner, delivery, the scheduler,
+the stored images."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from bot.core.errors import ProviderUnavailable
 from bot.core.jobs.delivery import Delivery
 from bot.core.jobs.job_runner import JobRunner
 from bot.core.jobs.record_barrier import RecordBarrier
 from bot.core.jobs.scheduler import Lease, Scheduler, WorkerLimits
-from bot.core.jobs.storing import StoredImages
-from bot.core.models import Destination, Generation, ImagineRequest, UserIdentity
+from bot.core.jobs.storing import STORAGE_FAILED_MESSAGE, StoredImages
+from bot.core.models import Destination, Generation, ImageFile, ImageRecord, ImagineRequest, UserIdentity
 from bot.core.providers.runner import ProviderRunner, RetryPolicy
+from bot.core.storage.base import StorageError
 from bot.core.storage.local import LocalStore
 from tests.fakes.core import RecordingObserver, ScriptedProvider, png, scripted_model
 
@@ -128,3 +132,19 @@ async def test_the_scheduler_runs_claimed_jobs_and_refunds_what_is_left_at_stop(
                               job.id)
     assert (row["status"], row["error_code"], row["credits_refunded"]) == ("failed", "shutdown", 2)
     assert delivered == [job.id]
+
+
+async def test_stored_images_report_what_could_not_be_kept_and_discard_quietly(tmp_path) -> None:
+    class FullStore(LocalStore):
+        async def put(self, key: str, data: bytes, mime_type: str) -> None:
+            raise StorageError("disk full")
+
+    record = ImageRecord("image-1", "job-1", 0, "2026/12/a.png", "file:///a.png", "image/png", 1, 1, 3, None, {})
+    kept = StoredImages(LocalStore(tmp_path / "ok"))
+    assert await kept.keep(ImageFile(record, b"png")) is None
+    assert [f.data for f in await kept.load([record])] == [b"png"]
+    await kept.discard([record, record])  # the second time it is already gone: no error
+    with pytest.raises(StorageError):
+        await kept.load([record])
+    error = await StoredImages(FullStore(tmp_path / "full")).keep(ImageFile(record, b"png"))
+    assert isinstance(error, ProviderUnavailable) and error.user_message == STORAGE_FAILED_MESSAGE
