@@ -110,7 +110,7 @@ async def overhead(data_dir: Path, dsn: str, count: int, store: str, s3: dict[st
             observer.expected = len(observer.completed_at) + 1
             observer.done.clear()
             await observer.done.wait()
-            await runtime.worker.recorded([accepted.generation.id])
+            await runtime.worker.wait_for_records([accepted.generation.id])
             recorded_at = time.perf_counter()
             elapsed = observer.completed_at[accepted.generation.id] - started
             provider_time = max(provider.call_seconds[calls_before:], default=0.0)  # calls run in parallel

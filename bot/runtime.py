@@ -15,7 +15,9 @@ import asyncpg
 from bot.config import Settings
 from bot.core import database
 from bot.core.catalogue import available_models, choose_default
+from bot.core.credits import CreditPolicy
 from bot.core.events import JobObserver
+from bot.core.jobs.worker import Worker, WorkerLimits
 from bot.core.providers.automatic1111 import Automatic1111Provider
 from bot.core.providers.base import ImageProvider
 from bot.core.providers.gateway import GatewayProvider
@@ -23,11 +25,10 @@ from bot.core.providers.gemini import GeminiProvider
 from bot.core.providers.offline import OfflineProvider
 from bot.core.providers.openai_images import OpenAIImagesProvider
 from bot.core.providers.runner import ProviderRunner, RetryPolicy
-from bot.core.service import CreditPolicy, GenerationService, RequestPolicy
+from bot.core.service import GenerationService, RequestPolicy
 from bot.core.storage.base import ImageStore
 from bot.core.storage.local import LocalStore
 from bot.core.storage.s3 import S3Store
-from bot.core.worker import Worker, WorkerLimits
 from bot.observability import HealthServer
 
 log = logging.getLogger(__name__)

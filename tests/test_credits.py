@@ -7,6 +7,8 @@ import asyncio
 import asyncpg
 import pytest
 
+from bot.core import credits
+from bot.core.credits import CreditPolicy
 from bot.core.errors import Forbidden, InsufficientCredits, InvalidRequest
 from bot.core.models import Destination, ImagineRequest, UserIdentity
 from tests.conftest import wait_for
@@ -152,3 +154,43 @@ async def test_credits_off_charges_nothing(runtime_factory, pool) -> None:
     assert accepted.generation.credits_reserved == 0 and accepted.balance is None
     assert not balance.credits_enabled
     assert await pool.fetchval("SELECT count(*) FROM image.credit_ledger") == 0
+
+
+def test_the_policy_prices_per_image_and_welcomes_only_when_credits_are_on() -> None:
+    on, off = CreditPolicy(True, 20, frozenset({"test:admin"})), CreditPolicy(False, 20, frozenset())
+    assert on.cost(scripted_model(cost=3), 4) == 12 and off.cost(scripted_model(cost=3), 4) == 0
+    assert (on.welcome, off.welcome) == (20, 0)
+    assert on.is_admin(ADMIN) and not on.is_admin(ALICE)
+
+
+async def test_a_finished_job_refunds_the_images_it_did_not_deliver(runtime_factory) -> None:
+    async with runtime_factory({"scripted": ScriptedProvider()}, models=(scripted_model(cost=3),)) as rt:
+        job = (await rt.service.imagine(ALICE, ImagineRequest("three owls", count=3), HERE)).generation
+    assert job.credits_reserved == 9
+    assert [credits.refund_for_missing(job, kept) for kept in (3, 2, 1, 0)] == [0, 3, 6, 9]
+
+
+async def test_one_welcome_grant_whichever_way_a_user_first_arrives(runtime_factory, pool) -> None:
+    """image.ensure_user is the one path: the accepting call and a /balance racing for a new user."""
+    async with runtime_factory(starting_credits=7) as rt:
+        await asyncio.gather(
+            *(rt.service.balance(BOB) for _ in range(3)),
+            *(rt.service.imagine(BOB, ImagineRequest(f"first {i}"), HERE) for i in range(3)),
+        )
+        async with pool.acquire() as conn:
+            again = await credits.ensure_user(conn, UserIdentity("test", "bob", "Bobby"), 7)
+    welcome = await pool.fetch("SELECT delta FROM image.credit_ledger WHERE reason = 'welcome'")
+    assert [r["delta"] for r in welcome] == [7]
+    assert again.balance == 7 - 3 == (await ledger_sum(pool, BOB))[0]
+    assert await pool.fetchval("SELECT display_name FROM image.users WHERE platform_user_id = 'bob'") == "Bobby"
+
+
+async def test_a_full_refund_is_given_once(runtime_factory, pool) -> None:
+    async with runtime_factory() as rt:
+        job = (await rt.service.imagine(ALICE, ImagineRequest("a heron", count=2), HERE)).generation
+    async with pool.acquire() as conn:
+        first = await credits.end_with_full_refund(conn, job.id, "failed", "shutdown", "Stopped.", "w", 30)
+        second = await credits.end_with_full_refund(conn, job.id, "cancelled", "cancelled", "Cancelled.", "w", 30)
+    assert (first, second) == (2, None)
+    assert await ledger_sum(pool, ALICE) == (20, 20)
+    assert await pool.fetchval("SELECT status FROM image.generations WHERE id = $1", job.id) == "failed"

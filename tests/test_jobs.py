@@ -9,7 +9,7 @@ import pytest
 
 from bot.core import queue
 from bot.core.errors import InvalidRequest, NotFound
-from bot.core.models import Destination, ImagineRequest, UserIdentity
+from bot.core.models import Destination, ImagineRequest, Request, UserIdentity, request_fields
 from tests.conftest import wait_for
 from tests.fakes.core import RecordingObserver, ScriptedProvider, scripted_model
 
@@ -249,3 +249,17 @@ async def test_a_job_past_its_deadline_is_failed_and_refunded(runtime_factory, p
         job = await wait_for(lambda: observer.done.get(accepted.generation.id))
     assert job.status == "failed" and job.credits_refunded == 2
     assert "took too long" in job.error_message
+
+
+async def test_a_request_is_recorded_and_read_back_whole(runtime_factory, pool) -> None:
+    """Options travel by name: what was accepted is what the database holds, field for field."""
+    async with runtime_factory() as rt:
+        asked = ImagineRequest("a red fox", negative_prompt="blur", aspect_ratio="16:9", count=3, seed=42)
+        accepted = await rt.service.imagine(ALICE, asked, HERE)
+        item = await rt.service.generation(ALICE, accepted.generation.id, HERE.chat_id)
+    assert item.generation == accepted.generation
+    assert item.generation.only_request() == Request("a red fox", "blur", "offline", "16:9", 3, 42)
+    columns = {r["column_name"] for r in await pool.fetch(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'image' AND table_name = 'generations'"
+    )}
+    assert set(request_fields(item.generation)) <= columns

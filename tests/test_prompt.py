@@ -53,7 +53,7 @@ def test_cleaning_strips_invisible_and_control_characters() -> None:
 
 def test_validation_fills_defaults() -> None:
     valid = validate(ImagineRequest("  a lighthouse  "))
-    assert (valid.prompt, valid.model.name, valid.aspect_ratio, valid.count) == ("a lighthouse", "offline", "1:1", 1)
+    assert (valid.prompt, valid.model, valid.aspect_ratio, valid.count) == ("a lighthouse", "offline", "1:1", 1)
     assert 0 <= valid.seed <= MAX_SEED
 
 
@@ -96,4 +96,4 @@ def test_out_of_range_options_are_refused(count: int, seed: int | None, ratio: s
         return
     assert 1 <= valid.count <= 4
     assert valid.seed == seed if seed is not None else True
-    assert valid.model.name in MODELS
+    assert valid.model in MODELS

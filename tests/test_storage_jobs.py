@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from bot.core.batches import GroupedWriter
+from bot.core.errors import ImagesUnavailable
 from bot.core.models import Destination, ImagineRequest, UserIdentity
 from bot.core.storage.base import StorageError
 from bot.core.storage.local import LocalStore
@@ -97,7 +100,7 @@ async def test_images_are_shown_before_they_are_stored_and_asking_about_them_wai
     observer = RecordingObserver()
     async with runtime_factory() as rt:
         store = SlowOrBrokenStore(tmp_path / "held", held=True)
-        rt.worker.store = store
+        rt.worker.images.store = store
         rt.register(observer)
         await rt.start()
         accepted = await rt.service.imagine(ALICE, ImagineRequest("shown first", count=2), HERE)
@@ -128,7 +131,7 @@ async def test_an_unexpected_storage_error_does_not_crash_a_job_already_shown(
 ) -> None:
     observer = RecordingObserver()
     async with runtime_factory() as rt:
-        rt.worker.store = SlowOrBrokenStore(tmp_path / "broken", fail_write=2)
+        rt.worker.images.store = SlowOrBrokenStore(tmp_path / "broken", fail_write=2)
         rt.register(observer)
         await rt.start()
         accepted = await rt.service.imagine(ALICE, ImagineRequest("two of them", count=2), HERE)
@@ -145,32 +148,33 @@ async def test_a_job_cancelled_while_its_record_is_written_keeps_its_files(runti
     """The record is written for the whole batch even when one job's wait for it is cancelled (a shutdown,
     say): the job's files must stay, or its recorded images would have none."""
     async with runtime_factory() as rt:
-        worker = rt.worker
+        lifecycle = rt.worker.lifecycle
         writing, go_on = asyncio.Event(), asyncio.Event()
 
         async def slow_record(runs):  # type: ignore[no-untyped-def]
             writing.set()
             await go_on.wait()
-            return await worker._record_finished(runs)
+            return await lifecycle.write_finished(runs)
 
-        worker._finishes = GroupedWriter(slow_record)
+        lifecycle.finishes = GroupedWriter(slow_record)
         rt.register(RecordingObserver())
         await rt.start()
         accepted = await rt.service.imagine(ALICE, ImagineRequest("kept", count=2), HERE)
         await writing.wait()
-        worker.abort(accepted.generation.id)  # the job's task is cancelled while its batch is being written
+        # The job's task is cancelled while its batch is being written.
+        rt.worker.scheduler.abort(accepted.generation.id)
         await asyncio.sleep(0.05)
         go_on.set()
         await wait_for(lambda: pool.fetchval("SELECT count(*) = 2 FROM image.images"))
         await asyncio.sleep(0.1)  # time for a wrongful discard to happen
         keys = [r["storage_key"] for r in await pool.fetch("SELECT storage_key FROM image.images")]
-        assert all(await asyncio.gather(*(rt.worker.store.get(k) for k in keys)))
+        assert all(await asyncio.gather(*(rt.worker.images.store.get(k) for k in keys)))
 
 
 async def test_images_without_an_address_are_not_shown_and_are_refunded(runtime_factory, pool, tmp_path) -> None:
     observer = RecordingObserver()
     async with runtime_factory() as rt:
-        rt.worker.store = SlowOrBrokenStore(tmp_path / "unsigned", no_urls=True)
+        rt.worker.images.store = SlowOrBrokenStore(tmp_path / "unsigned", no_urls=True)
         rt.register(observer)
         await rt.start()
         accepted = await rt.service.imagine(ALICE, ImagineRequest("nowhere to point", count=2), HERE)
@@ -179,3 +183,47 @@ async def test_images_without_an_address_are_not_shown_and_are_refunded(runtime_
     assert job.status == "failed" and job.credits_refunded == 2
     assert job.error_message == "The images were made but could not be saved."
     assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = 'alice'") == 20
+
+
+async def test_a_job_read_right_after_it_is_shown_has_the_chats_file_refs(runtime_factory, pool, tmp_path) -> None:
+    """/history right after a result must resend by the chat's file references, not upload again: readers
+    are let through once the delivery receipt is recorded, not only the job."""
+    observer = RecordingObserver()
+    async with runtime_factory() as rt:
+        store = SlowOrBrokenStore(tmp_path / "held", held=True)
+        rt.worker.images.store = store
+        delivery = rt.worker.delivery
+        receipts_writing, go_on = asyncio.Event(), asyncio.Event()
+
+        async def slow_receipts(delivered):  # type: ignore[no-untyped-def]
+            receipts_writing.set()
+            await go_on.wait()
+            return await delivery.write_receipts(delivered)
+
+        delivery.receipts = GroupedWriter(slow_receipts)
+        rt.register(observer)
+        await rt.start()
+        accepted = await rt.service.imagine(ALICE, ImagineRequest("resend me", count=2), HERE)
+        job_id = accepted.generation.id
+        await wait_for(lambda: observer.done.get(job_id))  # shown; not stored, not recorded
+        reading = asyncio.create_task(rt.service.generation(ALICE, job_id, HERE.chat_id))
+        store.open.set()
+        await receipts_writing.wait()  # the job is recorded; its receipt is on its way
+        await asyncio.wait({reading}, timeout=0.2)  # a reader let through too early reads now
+        go_on.set()
+        item = await reading
+    assert [image.file_refs for image in item.images] == [{"test": "file-0"}, {"test": "file-1"}]
+
+
+async def test_files_gone_from_the_store_are_a_plain_words_error(runtime_factory, pool) -> None:
+    """The service raises only BotError: a store failure reaches the front end in words it can show."""
+    observer = RecordingObserver()
+    async with runtime_factory() as rt:
+        rt.register(observer)
+        await rt.start()
+        accepted = await rt.service.imagine(ALICE, ImagineRequest("soon gone"), HERE)
+        await wait_for(lambda: observer.done.get(accepted.generation.id))
+        item = await rt.service.generation(ALICE, accepted.generation.id, HERE.chat_id)
+        await rt.worker.images.store.delete(item.images[0].storage_key)
+        with pytest.raises(ImagesUnavailable, match="no longer available"):
+            await rt.service.load_files(item.images)

@@ -152,7 +152,7 @@ async def test_a_retried_album_delivery_does_not_post_the_album_twice(
         # Shown while being stored: recorded just after.
         await wait_for(lambda: pool.fetchval("SELECT finished_at IS NOT NULL FROM image.generations"))
         assert await pool.fetchval("SELECT delivered_at FROM image.generations") is None
-        assert await bot.runtime.worker.deliver(generation_id)  # what the worker's retry does
+        assert await bot.runtime.worker.delivery.deliver(generation_id)  # what the worker's retry does
     [album] = fake.sent("sendMediaGroup", ANN)
     [buttons] = [c for c in fake.sent("sendMessage", ANN) if is_result(c)]
     assert buttons.params["reply_parameters"]["message_id"] == album.result[0]["message_id"]

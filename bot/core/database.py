@@ -6,10 +6,17 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
 log = logging.getLogger(__name__)
+
+# A connection of its own or one lent by the pool: the queries take either.
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 # Any constant works; it only has to be the same in every process of this bot.

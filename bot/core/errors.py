@@ -43,6 +43,15 @@ class TooBusy(BotError):
     code = "too_busy"
 
 
+class ImagesUnavailable(BotError):
+    """The image store could not return a generation's files (gone, or the store unreachable)."""
+
+    code = "images_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("The original files are no longer available.")
+
+
 class TemporarilyUnavailable(BotError):
     """The bot's own database could not be reached; the transaction did not commit."""
 

@@ -4,37 +4,85 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
 
 import asyncpg
 
-from bot.core.models import Destination, Generation, ImageRecord, UserIdentity
+from bot.core.database import Connection
+from bot.core.models import (
+    Destination,
+    Generation,
+    GenerationKind,
+    GenerationStatus,
+    ImageRecord,
+    Request,
+    UserIdentity,
+    request_fields,
+)
 
-GENERATION_COLUMNS = """
-    g.id, g.user_id, u.platform AS owner_platform, u.platform_user_id, u.display_name,
-    g.prompt, g.negative_prompt, g.model, g.aspect_ratio, g.count, g.seed, g.kind,
-    g.parent_generation_id, g.parent_image_id, g.status, g.error_code, g.error_message, g.warnings,
-    g.credits_reserved, g.credits_refunded, g.platform, g.chat_id, g.message_id, g.reply_context,
-    g.created_at, g.started_at, g.finished_at
-"""
+# Every column of the generation (options included, by name), and its owner's identity.
+GENERATION_COLUMNS = "g.*, u.platform AS owner_platform, u.platform_user_id, u.display_name"
 FROM_GENERATIONS = "FROM image.generations g JOIN image.users u ON u.id = g.user_id"
 IMAGE_COLUMNS = "id, generation_id, index, storage_key, url, mime_type, width, height, bytes, seed, file_refs"
+REQUEST_COLUMNS = tuple(f.name for f in fields(Request))
+
+
+@dataclass(frozen=True)
+class NewGeneration:
+    """A generation to accept: who asks, what, of which kind, what it costs, where its result goes."""
+
+    id: str
+    owner: UserIdentity
+    request: Request
+    kind: GenerationKind
+    parent_generation_id: str | None
+    parent_image_id: str | None
+    warnings: tuple[str, ...]
+    cost: int
+    idempotency_key: str | None
+    destination: Destination
+
+    def row(self) -> dict[str, Any]:
+        """Its image.generations row, by column name (the accepting SQL fills in the user and the defaults)."""
+        return {
+            **request_fields(self.request),
+            "id": self.id,
+            "kind": self.kind,
+            "parent_generation_id": self.parent_generation_id,
+            "parent_image_id": self.parent_image_id,
+            "warnings": list(self.warnings),
+            "credits_reserved": self.cost,
+            "idempotency_key": self.idempotency_key,
+            "platform": self.destination.platform,
+            "chat_id": self.destination.chat_id,
+            "message_id": self.destination.message_id,
+            "reply_context": self.destination.context,
+        }
+
+    def queued(self, user_id: int, created_at: datetime) -> Generation:
+        """The job as just accepted, without reading it back."""
+        return Generation(
+            **request_fields(self.request),
+            id=self.id, user_id=user_id, owner=self.owner, kind=self.kind,
+            parent_generation_id=self.parent_generation_id, parent_image_id=self.parent_image_id,
+            status=GenerationStatus.QUEUED, error_code=None, error_message=None, warnings=self.warnings,
+            credits_reserved=self.cost, credits_refunded=0, destination=self.destination,
+            created_at=created_at, started_at=None, finished_at=None,
+        )
 
 
 def generation_from_row(row: asyncpg.Record) -> Generation:
     return Generation(
+        **{name: row[name] for name in REQUEST_COLUMNS},
         id=row["id"],
         user_id=row["user_id"],
         owner=UserIdentity(row["owner_platform"], row["platform_user_id"], row["display_name"]),
-        prompt=row["prompt"],
-        negative_prompt=row["negative_prompt"],
-        model=row["model"],
-        aspect_ratio=row["aspect_ratio"],
-        count=row["count"],
-        seed=row["seed"],
-        kind=row["kind"],
+        kind=GenerationKind(row["kind"]),
         parent_generation_id=row["parent_generation_id"],
         parent_image_id=row["parent_image_id"],
-        status=row["status"],
+        status=GenerationStatus(row["status"]),
         error_code=row["error_code"],
         error_message=row["error_message"],
         warnings=tuple(row["warnings"]),
@@ -68,14 +116,14 @@ def image_from_row(row: asyncpg.Record) -> ImageRecord:
     )
 
 
-async def get_generation(conn: asyncpg.Connection, generation_id: str) -> Generation | None:
+async def get_generation(conn: Connection, generation_id: str) -> Generation | None:
     row = await conn.fetchrow(
         f"SELECT {GENERATION_COLUMNS} {FROM_GENERATIONS} WHERE g.id = $1 AND g.deleted_at IS NULL", generation_id
     )
     return generation_from_row(row) if row else None
 
 
-async def get_images(conn: asyncpg.Connection, generation_ids: Sequence[str]) -> dict[str, list[ImageRecord]]:
+async def get_images(conn: Connection, generation_ids: Sequence[str]) -> dict[str, list[ImageRecord]]:
     rows = await conn.fetch(
         f"SELECT {IMAGE_COLUMNS} FROM image.images WHERE generation_id = ANY($1) ORDER BY generation_id, index",
         list(generation_ids),
@@ -86,12 +134,12 @@ async def get_images(conn: asyncpg.Connection, generation_ids: Sequence[str]) ->
     return found
 
 
-async def get_image(conn: asyncpg.Connection, image_id: str) -> ImageRecord | None:
+async def get_image(conn: Connection, image_id: str) -> ImageRecord | None:
     row = await conn.fetchrow(f"SELECT {IMAGE_COLUMNS} FROM image.images WHERE id = $1", image_id)
     return image_from_row(row) if row else None
 
 
-async def set_file_refs(conn: asyncpg.Connection, platform: str, refs: dict[str, str]) -> None:
+async def set_file_refs(conn: Connection, platform: str, refs: dict[str, str]) -> None:
     """Remember each image's platform handle (e.g. a Telegram file_id), all in one statement."""
     if not refs:
         return
@@ -102,7 +150,9 @@ async def set_file_refs(conn: asyncpg.Connection, platform: str, refs: dict[str,
     )
 
 
-async def set_message(conn: asyncpg.Connection, generation_id: str, message_id: str, context: dict | None) -> None:
+async def set_message(
+    conn: Connection, generation_id: str, message_id: str, context: dict[str, Any] | None
+) -> None:
     await conn.execute(
         """UPDATE image.generations
            SET message_id = $2, reply_context = reply_context || coalesce($3::jsonb, '{}'::jsonb)
@@ -112,7 +162,7 @@ async def set_message(conn: asyncpg.Connection, generation_id: str, message_id: 
 
 
 async def history(
-    conn: asyncpg.Connection, user_id: int, offset: int, limit: int
+    conn: Connection, user_id: int, offset: int, limit: int
 ) -> tuple[list[Generation], int]:
     total = await conn.fetchval(
         "SELECT count(*) FROM image.generations WHERE user_id = $1 AND deleted_at IS NULL", user_id
@@ -126,5 +176,5 @@ async def history(
     return [generation_from_row(r) for r in rows], total
 
 
-async def mark_deleted(conn: asyncpg.Connection, generation_id: str) -> None:
+async def mark_deleted(conn: Connection, generation_id: str) -> None:
     await conn.execute("UPDATE image.generations SET deleted_at = now() WHERE id = $1", generation_id)

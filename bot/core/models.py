@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
-GenerationKind = Literal["imagine", "regenerate", "variation"]
-GenerationStatus = Literal["queued", "running", "succeeded", "partial", "failed", "cancelled"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "partial", "failed", "cancelled"})
+
+class GenerationKind(StrEnum):
+    """How a generation was asked for. The values are what image.generations.kind holds."""
+
+    IMAGINE = "imagine"
+    REGENERATE = "regenerate"  # the same request again with a new seed
+    VARIATION = "variation"  # conditioned on one image of an earlier generation
+
+
+class GenerationStatus(StrEnum):
+    """Where a generation stands. The values are what image.generations.status holds."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"  # some images made, the others refunded
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+    @property
+    def has_images(self) -> bool:
+        return self in (GenerationStatus.SUCCEEDED, GenerationStatus.PARTIAL)
+
+
+TERMINAL_STATUSES: frozenset[GenerationStatus] = frozenset(
+    {GenerationStatus.SUCCEEDED, GenerationStatus.PARTIAL, GenerationStatus.FAILED, GenerationStatus.CANCELLED}
+)
 
 
 @dataclass(frozen=True)
@@ -44,16 +73,38 @@ class ImagineRequest:
 
 
 @dataclass(frozen=True)
-class Generation:
-    id: str
-    user_id: int
-    owner: UserIdentity
+class Request:
+    """What a user asked for, validated and complete (see core.prompt.validate_request). An option is a
+    field here and a column of image.generations of the same name: the row mapping and the accepting SQL
+    read both by name."""
+
     prompt: str
     negative_prompt: str | None
-    model: str
+    model: str  # a name in the catalogue
     aspect_ratio: str
     count: int
     seed: int
+
+    def only_request(self) -> Request:
+        """Just what was asked (of a Generation: without the job around it)."""
+        return Request(**request_fields(self))
+
+
+def request_fields(request: Request) -> dict[str, Any]:
+    """A request's options by name, which are also their column names."""
+    return {f.name: getattr(request, f.name) for f in fields(Request)}
+
+
+@dataclass(frozen=True)
+class Generation(Request):
+    """A request and what became of it: whose, which kind, where it stands, where its result goes.
+
+    Words: a *generation* is this record (image.generations; its id is `generation_id` everywhere); a
+    *job* is the work of making one (bot/core/jobs, bot/core/queue.py), never the record itself."""
+
+    id: str
+    user_id: int
+    owner: UserIdentity
     kind: GenerationKind
     parent_generation_id: str | None
     parent_image_id: str | None
@@ -70,7 +121,7 @@ class Generation:
 
     @property
     def is_finished(self) -> bool:
-        return self.status in TERMINAL_STATUSES
+        return self.status.is_finished
 
 
 @dataclass(frozen=True)

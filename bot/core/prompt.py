@@ -7,11 +7,11 @@ import re
 import secrets
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from bot.core.catalogue import ASPECT_RATIOS, ModelSpec
 from bot.core.errors import InvalidRequest
-from bot.core.models import ImagineRequest
+from bot.core.models import ImagineRequest, Request
 
 MAX_COUNT = 4
 MAX_SEED = 2**32 - 1
@@ -29,18 +29,6 @@ _FLAG_ALIASES = {
     "--no": "negative_prompt",
 }
 _FLAG_RE = re.compile(r"(?:(?<=\s)|^)(--[A-Za-z]+)\b")
-
-
-@dataclass(frozen=True)
-class ValidRequest:
-    """A request that passed validation: every field is set and within bounds."""
-
-    prompt: str
-    negative_prompt: str | None
-    model: ModelSpec
-    aspect_ratio: str
-    count: int
-    seed: int
 
 
 def clean_text(text: str) -> str:
@@ -115,7 +103,8 @@ def validate_request(
     default_model: str,
     max_chars: int,
     banned_words: Sequence[str] = (),
-) -> ValidRequest:
+) -> Request:
+    """Every option set and within bounds, or InvalidRequest saying what is wrong in plain words."""
     prompt = clean_text(request.prompt)
     if len(prompt) < MIN_PROMPT_CHARS:
         raise InvalidRequest("Please describe the image you want, e.g. `/imagine a lighthouse at dusk`.")
@@ -145,10 +134,10 @@ def validate_request(
     seed = request.seed
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise InvalidRequest(f"The seed must be a whole number from 0 to {MAX_SEED}.")
-    return ValidRequest(
+    return Request(
         prompt=prompt,
         negative_prompt=negative or None,
-        model=model,
+        model=model.name,
         aspect_ratio=ratio,
         count=count,
         seed=random_seed() if seed is None else seed,

@@ -1,4 +1,5 @@
-"""The durable job queue: generations are the jobs. Claims use FOR UPDATE SKIP LOCKED so several bot
+"""The durable job queue: a job is the work of making a generation (claimed, leased, recovered,
+finished, delivered), addressed by the generation's id. Claims use FOR UPDATE SKIP LOCKED so several bot
 processes can share one database; leases let a crashed process's jobs be taken over."""
 
 from __future__ import annotations
@@ -7,13 +8,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import asyncpg
-
-from bot.core.credits import MAX_DISPLAY_NAME
+from bot.core import credits
+from bot.core.database import Connection
 from bot.core.events import DeliveryReceipt
 from bot.core.generations import GENERATION_COLUMNS, IMAGE_COLUMNS, generation_from_row
 from bot.core.metrics import CREDITS_REFUNDED, JOBS_FINISHED
-from bot.core.models import Destination, Generation, ImageRecord, UserIdentity
+from bot.core.models import Generation, GenerationStatus, ImageRecord
 
 # A job interrupted this many times (crashes mid-run) is failed and refunded rather than retried again.
 MAX_ATTEMPTS = 3
@@ -58,96 +58,27 @@ _CLAIM = f"""
 
 
 async def claim(
-    conn: asyncpg.Connection, platforms: Sequence[str], per_user_limit: int, owner: str, lease_seconds: float,
+    conn: Connection, platforms: Sequence[str], per_user_limit: int, owner: str, lease_seconds: float,
     limit: int,
 ) -> list[Generation]:
     """Take up to `limit` jobs fairly (see above), under leases held by `owner`, oldest first."""
     rows = await conn.fetch(_CLAIM, list(platforms), per_user_limit, owner, lease_seconds, limit)
-    jobs = [generation_from_row(row) for row in rows]
-    jobs.sort(key=lambda job: (job.created_at, job.id))
-    return jobs
+    claimed = [generation_from_row(row) for row in rows]
+    claimed.sort(key=lambda generation: (generation.created_at, generation.id))
+    return claimed
 
 
-async def queue_position(conn: asyncpg.Connection, generation_id: str) -> int:
+async def queue_position(conn: Connection, generation_id: str) -> int:
     """How many queued jobs were accepted before this one."""
-    return await conn.fetchval(
+    ahead: int = await conn.fetchval(
         """SELECT count(*) FROM image.generations q, image.generations me
            WHERE me.id = $1 AND q.status = 'queued' AND (q.created_at, q.id) < (me.created_at, me.id)""",
         generation_id,
     )
+    return ahead
 
 
-@dataclass(frozen=True)
-class NewJob:
-    """A job to accept: who asks, what it makes, what it costs, where its result goes."""
-
-    id: str
-    owner: UserIdentity
-    prompt: str
-    negative_prompt: str | None
-    model: str
-    aspect_ratio: str
-    count: int
-    seed: int
-    kind: str
-    parent_generation_id: str | None
-    parent_image_id: str | None
-    warnings: tuple[str, ...]
-    cost: int
-    idempotency_key: str | None
-    destination: Destination
-
-
-@dataclass(frozen=True)
-class Acceptance:
-    outcome: str  # accepted | duplicate | too_busy | too_fast | insufficient
-    user_id: int  # the asker's row, created on first contact whatever the outcome
-    balance: int
-    active: int  # the user's unfinished jobs
-    retry_in: int  # too_fast: seconds until the oldest request of the minute leaves it
-    ahead: int  # accepted: queued jobs in front of this one
-    existing: str | None  # duplicate: the generation already recorded under the key
-    generation: Generation | None  # accepted: the new job
-
-
-_ACCEPT = """SELECT * FROM image.accept_from_identity(
-    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"""
-
-
-async def accept(
-    conn: asyncpg.Connection, job: NewJob, starting_credits: int, queued_limit: int, per_minute: int
-) -> Acceptance:
-    """Find or create the user (welcome grant included), lock them, check the key, the limits and the
-    balance, reserve and record the job: one round trip, one atomic statement
-    (image.accept_from_identity, migrations/0004, around image.accept_request, migrations/0003)."""
-    owner, destination = job.owner, job.destination
-    row = await conn.fetchrow(
-        _ACCEPT,
-        owner.platform, owner.platform_user_id, owner.display_name[:MAX_DISPLAY_NAME], starting_credits,
-        job.idempotency_key, job.cost, queued_limit, per_minute,
-        job.id, job.prompt, job.negative_prompt, job.model, job.aspect_ratio, job.count, job.seed, job.kind,
-        job.parent_generation_id, job.parent_image_id, list(job.warnings),
-        destination.platform, destination.chat_id, destination.message_id, json.dumps(destination.context),
-    )
-    outcome, user_id = row["r_outcome"], row["r_user_id"]
-    generation = None
-    if outcome == "accepted":
-        generation = Generation(
-            id=job.id, user_id=user_id, owner=owner, prompt=job.prompt,
-            negative_prompt=job.negative_prompt, model=job.model, aspect_ratio=job.aspect_ratio, count=job.count,
-            seed=job.seed, kind=job.kind,  # type: ignore[arg-type]
-            parent_generation_id=job.parent_generation_id, parent_image_id=job.parent_image_id, status="queued",
-            error_code=None, error_message=None, warnings=job.warnings, credits_reserved=job.cost,
-            credits_refunded=0, destination=destination, created_at=row["r_created_at"], started_at=None,
-            finished_at=None,
-        )
-    return Acceptance(
-        outcome, user_id, row["r_balance"], row["r_active"], row["r_retry_in"], row["r_ahead"], row["r_existing"],
-        generation,
-    )
-
-
-async def renew_leases(conn: asyncpg.Connection, owner: str, ids: Sequence[str], lease_seconds: float) -> None:
+async def renew_leases(conn: Connection, owner: str, ids: Sequence[str], lease_seconds: float) -> None:
     await conn.execute(
         """UPDATE image.generations SET lease_expires_at = now() + make_interval(secs => $3)
            WHERE lease_owner = $1 AND id = ANY($2)""",
@@ -157,7 +88,7 @@ async def renew_leases(conn: asyncpg.Connection, owner: str, ids: Sequence[str],
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # succeeded | partial | failed
+    status: GenerationStatus  # succeeded, partial or failed
     images: Sequence[ImageRecord]
     refund: int
     error_code: str | None
@@ -184,7 +115,7 @@ _FINISH = f"""
             $14::integer[], $15::integer[], $16::integer[], $17::bigint[], $18::jsonb[]) AS i({IMAGE_COLUMNS})
         WHERE i.generation_id IN (SELECT job.id FROM job)
     )
-    SELECT job.*, image.refund(job.user_id, job.credits_refunded, job.id) FROM job
+    SELECT job.*, {credits.refund_sql("job.user_id", "job.credits_refunded", "job.id")} FROM job
     -- Refunds lock their users in one order, so two processes' batches cannot deadlock on them.
     ORDER BY job.user_id"""
 
@@ -198,7 +129,7 @@ class Finished:
 
 
 async def finish(
-    conn: asyncpg.Connection, owner: str, lease_seconds: float, runs: Sequence[Finished]
+    conn: Connection, owner: str, lease_seconds: float, runs: Sequence[Finished]
 ) -> dict[str, Generation]:
     """Record runs' results, images and refunds in one statement. Returns the finished jobs by id; a job
     missing from it is no longer ours."""
@@ -215,48 +146,30 @@ async def finish(
         [i.seed for i in images], [json.dumps(i.file_refs) for i in images],
     )
     finished = {row["id"]: generation_from_row(row) for row in rows}
-    for job in finished.values():
-        JOBS_FINISHED.labels(job.status).inc()
-        CREDITS_REFUNDED.inc(job.credits_refunded)
+    for generation in finished.values():
+        JOBS_FINISHED.labels(generation.status).inc()
+        CREDITS_REFUNDED.inc(generation.credits_refunded)
     return finished
 
 
 async def cancel(
-    conn: asyncpg.Connection, generation_id: str, message: str, owner: str, lease_seconds: float
+    conn: Connection, generation_id: str, message: str, owner: str, lease_seconds: float
 ) -> int | None:
     """Cancel a queued or running job and refund all of it (nothing was delivered): the credits refunded,
     or None if it had already ended. The canceller takes the delivery lease: it tells the user."""
-    return await _end_with_full_refund(conn, generation_id, "cancelled", "cancelled", message, owner, lease_seconds)
+    return await credits.end_with_full_refund(
+        conn, generation_id, GenerationStatus.CANCELLED, "cancelled", message, owner, lease_seconds
+    )
 
 
 async def fail_unstarted(
-    conn: asyncpg.Connection, generation_id: str, code: str, message: str, owner: str, lease_seconds: float
+    conn: Connection, generation_id: str, code: str, message: str, owner: str, lease_seconds: float
 ) -> int | None:
     """Fail a queued or running job with a full refund (shutdown, too many interruptions): the credits
     refunded, or None if it had already ended."""
-    return await _end_with_full_refund(conn, generation_id, "failed", code, message, owner, lease_seconds)
-
-
-async def _end_with_full_refund(
-    conn: asyncpg.Connection, generation_id: str, status: str, code: str, message: str, owner: str,
-    lease_seconds: float,
-) -> int | None:
-    refunded = await conn.fetchval(
-        """WITH job AS (
-               UPDATE image.generations
-               SET status = $2, error_code = $3, error_message = $4, credits_refunded = credits_reserved,
-                   finished_at = now(), lease_owner = $5, lease_expires_at = now() + make_interval(secs => $6)
-               WHERE id = $1 AND status IN ('queued', 'running')
-               RETURNING user_id, credits_reserved
-           )
-           SELECT job.credits_reserved, image.refund(job.user_id, job.credits_reserved, $1) FROM job""",
-        generation_id, status, code, message, owner, lease_seconds,
+    return await credits.end_with_full_refund(
+        conn, generation_id, GenerationStatus.FAILED, code, message, owner, lease_seconds
     )
-    if refunded is None:
-        return None
-    JOBS_FINISHED.labels(status).inc()
-    CREDITS_REFUNDED.inc(refunded)
-    return refunded
 
 
 @dataclass(frozen=True)
@@ -280,7 +193,7 @@ _MARK_DELIVERED = """
     FROM unnest($1::text[], $2::text[]) AS d(id, message_id) WHERE g.id = d.id"""
 
 
-async def mark_delivered(conn: asyncpg.Connection, delivered: Sequence[Delivered]) -> None:
+async def mark_delivered(conn: Connection, delivered: Sequence[Delivered]) -> None:
     ref_images: list[str] = []
     ref_platforms: list[str] = []
     refs: list[str] = []
@@ -298,7 +211,7 @@ async def mark_delivered(conn: asyncpg.Connection, delivered: Sequence[Delivered
 
 
 async def recover_expired(
-    conn: asyncpg.Connection, platforms: Sequence[str], owner: str, lease_seconds: float
+    conn: Connection, platforms: Sequence[str], owner: str, lease_seconds: float
 ) -> list[str]:
     """Jobs whose worker died: requeue them, or fail and refund those interrupted too often.
     Returns the ids that were failed (they need their failure delivered)."""
@@ -321,7 +234,7 @@ async def recover_expired(
 
 
 async def claim_undelivered(
-    conn: asyncpg.Connection, platforms: Sequence[str], owner: str, lease_seconds: float, limit: int = 20
+    conn: Connection, platforms: Sequence[str], owner: str, lease_seconds: float, limit: int = 20
 ) -> list[str]:
     """Finished jobs nobody is delivering (the deliverer died): take them over for delivery."""
     await conn.execute(

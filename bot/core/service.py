@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import asyncpg
 
 from bot.core import credits, generations, queue
 from bot.core.catalogue import ModelSpec
+from bot.core.credits import AcceptOutcome, CreditPolicy
+from bot.core.database import Connection
 from bot.core.errors import (
     Forbidden,
+    ImagesUnavailable,
     InsufficientCredits,
     InvalidRequest,
     NotFound,
@@ -30,6 +34,8 @@ from bot.core.models import (
     Balance,
     Destination,
     Generation,
+    GenerationKind,
+    GenerationStatus,
     HistoryItem,
     HistoryPage,
     ImageFile,
@@ -37,25 +43,30 @@ from bot.core.models import (
     ImagineRequest,
     LedgerEntry,
     ModelPrice,
+    Request,
     UserIdentity,
 )
-from bot.core.prompt import MAX_SEED, ValidRequest, random_seed, validate_request
+from bot.core.prompt import MAX_SEED, random_seed, validate_request
 from bot.core.providers.runner import warnings_for
-from bot.core.worker import Worker
+from bot.core.storage.base import StorageError
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
-CANCELLED_MESSAGE = "Cancelled."
 MAX_HISTORY_PAGE_SIZE = 10
 
 
-@dataclass(frozen=True)
-class CreditPolicy:
-    enabled: bool
-    starting_credits: int
-    admin_ids: frozenset[str]  # "platform:user_id"
+class JobControl(Protocol):
+    """What the service needs of the jobs side (bot.core.jobs.worker.Worker)."""
+
+    def wake(self) -> None: ...
+
+    async def cancel(self, generation_id: str) -> bool: ...
+
+    async def wait_for_records(self, ids: Sequence[str] = (), owner: UserIdentity | None = None) -> None: ...
+
+    async def load_files(self, records: Sequence[ImageRecord]) -> list[ImageFile]: ...
 
 
 @dataclass(frozen=True)
@@ -101,7 +112,7 @@ class GenerationService:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        worker: Worker,
+        jobs: JobControl,
         models: Mapping[str, ModelSpec],
         default_model: str,
         credit_policy: CreditPolicy,
@@ -109,7 +120,7 @@ class GenerationService:
         request_policy: RequestPolicy,
     ) -> None:
         self.pool = pool
-        self.worker = worker
+        self.jobs = jobs
         self.models = dict(models)
         self.default_model = default_model
         self.credit_policy = credit_policy
@@ -127,9 +138,13 @@ class GenerationService:
             request, self.models, self.default_model, policy.prompt_max_chars, policy.banned_words
         )
         warnings = warnings_for(
-            valid.model, seed_given=request.seed is not None, negative=bool(valid.negative_prompt), variation=False
+            self.models[valid.model], seed_given=request.seed is not None, negative=bool(valid.negative_prompt),
+            variation=False,
         )
-        return await self._accept(who, valid, "imagine", None, None, warnings, destination, idempotency_key)
+        new = self._new_generation(
+            who, valid, GenerationKind.IMAGINE, None, None, warnings, destination, idempotency_key
+        )
+        return await self._accept(new)
 
     @translates_connection_errors
     async def regenerate(
@@ -137,8 +152,11 @@ class GenerationService:
     ) -> Accepted:
         """Same parameters, a new seed: a new charged generation linked to its parent."""
         parent = await self.visible_generation(who, generation_id, destination.chat_id)
-        valid = self._replay(parent, random_seed())
-        return await self._accept(who, valid, "regenerate", parent.id, None, (), destination, idempotency_key)
+        again = self._replay(parent, random_seed())
+        new = self._new_generation(
+            who, again, GenerationKind.REGENERATE, parent.id, None, (), destination, idempotency_key
+        )
+        return await self._accept(new)
 
     @translates_connection_errors
     async def vary(
@@ -148,61 +166,51 @@ class GenerationService:
         with a seed derived from the image's)."""
         image = await self._visible_image(who, image_id, destination.chat_id)
         parent = await self.visible_generation(who, image.generation_id, destination.chat_id)
-        valid = self._replay(parent, _derived_seed(image.seed if image.seed is not None else parent.seed))
-        warnings = warnings_for(valid.model, seed_given=False, negative=False, variation=True)
-        return await self._accept(who, valid, "variation", parent.id, image.id, warnings, destination, idempotency_key)
-
-    def _replay(self, parent: Generation, seed: int) -> ValidRequest:
-        model = self.models.get(parent.model)
-        if model is None:
-            raise InvalidRequest(f"The model {parent.model} is no longer available. Try /imagine with another model.")
-        return ValidRequest(
-            prompt=parent.prompt,
-            negative_prompt=parent.negative_prompt,
-            model=model,
-            aspect_ratio=parent.aspect_ratio,
-            count=parent.count,
-            seed=seed,
+        varied = self._replay(parent, _derived_seed(image.seed if image.seed is not None else parent.seed))
+        warnings = warnings_for(self.models[varied.model], seed_given=False, negative=False, variation=True)
+        new = self._new_generation(
+            who, varied, GenerationKind.VARIATION, parent.id, image.id, warnings, destination, idempotency_key
         )
+        return await self._accept(new)
 
-    async def _accept(
+    def _replay(self, parent: Generation, seed: int) -> Request:
+        if parent.model not in self.models:
+            raise InvalidRequest(f"The model {parent.model} is no longer available. Try /imagine with another model.")
+        return dataclasses.replace(parent.only_request(), seed=seed)
+
+    def _new_generation(
         self,
         who: UserIdentity,
-        valid: ValidRequest,
-        kind: str,
+        request: Request,
+        kind: GenerationKind,
         parent_generation_id: str | None,
         parent_image_id: str | None,
-        warnings: tuple[str, ...] | list[str],
+        warnings: Sequence[str],
         destination: Destination,
         idempotency_key: str | None,
-    ) -> Accepted:
-        key = f"{who.platform}:{idempotency_key}" if idempotency_key else None
-        cost = valid.model.cost * valid.count if self.credit_policy.enabled else 0
+    ) -> generations.NewGeneration:
+        return generations.NewGeneration(
+            id=new_id(),
+            owner=who,
+            request=request,
+            kind=kind,
+            parent_generation_id=parent_generation_id,
+            parent_image_id=parent_image_id,
+            warnings=tuple(warnings),
+            cost=self.credit_policy.cost(self.models[request.model], request.count),
+            idempotency_key=f"{who.platform}:{idempotency_key}" if idempotency_key else None,
+            destination=destination,
+        )
+
+    async def _accept(self, new: generations.NewGeneration) -> Accepted:
         policy = self.request_policy
-        acceptance: queue.Acceptance | None = None
+        acceptance: credits.Acceptance | None = None
         try:
             async with self.pool.acquire() as conn:
-                job = queue.NewJob(
-                    id=new_id(),
-                    owner=who,
-                    prompt=valid.prompt,
-                    negative_prompt=valid.negative_prompt,
-                    model=valid.model.name,
-                    aspect_ratio=valid.aspect_ratio,
-                    count=valid.count,
-                    seed=valid.seed,
-                    kind=kind,
-                    parent_generation_id=parent_generation_id,
-                    parent_image_id=parent_image_id,
-                    warnings=tuple(warnings),
-                    cost=cost,
-                    idempotency_key=key,
-                    destination=destination,
+                acceptance = await credits.accept(
+                    conn, new, self.credit_policy.welcome, policy.per_user_queued_limit, policy.requests_per_minute
                 )
-                acceptance = await queue.accept(
-                    conn, job, self._starting_credits, policy.per_user_queued_limit, policy.requests_per_minute
-                )
-                if acceptance.outcome == "duplicate":
+                if acceptance.outcome == AcceptOutcome.DUPLICATE:
                     assert acceptance.existing is not None
                     existing = await generations.get_generation(conn, acceptance.existing)
                     assert existing is not None
@@ -213,30 +221,32 @@ class GenerationService:
             # Committed, then the connection went while it was handed back: the request stands.
             log.warning("connection lost after accepting a request; it stands")
         assert acceptance is not None
-        self._refuse_unless_accepted(acceptance, cost)
+        self._refuse_unless_accepted(acceptance, new.cost)
         generation = acceptance.generation
         assert generation is not None
-        CREDITS_RESERVED.inc(cost)
-        log.info("job %s accepted: %s by %s:%s, cost %d", generation.id, kind, who.platform, who.platform_user_id, cost)
-        self.worker.wake()
+        CREDITS_RESERVED.inc(new.cost)
+        who = new.owner
+        log.info("job %s accepted: %s by %s:%s, cost %d", generation.id, new.kind, who.platform, who.platform_user_id,
+                 new.cost)
+        self.jobs.wake()
         await self._announce(generation, acceptance.ahead)
         return Accepted(generation, acceptance.ahead, acceptance.balance if self.credit_policy.enabled else None)
 
-    def _refuse_unless_accepted(self, acceptance: queue.Acceptance, cost: int) -> None:
+    def _refuse_unless_accepted(self, acceptance: credits.Acceptance, cost: int) -> None:
         """A refused request says why, in plain words; nothing was written for it."""
-        if acceptance.outcome == "too_busy":
+        if acceptance.outcome == AcceptOutcome.TOO_BUSY:
             raise TooBusy(
                 f"You already have {acceptance.active} generations waiting. "
                 "Please wait for them to finish, or cancel one."
             )
-        if acceptance.outcome == "too_fast":
+        if acceptance.outcome == AcceptOutcome.TOO_FAST:
             raise TooBusy(f"You're making requests very fast. Please try again in {acceptance.retry_in} seconds.")
-        if acceptance.outcome == "insufficient":
+        if acceptance.outcome == AcceptOutcome.INSUFFICIENT:
             raise InsufficientCredits(balance=acceptance.balance, cost=cost)
 
-    async def _duplicate(self, conn: asyncpg.Connection, existing: Generation, user_id: int) -> Accepted:
-        position = await queue.queue_position(conn, existing.id) if existing.status == "queued" else 0
-        balance = await conn.fetchval("SELECT balance FROM image.users WHERE id = $1", user_id)
+    async def _duplicate(self, conn: Connection, existing: Generation, user_id: int) -> Accepted:
+        position = await queue.queue_position(conn, existing.id) if existing.status == GenerationStatus.QUEUED else 0
+        balance = await credits.balance(conn, user_id)
         return Accepted(existing, position, balance if self.credit_policy.enabled else None, duplicate=True)
 
     async def _announce(self, generation: Generation, position: int) -> None:
@@ -258,14 +268,8 @@ class GenerationService:
     async def cancel(self, who: UserIdentity, generation_id: str, chat_id: str) -> Generation:
         """Only the owner may cancel. Refunds everything (nothing was delivered)."""
         generation = await self._owned(who, generation_id, chat_id)
-        async with self.pool.acquire() as conn:
-            cancelled = await queue.cancel(
-                conn, generation.id, CANCELLED_MESSAGE, self.worker.owner, self.worker.limits.lease_seconds
-            )
-        if cancelled is None:
+        if not await self.jobs.cancel(generation.id):
             raise InvalidRequest("That generation has already finished, so it can't be cancelled.")
-        self.worker.abort(generation.id)
-        await self.worker.deliver(generation.id)
         return await self._reload(generation.id)
 
     @translates_connection_errors
@@ -278,7 +282,7 @@ class GenerationService:
             await generations.mark_deleted(conn, generation.id)
 
     @translates_connection_errors
-    async def attach_message(self, generation_id: str, message_id: str, context: dict | None = None) -> None:
+    async def attach_message(self, generation_id: str, message_id: str, context: dict[str, Any] | None = None) -> None:
         """Remember where a front end showed a job (to edit it later)."""
         async with self.pool.acquire() as conn:
             await generations.set_message(conn, generation_id, message_id, context)
@@ -290,7 +294,7 @@ class GenerationService:
         """The caller's own generations, newest first. Nobody else's, ever."""
         page_size = max(1, min(page_size, MAX_HISTORY_PAGE_SIZE))
         page = max(0, page)
-        await self.worker.recorded(owner=who)
+        await self.jobs.wait_for_records(owner=who)
         async with self.pool.acquire() as conn:
             user = await credits.find_user(conn, who.platform, who.platform_user_id)
             if user is None:
@@ -313,8 +317,13 @@ class GenerationService:
         return HistoryItem(generation, tuple(images[generation.id]))
 
     @translates_connection_errors
-    async def load_files(self, images: tuple[ImageRecord, ...] | list[ImageRecord]) -> list[ImageFile]:
-        return await self.worker.load_files(images)
+    async def load_files(self, images: Sequence[ImageRecord]) -> list[ImageFile]:
+        """The images' files, from the store; ImagesUnavailable if any cannot be read."""
+        try:
+            return await self.jobs.load_files(images)
+        except StorageError as error:
+            log.warning("image files unavailable: %s", error)
+            raise ImagesUnavailable() from error
 
     @translates_connection_errors
     async def record_file_ref(self, image_id: str, platform: str, ref: str) -> None:
@@ -325,7 +334,7 @@ class GenerationService:
     @translates_connection_errors
     async def balance(self, who: UserIdentity) -> Balance:
         async with self.pool.acquire() as conn:
-            user = await credits.ensure_user(conn, who, self._starting_credits)
+            user = await credits.ensure_user(conn, who, self.credit_policy.welcome)
         return Balance(self.credit_policy.enabled, user.balance, tuple(self.model_choices()))
 
     def model_choices(self) -> list[ModelPrice]:
@@ -334,7 +343,7 @@ class GenerationService:
     # --- credits administration ----------------------------------------------------------------
 
     def is_admin(self, who: UserIdentity) -> bool:
-        return f"{who.platform}:{who.platform_user_id}" in self.credit_policy.admin_ids
+        return self.credit_policy.is_admin(who)
 
     @translates_connection_errors
     async def grant(
@@ -346,8 +355,8 @@ class GenerationService:
         if amount == 0 or abs(amount) > 1_000_000:
             raise InvalidRequest("The amount must be a whole number between 1 and 1000000.")
         async with self.pool.acquire() as conn:
-            admin_row = await credits.ensure_user(conn, admin, self._starting_credits)
-            target_row = await credits.ensure_user(conn, target, self._starting_credits)
+            admin_row = await credits.ensure_user(conn, admin, self.credit_policy.welcome)
+            target_row = await credits.ensure_user(conn, target, self.credit_policy.welcome)
             key = f"admin:{admin.platform}:{idempotency_key or secrets.token_hex(8)}"
             applied, balance = await credits.adjust(conn, target_row.id, amount, admin_id=admin_row.id, key=key)
         log.info("credits: %s:%s changed %s:%s by %d", admin.platform, admin.platform_user_id,
@@ -358,7 +367,7 @@ class GenerationService:
     async def operator_adjust(self, target: UserIdentity, amount: int) -> Adjustment:
         """The same, from the operator's command line (no chat admin involved)."""
         async with self.pool.acquire() as conn:
-            row = await credits.ensure_user(conn, target, self._starting_credits)
+            row = await credits.ensure_user(conn, target, self.credit_policy.welcome)
             applied, balance = await credits.adjust(
                 conn, row.id, amount, admin_id=None, key=f"operator:{secrets.token_hex(8)}"
             )
@@ -374,17 +383,13 @@ class GenerationService:
 
     # --- visibility ----------------------------------------------------------------------------
 
-    @property
-    def _starting_credits(self) -> int:
-        return self.credit_policy.starting_credits if self.credit_policy.enabled else 0
-
     @translates_connection_errors
     async def visible_generation(self, who: UserIdentity, generation_id: str, chat_id: str) -> Generation:
         """A generation the caller may see: their own, or one posted in the chat they are acting from.
         Anything else looks exactly like a missing one."""
         if not is_valid_id(generation_id):
             raise NotFound()
-        await self.worker.recorded([generation_id])
+        await self.jobs.wait_for_records([generation_id])
         async with self.pool.acquire() as conn:
             generation = await generations.get_generation(conn, generation_id)
         if generation is None:
@@ -398,7 +403,7 @@ class GenerationService:
     async def _visible_image(self, who: UserIdentity, image_id: str, chat_id: str) -> ImageRecord:
         if not is_valid_id(image_id):
             raise NotFound("That image")
-        await self.worker.recorded([image_id])
+        await self.jobs.wait_for_records([image_id])
         async with self.pool.acquire() as conn:
             image = await generations.get_image(conn, image_id)
         if image is None:

@@ -93,6 +93,7 @@ class RecordingObserver:
         self.done[job.id] = job
 
     async def on_cancelled(self, job: Generation) -> None:
+        self._maybe_fail()
         self.events.append(("cancelled", job.id))
         self.done[job.id] = job
 

@@ -19,11 +19,11 @@ from bot.adapters.telegram import rendering as render
 from bot.adapters.telegram.history import HistorySender
 from bot.adapters.telegram.observer import PLATFORM
 from bot.adapters.telegram.sending import ChatGone, Sender
-from bot.core.errors import BotError, Forbidden, InvalidRequest
+from bot.core.errors import BotError, Forbidden, ImagesUnavailable, InvalidRequest
 from bot.core.models import Destination, UserIdentity
 from bot.core.prompt import parse_command_text
 from bot.core.service import GenerationService
-from bot.core.storage.base import EXTENSIONS, StorageError
+from bot.core.storage.base import EXTENSIONS
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ class Handlers:
         thread = message.message_thread_id if message is not None and message.is_topic_message else None
         try:
             files = await self.service.load_files(sorted(item.images, key=lambda image: image.index))
-        except StorageError:
+        except ImagesUnavailable:
             raise InvalidRequest("The original files are no longer available.") from None
         if not files:
             raise InvalidRequest("That generation has no images.")

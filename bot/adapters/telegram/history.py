@@ -12,9 +12,10 @@ from telegram.error import TelegramError
 from bot.adapters.telegram import rendering as render
 from bot.adapters.telegram.observer import PLATFORM
 from bot.adapters.telegram.sending import PhotoSource, Sender, is_bad_file_id, largest_file_id
+from bot.core.errors import ImagesUnavailable
 from bot.core.models import HistoryItem, ImageRecord, UserIdentity
 from bot.core.service import GenerationService
-from bot.core.storage.base import EXTENSIONS, StorageError
+from bot.core.storage.base import EXTENSIONS
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class HistorySender:
         if missing:
             try:
                 files = await self.service.load_files(missing)
-            except StorageError as error:
+            except ImagesUnavailable as error:
                 log.warning("history: image files unavailable: %s", error)
                 return None
             loaded = {file.record.id: file.data for file in files}

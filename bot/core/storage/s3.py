@@ -89,7 +89,8 @@ class S3Store(ImageStore):
         try:
             response = await client.get_object(Bucket=self.bucket, Key=self.object_key(key))
             async with response["Body"] as body:
-                return await body.read()
+                data: bytes = await body.read()
+                return data
         except (ClientError, BotoCoreError) as error:
             raise StorageError(f"cannot read {key}: {_describe(error)}") from error
 
@@ -98,13 +99,14 @@ class S3Store(ImageStore):
             return f"{self.public_base_url}/{quote(self.object_key(key), safe='/')}"
         client = await self._get_client()
         try:
-            return await client.generate_presigned_url(
+            url: str = await client.generate_presigned_url(
                 "get_object",
                 Params={"Bucket": self.bucket, "Key": self.object_key(key)},
                 ExpiresIn=self.presign_seconds,
             )
         except (ClientError, BotoCoreError) as error:
             raise StorageError(f"cannot sign a URL for {key}: {_describe(error)}") from error
+        return url
 
     async def delete(self, key: str) -> None:
         # S3 answers a delete of a missing key with success, which is what the interface wants.

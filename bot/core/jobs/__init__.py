@@ -1,0 +1,1 @@
+"""Running jobs (generations) in this process: see worker.py for how the parts fit together."""

@@ -1,0 +1,163 @@
+"""When jobs run in this process: claiming queued jobs into free slots, keeping their leases alive,
+taking over the jobs of processes that died, and stopping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable, Collection, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from bot.core import queue
+from bot.core.models import Generation
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_MESSAGE = "The bot was restarted before your images were ready."
+
+# What the database failing looks like to the loops: they log it and try again on their next round.
+DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+@dataclass(frozen=True)
+class WorkerLimits:
+    max_jobs: int
+    per_user_jobs: int
+    lease_seconds: float
+    poll_seconds: float
+    job_deadline_seconds: float
+
+
+@dataclass(frozen=True)
+class Lease:
+    """This process's name on the jobs it holds, and how long a hold lasts without renewal."""
+
+    seconds: float
+    owner: str = field(default_factory=lambda: f"worker-{secrets.token_hex(6)}")
+
+
+class Scheduler:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        platforms: Collection[str],
+        limits: WorkerLimits,
+        lease: Lease,
+        run: Callable[[Generation], Coroutine[Any, Any, None]],
+        deliver: Callable[[str], Coroutine[Any, Any, bool]],
+    ) -> None:
+        self.pool = pool
+        self.platforms = platforms  # read each round: front ends register after construction
+        self.limits = limits
+        self.lease = lease
+        self._run = run
+        self._deliver = deliver
+        self._tasks: dict[str, asyncio.Task[Any]] = {}  # by job id: runs and deliveries in this process
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loops: list[asyncio.Task[None]] = []
+
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
+
+    def start(self) -> None:
+        self._loops = [asyncio.create_task(self._claim_loop()), asyncio.create_task(self._lease_loop())]
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def abort(self, generation_id: str) -> None:
+        """Stop a job's task in this process, if it has one (the database already says how it ended)."""
+        task = self._tasks.get(generation_id)
+        if task is not None:
+            task.cancel()
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Take no new work, give running jobs `grace_seconds`, then fail and refund the rest."""
+        self._stopping = True
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=grace_seconds)
+        for generation_id, task in list(self._tasks.items()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            async with self.pool.acquire() as conn:
+                ended = await queue.fail_unstarted(
+                    conn, generation_id, "shutdown", SHUTDOWN_MESSAGE, self.lease.owner, self.lease.seconds
+                )
+            if ended is not None:
+                await self._deliver(generation_id)
+
+    async def recover(self) -> None:
+        """Renew our leases; requeue or fail jobs whose lease ran out; deliver what nobody delivered."""
+        platforms, owner, seconds = list(self.platforms), self.lease.owner, self.lease.seconds
+        async with self.pool.acquire() as conn:
+            if self._tasks:
+                await queue.renew_leases(conn, owner, list(self._tasks), seconds)
+            failed = await queue.recover_expired(conn, platforms, owner, seconds)
+            undelivered = await queue.claim_undelivered(conn, platforms, owner, seconds)
+        for generation_id in [*failed, *undelivered]:
+            if generation_id not in self._tasks:
+                self._spawn(generation_id, self._deliver(generation_id))
+        if failed:
+            self.wake()
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping:
+            # Cleared before claiming, not after: a job accepted while the claim is in flight may be missing
+            # from its snapshot, and its wake-up must not be lost (it would wait a whole poll interval).
+            self._wake.clear()
+            try:
+                await self._claim_available()
+            except DATABASE_ERRORS as error:
+                log.warning("claiming jobs failed, will retry: %s", error)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.limits.poll_seconds):
+                    await self._wake.wait()
+
+    async def _claim_available(self) -> None:
+        """Fill the free slots, several jobs per query. Fewer jobs than slots means nothing else is
+        claimable now: the next accepted or finished job wakes the loop."""
+        free = self.limits.max_jobs - len(self._tasks)
+        while not self._stopping and free > 0:
+            async with self.pool.acquire() as conn:
+                claimed = await queue.claim(
+                    conn, list(self.platforms), self.limits.per_user_jobs, self.lease.owner, self.lease.seconds,
+                    free,
+                )
+            for generation in claimed:
+                self._spawn(generation.id, self._run(generation))
+            if len(claimed) < free:
+                return
+            free = self.limits.max_jobs - len(self._tasks)
+
+    async def _lease_loop(self) -> None:
+        """Keep our leases alive, and take over the jobs of processes that died."""
+        while not self._stopping:
+            await asyncio.sleep(self.lease.seconds / 3)
+            try:
+                await self.recover()
+            except DATABASE_ERRORS as error:
+                log.warning("lease upkeep failed, will retry: %s", error)
+
+    def _spawn(self, generation_id: str, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks[generation_id] = task
+
+        def _done(finished: asyncio.Task[Any]) -> None:
+            if self._tasks.get(generation_id) is finished:
+                del self._tasks[generation_id]
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error("job %s crashed", generation_id, exc_info=finished.exception())
+            self._wake.set()
+
+        task.add_done_callback(_done)

@@ -1,0 +1,83 @@
+"""The jobs side of the bot, built from its parts: the scheduler (when jobs run here), the lifecycle of
+one job (provider, storage, record), delivery (what the chats are shown and what they gave back) and the
+record barrier (readers waiting for records not yet written). The runtime starts and stops it; the
+service reaches it only through the few methods below (service.JobControl)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import asyncpg
+
+from bot.core import queue
+from bot.core.catalogue import ModelSpec
+from bot.core.events import JobObserver
+from bot.core.jobs.delivery import Delivery
+from bot.core.jobs.job_runner import JobRunner
+from bot.core.jobs.lifecycle import JobLifecycle
+from bot.core.jobs.record_barrier import RecordBarrier
+from bot.core.jobs.scheduler import Lease, Scheduler, WorkerLimits
+from bot.core.jobs.storing import StoredImages
+from bot.core.models import ImageFile, ImageRecord, UserIdentity
+from bot.core.providers.base import ImageProvider
+from bot.core.providers.runner import ProviderRunner
+from bot.core.storage.base import ImageStore
+
+CANCELLED_MESSAGE = "Cancelled."
+
+
+class Worker:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        store: ImageStore,
+        providers: Mapping[str, ImageProvider],
+        models: Mapping[str, ModelSpec],
+        runner: ProviderRunner,
+        observers: Mapping[str, JobObserver],
+        limits: WorkerLimits,
+    ) -> None:
+        self.pool = pool
+        self.lease = Lease(limits.lease_seconds)
+        self.images = StoredImages(store)
+        self.barrier = RecordBarrier()
+        self.delivery = Delivery(pool, self.images, observers)
+        job_runner = JobRunner(pool, self.images, providers, models, runner, limits.job_deadline_seconds)
+        self.lifecycle = JobLifecycle(pool, job_runner, self.images, self.delivery, self.barrier, self.lease)
+        self.scheduler = Scheduler(pool, observers, limits, self.lease, self.lifecycle.run, self.delivery.deliver)
+
+    # --- for the runtime -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    async def recover(self) -> None:
+        await self.scheduler.recover()
+
+    async def stop(self, grace_seconds: float) -> None:
+        await self.scheduler.stop(grace_seconds)
+
+    # --- for the service -----------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """A job was accepted: claim it now rather than at the next poll."""
+        self.scheduler.wake()
+
+    async def cancel(self, generation_id: str) -> bool:
+        """End a queued or running job as cancelled, refunding all of it (nothing was delivered), stop it if
+        it runs here and tell its chat. False if it had already ended."""
+        async with self.pool.acquire() as conn:
+            refunded = await queue.cancel(
+                conn, generation_id, CANCELLED_MESSAGE, self.lease.owner, self.lease.seconds
+            )
+        if refunded is None:
+            return False
+        self.scheduler.abort(generation_id)
+        await self.delivery.deliver(generation_id)
+        return True
+
+    async def wait_for_records(self, ids: Sequence[str] = (), owner: UserIdentity | None = None) -> None:
+        await self.barrier.wait(ids, owner)
+
+    async def load_files(self, records: Sequence[ImageRecord]) -> list[ImageFile]:
+        return await self.images.load(records)
