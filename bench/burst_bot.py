@@ -136,16 +136,16 @@ def _experiments_before_build(config: dict[str, Any], patch: pytest.MonkeyPatch)
         patch.setattr(ApplicationBuilder, "build", sized)
     if experiments.get("telegram_chat_action_first"):
         # A first sign of life ("typing…") before the request is accepted (the database work).
-        from bot.adapters.telegram.handlers import Handlers
+        from bot.adapters.telegram.handlers import TelegramHandlers
 
-        imagine = Handlers._imagine
+        imagine = TelegramHandlers._imagine
 
         async def acting_first(handlers: Any, update: Any, message: Any, text: str) -> None:
             with contextlib.suppress(Exception):
                 await handlers.sender.bot.send_chat_action(message.chat.id, "typing")
             await imagine(handlers, update, message, text)
 
-        patch.setattr(Handlers, "_imagine", acting_first)
+        patch.setattr(TelegramHandlers, "_imagine", acting_first)
 
 
 async def _experiments_before_start(
@@ -205,12 +205,12 @@ class Trace:
 
     def install(self, patch: pytest.MonkeyPatch) -> None:
         from bot.adapters.discord.acks import EarlyAcks
-        from bot.adapters.telegram.handlers import Handlers
-        from bot.adapters.telegram.observer import TelegramObserver
+        from bot.adapters.telegram.delivery import TelegramObserver
+        from bot.adapters.telegram.handlers import TelegramHandlers
 
         mark = self._mark
         on_interaction = EarlyAcks._on_interaction
-        imagine = Handlers._imagine
+        imagine = TelegramHandlers._imagine
         on_queued = TelegramObserver.on_queued
 
         def acknowledging(acks: Any, data: Any) -> None:
@@ -228,7 +228,7 @@ class Trace:
             return await on_queued(observer, job, position)
 
         patch.setattr(EarlyAcks, "_on_interaction", acknowledging)
-        patch.setattr(Handlers, "_imagine", imagining)
+        patch.setattr(TelegramHandlers, "_imagine", imagining)
         patch.setattr(TelegramObserver, "on_queued", queued)
 
 

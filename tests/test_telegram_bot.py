@@ -4,6 +4,7 @@ database, and a fake Bot API server on 127.0.0.1 that records what Telegram woul
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from typing import Any
 
@@ -12,11 +13,15 @@ import asyncpg
 import pytest
 
 from bot.adapters.telegram.frontend import TelegramFrontEnd
-from bot.adapters.telegram.handlers import SORRY
+from bot.adapters.wording import GENERIC_ERROR
+from bot.core import database
+from bot.core.errors import TemporarilyUnavailable
 from bot.core.metrics import PLATFORM_ERRORS
 from bot.core.models import UserIdentity
-from tests.conftest import wait_for
+from bot.runtime import open_runtime
+from tests.conftest import make_settings, wait_for
 from tests.fakes.openai_server import fake_openai_server, moderation_blocked, png_bytes, slow
+from tests.fakes.tcp_proxy import CuttableProxy
 from tests.fakes.telegram_harness import RuntimeFactory, running_bot, telegram_settings
 from tests.fakes.telegram_server import (
     BOT_USERNAME,
@@ -419,7 +424,7 @@ async def test_unexpected_errors_get_a_short_apology_not_a_traceback(
         [apology] = await fake.wait_sent("sendMessage", ANN)
         fake.press(ann, {"message_id": 99, "chat": fake.private_chat(ann), "date": 0}, "not-a-button")
         [alert] = await fake.wait_sent("answerCallbackQuery")
-    assert apology.params["text"] == SORRY
+    assert apology.params["text"] == GENERIC_ERROR
     assert alert.params["show_alert"] is True and "isn't one I know" in alert.params["text"]
     assert_no_internals(fake)
 
@@ -622,3 +627,34 @@ async def test_webhook_accepts_the_secret_token_and_rejects_requests_without_it(
     assert "by webhook" in photo.params["caption"]
     assert not [t for t in texts(fake, ANN) if "credits." in t and "You have" in t]  # the forged /balance: nothing
     assert len(fake.sent("sendPhoto", ANN)) == 1
+
+
+async def test_a_database_outage_gets_the_designed_answer_not_an_error(
+    fake: FakeTelegram, db_dsn: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """/start, /history and /balance answer "can't reach its database, nothing was charged" like /imagine,
+    with no ERROR traceback: a BotError is mapped to words in one place for every handler."""
+    proxy = CuttableProxy(db_dsn)
+    await proxy.start()
+    bot_pool = await database.create_pool(proxy.proxied_dsn, 4)
+    ann = fake.user(ANN, "Ann")
+    settings = make_settings(tmp_path, **telegram_settings(fake))
+    try:
+        async with open_runtime(settings, bot_pool) as runtime:
+            frontend = TelegramFrontEnd(settings, runtime.service, poll_timeout=1)
+            runtime.register(frontend.observer)
+            await frontend.start()
+            try:
+                await proxy.cut()
+                with caplog.at_level(logging.INFO):
+                    for command in ("/start", "/history", "/balance"):
+                        fake.send(ann, command)
+                    replies = await fake.wait_sent("sendMessage", ANN, count=3)
+            finally:
+                await frontend.stop_taking_work()
+                await frontend.close()
+    finally:
+        bot_pool.terminate()
+    for reply in replies:
+        assert reply.params["text"] == TemporarilyUnavailable().user_message
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

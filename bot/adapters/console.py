@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from bot.adapters.wording import refund_text
 from bot.core.errors import BotError, InvalidRequest
 from bot.core.events import DeliveryReceipt
 from bot.core.models import Destination, Generation, HistoryPage, ImageFile, UserIdentity
@@ -69,16 +70,16 @@ class ConsoleObserver:
         for image, path in zip(images, paths, strict=True):
             self.write(f"  {image.record.index + 1}: {path}")
         if job.status == "partial":
-            self.write(f"[{job.id}] {job.error_message} {_refund_text(job)}")
+            self.write(f"[{job.id}] {job.error_message} {refund_text(job)}")
         self._finish(job.id)
         return None
 
     async def on_failed(self, job: Generation) -> None:
-        self.write(f"[{job.id}] failed: {job.error_message} {_refund_text(job)}")
+        self.write(f"[{job.id}] failed: {job.error_message} {refund_text(job)}")
         self._finish(job.id)
 
     async def on_cancelled(self, job: Generation) -> None:
-        self.write(f"[{job.id}] cancelled. {_refund_text(job)}")
+        self.write(f"[{job.id}] cancelled. {refund_text(job)}")
         self._finish(job.id)
 
     def _finish(self, generation_id: str) -> None:
@@ -93,10 +94,6 @@ class ConsoleObserver:
             path.write_bytes(image.data)
             paths.append(path.resolve())
         return paths
-
-
-def _refund_text(job: Generation) -> str:
-    return f"{job.credits_refunded} credits refunded." if job.credits_refunded else ""
 
 
 class Console:

@@ -7,8 +7,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bot.adapters.telegram.delivery import ProgressTiming
 from bot.adapters.telegram.frontend import TelegramFrontEnd
-from bot.adapters.telegram.observer import ProgressTiming
 from bot.runtime import Runtime
 from tests.fakes.telegram_server import FakeTelegram
 

@@ -24,9 +24,10 @@ from telegram.ext import (
 )
 from telegram.request import HTTPXRequest
 
-from bot.adapters.telegram.handlers import Handlers
+from bot.adapters.telegram.context import PLATFORM
+from bot.adapters.telegram.delivery import ProgressTiming, TelegramObserver
+from bot.adapters.telegram.handlers import TelegramHandlers
 from bot.adapters.telegram.history import HistorySender
-from bot.adapters.telegram.observer import PLATFORM, ProgressTiming, TelegramObserver
 from bot.adapters.telegram.ratelimit import FloodWaitLimiter
 from bot.adapters.telegram.sending import Sender
 from bot.adapters.telegram.webhook import WebhookServer, derived_secret, webhook_path
@@ -86,7 +87,7 @@ class TelegramFrontEnd:
         timing: ProgressTiming | None = None,
     ) -> None:
         if settings.telegram_token is None:
-            raise ValueError("TELEGRAM_TOKEN is not set")
+            raise RuntimeError("TELEGRAM_TOKEN is not set")
         self.settings = settings
         self.service = service
         self.poll_timeout = poll_timeout
@@ -115,7 +116,7 @@ class TelegramFrontEnd:
         self.application = builder.build()
         self.sender = Sender(self.application.bot)
         self.observer = TelegramObserver(self.sender, service, timing)
-        self.handlers = Handlers(service, self.sender, HistorySender(self.sender, service, history_page_size))
+        self.handlers = TelegramHandlers(service, self.sender, HistorySender(self.sender, service, history_page_size))
         self._webhook: WebhookServer | None = None
         self._register()
         self._started = False

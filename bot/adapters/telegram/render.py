@@ -1,21 +1,18 @@
-"""What the bot says and which buttons it shows. Plain text only (no parse mode): prompts are user text,
+"""What the bot says: texts and captions, pure functions. Plain text only (no parse mode): prompts are user text,
 and nothing a user types can then break a message's markup."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup
-
-from bot.adapters.telegram import callback_data as cd
-from bot.core.models import Balance, Generation, HistoryItem, HistoryPage, ImageRecord, ModelPrice
+from bot.adapters.telegram import buttons
+from bot.adapters.wording import plural, refund_text
+from bot.core.models import Balance, Generation, HistoryItem, HistoryPage, ModelPrice, UserIdentity
 
 # Telegram's limits, counted in UTF-16 code units (how the Bot API measures text).
 CAPTION_LIMIT = 1024
 TEXT_LIMIT = 4096
 ELLIPSIS = "…"
-
-FAILED_NO_RETRY = frozenset({"content_refused"})  # retrying the same prompt would be refused again
 
 
 def utf16_len(text: str) -> int:
@@ -45,10 +42,8 @@ def quoted_prompt(prompt: str, rest: str, limit: int) -> str:
 
 
 def _refund_note(job: Generation) -> str:
-    if not job.credits_refunded:
-        return ""
-    unit = "credit" if job.credits_refunded == 1 else "credits"
-    return f" {job.credits_refunded} {unit} refunded."
+    refund = refund_text(job)
+    return f" {refund}" if refund else ""
 
 
 def _kind_note(job: Generation) -> str:
@@ -72,8 +67,7 @@ def queued_text(job: Generation, position: int) -> str:
     images = "1 image" if job.count == 1 else f"{job.count} images"
     lines = [f"⏳ Queued ({ahead}): {images}, {details(job)}"]
     if job.credits_reserved:
-        unit = "credit" if job.credits_reserved == 1 else "credits"
-        lines.append(f"{job.credits_reserved} {unit} reserved (refunded if it fails).")
+        lines.append(f"{plural(job.credits_reserved, 'credit')} reserved (refunded if it fails).")
     lines.extend(f"Note: {warning}" for warning in job.warnings)
     return quoted_prompt(job.prompt, "\n" + "\n".join(lines), TEXT_LIMIT)
 
@@ -112,46 +106,6 @@ def done_text(job: Generation) -> str:
     return quoted_prompt(job.prompt, "\n✅ Done.", TEXT_LIMIT)
 
 
-# --- keyboards ------------------------------------------------------------------------------------
-
-
-def _button(text: str, action: cd.Action) -> InlineKeyboardButton:
-    return InlineKeyboardButton(text, callback_data=cd.encode(action))
-
-
-def cancel_keyboard(job: Generation) -> InlineKeyboardMarkup:
-    return InlineKeyboardMarkup([[_button("✖ Cancel", cd.Cancel(job.id, job.owner.platform_user_id))]])
-
-
-def result_keyboard(job: Generation, images: Sequence[ImageRecord]) -> InlineKeyboardMarkup:
-    originals = "📎 Original" if len(images) == 1 else "📎 Originals"
-    rows = [[_button("🔄", cd.Regenerate(job.id)), _button(originals, cd.Originals(job.id))]]
-    ordered = sorted(images, key=lambda image: image.index)
-    # At most 4 images per job today; 5 per row keeps a future larger count readable.
-    variations = [_button(f"V{position}", cd.Vary(image.id)) for position, image in enumerate(ordered, start=1)]
-    rows.extend(variations[i : i + 5] for i in range(0, len(variations), 5))
-    return InlineKeyboardMarkup(rows)
-
-
-def retry_keyboard(job: Generation) -> InlineKeyboardMarkup | None:
-    if job.error_code in FAILED_NO_RETRY:
-        return None
-    return InlineKeyboardMarkup([[_button("🔄 Try again", cd.Regenerate(job.id))]])
-
-
-def history_keyboard(page: HistoryPage) -> InlineKeyboardMarkup | None:
-    row = []
-    if page.has_previous:
-        row.append(_button("◀ Newer", cd.HistoryPage(page.page - 1)))
-    if page.has_next:
-        row.append(_button("Older ▶", cd.HistoryPage(page.page + 1)))
-    return InlineKeyboardMarkup([row]) if row else None
-
-
-def deep_link_keyboard(url: str) -> InlineKeyboardMarkup:
-    return InlineKeyboardMarkup([[InlineKeyboardButton("Open a private chat", url=url)]])
-
-
 # --- history ----------------------------------------------------------------------------------------
 
 
@@ -176,13 +130,49 @@ def history_footer(page: HistoryPage) -> str:
 EMPTY_HISTORY = "No images yet. Try /imagine a lighthouse at dusk"
 
 
+# --- commands and buttons -------------------------------------------------------------------------
+
+UNKNOWN_COMMAND = "I don't know that command. Try /help."
+UNKNOWN_BUTTON = "This button isn't one I know (or it has expired)."
+NOT_YOURS_TO_CANCEL = "Only the person who asked for these images can cancel them."
+NO_MESSAGE = "This button can't be used here."
+HISTORY_NEEDS_PRIVATE_CHAT = (
+    "I can only show your history in our private chat, and you haven't started one yet. "
+    "Tap below, press Start, and it's there."
+)
+
+
+def toast(action: buttons.Action) -> str | None:
+    """The short notice a button press gets at once."""
+    match action:
+        case buttons.Regenerate():
+            return "🔄 On it: same prompt, new seed."
+        case buttons.Vary():
+            return "Making a variation…"
+        case buttons.Cancel():
+            return "Cancelling…"
+        case buttons.Originals():
+            return "📎 Sending the original files…"
+    return None
+
+
+def adjusted_text(target: UserIdentity, amount: int, applied: int, balance: int) -> str:
+    """What an admin is told after /grant (applied > 0) or /revoke."""
+    name = target.display_name or target.platform_user_id
+    if applied > 0:
+        return f"Added {applied} credits to {name}. Their balance is now {balance}."
+    removed = -applied
+    short = f" (only {removed}: a balance stops at zero)" if removed < amount else ""
+    return f"Removed {removed} credits from {name}{short}. Their balance is now {balance}."
+
+
 # --- commands ---------------------------------------------------------------------------------------
 
 
 def _prices(models: Sequence[ModelPrice], credits_enabled: bool) -> str:
     lines = []
     for model in models:
-        cost = f": {model.cost} credit{'s' if model.cost != 1 else ''} per image" if credits_enabled else ""
+        cost = f": {plural(model.cost, 'credit')} per image" if credits_enabled else ""
         lines.append(f"• {model.name} ({model.label}){cost}")
     return "\n".join(lines)
 
