@@ -1,6 +1,6 @@
 """The bot under test in the burst scenario, in a process of its own (so its RSS and CPU are its own, not
 the platform fakes'): the real runtime and both real front ends, as `run` starts them
-(bot.adapters.launcher), pointed at the fake Discord and fake Telegram the parent process serves, with the
+(bot.launcher), pointed at the fake Discord and fake Telegram the parent process serves, with the
 stand-in provider plugged in.
 
 `python -m bench.burst_bot CONFIG.json`. Talks to the parent by lines: prints `READY {...}` once both
@@ -39,10 +39,10 @@ from bench.core_scenarios import bench_settings
 from bench.standin import StandInProvider
 from bot.adapters.discord.frontend import DiscordFrontEnd
 from bot.adapters.telegram.frontend import TelegramFrontEnd
+from bot.bootstrap import Runtime, bootstrap
 from bot.core import database
 from bot.core.providers.base import GeneratedImage, PreviewCallback, ProviderCall
 from bot.logs import setup_logging
-from bot.runtime import Runtime, open_runtime
 from tests.fakes.discord_server import point_discord_py_at
 
 LAG_TICK_SECONDS = 0.01
@@ -64,31 +64,23 @@ async def main(config: dict[str, Any]) -> None:
         point_discord_py_at(fake_discord, patch)  # type: ignore[arg-type]
         _experiments_before_build(config, patch)
         trace.install(patch)  # before the front ends are built: discord.py binds its parsers then
-        async with contextlib.AsyncExitStack() as cleanup, open_runtime(
-            settings, extra_providers={"standin": provider}
+        # guild_ready_timeout: discord.py waits this long after READY for guilds the fake never sends.
+        front_ends = [
+            lambda settings, service: DiscordFrontEnd(settings, service, guild_ready_timeout=0.01),
+            TelegramFrontEnd,
+        ]
+        async with contextlib.AsyncExitStack() as cleanup, bootstrap(
+            settings, front_ends, extra_providers={"standin": provider}
         ) as runtime:
-            # guild_ready_timeout: discord.py waits this long after READY for guilds the fake never sends.
-            discord_front = DiscordFrontEnd(settings, runtime.service, guild_ready_timeout=0.01)
-            telegram_front = TelegramFrontEnd(settings, runtime.service)
-            front_ends = [discord_front, telegram_front]
-            for front_end in front_ends:
-                runtime.register(front_end.observer)
-            started: list[Any] = []
-            try:
-                for front_end in front_ends:
-                    await front_end.start()
-                    started.append(front_end)
-                await _experiments_before_start(config, runtime, cleanup)
-                await runtime.start()
-                await _experiments_when_ready(config, discord_front)
-                say("READY " + json.dumps({"pid": os.getpid(), "rss_mb": _rss_mb()}))
-                stats = await _serve(config, provider, watchdog)
-                for front_end in started:
-                    await front_end.stop_taking_work()
-                await runtime.worker.stop(settings.shutdown_grace_seconds)
-            finally:
-                for front_end in started:
-                    await front_end.close()
+            discord_front = runtime.front_ends[0]
+            assert isinstance(discord_front, DiscordFrontEnd)
+            await runtime.start_front_ends()
+            await _experiments_before_start(config, runtime, cleanup)
+            await runtime.start()
+            await _experiments_when_ready(config, discord_front)
+            say("READY " + json.dumps({"pid": os.getpid(), "rss_mb": _rss_mb()}))
+            stats = await _serve(config, provider, watchdog)
+            await runtime.stop_taking_work()
     # The kernel's high-water mark of this process image. (Not getrusage's ru_maxrss: after fork + exec it
     # still holds the parent's size at the fork, and the parent holds the fakes.)
     stats["vm_hwm_mb"] = _vm_hwm_mb()

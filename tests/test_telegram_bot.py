@@ -14,11 +14,11 @@ import pytest
 
 from bot.adapters.telegram.frontend import TelegramFrontEnd
 from bot.adapters.wording import GENERIC_ERROR
+from bot.bootstrap import bootstrap
 from bot.core import database
 from bot.core.errors import TemporarilyUnavailable
 from bot.core.metrics import PLATFORM_ERRORS
 from bot.core.models import UserIdentity
-from bot.runtime import open_runtime
 from tests.conftest import make_settings, wait_for
 from tests.fakes.openai_server import fake_openai_server, moderation_blocked, png_bytes, slow
 from tests.fakes.tcp_proxy import CuttableProxy
@@ -640,19 +640,14 @@ async def test_a_database_outage_gets_the_designed_answer_not_an_error(
     ann = fake.user(ANN, "Ann")
     settings = make_settings(tmp_path, **telegram_settings(fake))
     try:
-        async with open_runtime(settings, bot_pool) as runtime:
-            frontend = TelegramFrontEnd(settings, runtime.service, poll_timeout=1)
-            runtime.register(frontend.observer)
-            await frontend.start()
-            try:
-                await proxy.cut()
-                with caplog.at_level(logging.INFO):
-                    for command in ("/start", "/history", "/balance"):
-                        fake.send(ann, command)
-                    replies = await fake.wait_sent("sendMessage", ANN, count=3)
-            finally:
-                await frontend.stop_taking_work()
-                await frontend.close()
+        telegram = [lambda settings, service: TelegramFrontEnd(settings, service, poll_timeout=1)]
+        async with bootstrap(settings, telegram, pool=bot_pool) as runtime:
+            await runtime.start_front_ends()  # no worker: only the handlers meet the outage
+            await proxy.cut()
+            with caplog.at_level(logging.INFO):
+                for command in ("/start", "/history", "/balance"):
+                    fake.send(ann, command)
+                replies = await fake.wait_sent("sendMessage", ANN, count=3)
     finally:
         bot_pool.terminate()
     for reply in replies:

@@ -96,6 +96,26 @@ class ConsoleObserver:
         return paths
 
 
+class ConsoleFrontEnd:
+    """The console as a front end: nothing to connect; `run` reads commands until EOF or `stop`."""
+
+    def __init__(self, service: GenerationService, output_dir: Path, write: Callable[[str], None]) -> None:
+        self.service = service
+        self.observer = ConsoleObserver(output_dir, write)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop_taking_work(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def run(self, stop: asyncio.Event, stdin: TextIO = sys.stdin) -> bool:
+        return await run_console(self.service, self.observer, stop, stdin)
+
+
 class Console:
     """Reads commands and calls the core: one line, one call."""
 

@@ -1,6 +1,6 @@
 """The Discord front end: the client, the slash commands (all registered here, in one readable place),
 start-up (log in, connect to the gateway as a background task, sync the commands) and a clean stop.
-Started by the launcher next to the other front ends, in one asyncio loop."""
+Built by bot.bootstrap and started by bot.launcher next to the other front ends, in one asyncio loop."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from bot.adapters.discord.acks import EarlyAcks
 from bot.adapters.discord.buttons import ActionButton, ButtonHandler
 from bot.adapters.discord.delivery import DiscordObserver
 from bot.adapters.discord.handlers import MAX_PROMPT_OPTION, DiscordHandlers
+from bot.adapters.frontend import StartFailed
 from bot.adapters.wording import GENERIC_ERROR
 from bot.config import ASPECT_RATIOS, Settings
 from bot.core.metrics import PLATFORM_ERRORS
@@ -66,7 +67,7 @@ class DiscordFrontEnd:
         clock: Callable[[], float] = time.time,
     ) -> None:
         if settings.discord_token is None:
-            raise RuntimeError("DISCORD_TOKEN is not set")
+            raise StartFailed("DISCORD_TOKEN is not set")
         self._token = settings.discord_token.get_secret_value()
         self.settings = settings
         self.ready_timeout = ready_timeout or settings.discord_ready_timeout_seconds
@@ -98,15 +99,15 @@ class DiscordFrontEnd:
         self._connection: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Log in, connect, sync commands; return once ready. Raises RuntimeError with a clear reason."""
+        """Log in, connect, sync commands; return once ready. Raises StartFailed with a clear reason."""
         try:
             await self.client.login(self._token)
         except discord.LoginFailure:
             await self.client.close()
-            raise RuntimeError("Discord rejected DISCORD_TOKEN (check the bot token in the developer portal)") from None
+            raise StartFailed("Discord rejected DISCORD_TOKEN (check the bot token in the developer portal)") from None
         except (OSError, aiohttp.ClientError, discord.HTTPException) as error:
             await self.client.close()
-            raise RuntimeError(f"Discord is unreachable: {error}") from None
+            raise StartFailed(f"Discord is unreachable: {error}") from None
         self._connection = asyncio.create_task(self.client.connect(reconnect=True), name="discord-gateway")
         ready = asyncio.create_task(self.client.wait_until_ready())
         done, _ = await asyncio.wait(
@@ -116,12 +117,12 @@ class DiscordFrontEnd:
             ready.cancel()
             reason = _failure(self._connection) or f"not ready after {self.ready_timeout:.0f}s"
             await self.close()
-            raise RuntimeError(f"Discord gateway: {reason}")
+            raise StartFailed(f"Discord gateway: {reason}")
         try:
             await self._sync_commands()
         except discord.HTTPException as error:
             await self.close()
-            raise RuntimeError(
+            raise StartFailed(
                 f"Discord refused the slash commands ({error.status} {error.text}). "
                 "Was the bot invited with the applications.commands scope?"
             ) from None

@@ -1,5 +1,5 @@
-"""The Telegram front end's composition root: the PTB Application, its handlers (all registered here, in
-one readable place), the job observer, and polling or webhook start-up.
+"""The Telegram front end: the PTB Application, its handlers (all registered here, in one readable
+place), the job observer, and polling or webhook start-up.
 
 Run inside the bot's own asyncio loop next to the other front ends, so only PTB's async lifecycle is
 used (initialize → start → updater.start_polling / our webhook server; stop → shutdown), never the
@@ -24,6 +24,7 @@ from telegram.ext import (
 )
 from telegram.request import HTTPXRequest
 
+from bot.adapters.frontend import StartFailed
 from bot.adapters.telegram.context import PLATFORM
 from bot.adapters.telegram.delivery import ProgressTiming, TelegramObserver
 from bot.adapters.telegram.handlers import TelegramHandlers
@@ -87,7 +88,7 @@ class TelegramFrontEnd:
         timing: ProgressTiming | None = None,
     ) -> None:
         if settings.telegram_token is None:
-            raise RuntimeError("TELEGRAM_TOKEN is not set")
+            raise StartFailed("TELEGRAM_TOKEN is not set")
         self.settings = settings
         self.service = service
         self.poll_timeout = poll_timeout
@@ -177,10 +178,10 @@ class TelegramFrontEnd:
                 await self.application.initialize()
                 return
             except InvalidToken:
-                raise RuntimeError("Telegram rejected TELEGRAM_TOKEN (check it with @BotFather)") from None
+                raise StartFailed("Telegram rejected TELEGRAM_TOKEN (check it with @BotFather)") from None
             except NetworkError as error:  # includes TimedOut
                 if attempt == START_ATTEMPTS:
-                    raise RuntimeError(f"Telegram's Bot API is unreachable: {error.message}") from None
+                    raise StartFailed(f"Telegram's Bot API is unreachable: {error.message}") from None
                 log.warning("telegram: start-up failed (%s), retrying in %.0f s", error.message, delay)
                 await asyncio.sleep(delay)
                 delay *= 2
