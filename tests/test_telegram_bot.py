@@ -653,3 +653,43 @@ async def test_a_database_outage_gets_the_designed_answer_not_an_error(
     for reply in replies:
         assert reply.params["text"] == TemporarilyUnavailable().user_message
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_polling_sends_whole_seconds_and_a_stop_mid_poll_logs_no_error(
+    runtime_factory: RuntimeFactory, fake: FakeTelegram, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The launcher's front end as built: getUpdates carries an integer timeout (a stricter Bot API may
+    read 10.0 as 0 and poll in a tight loop). Stopping cancels the long poll in flight; PTB then asks
+    getUpdates once more to confirm what it fetched, and that must not fail waiting for the cancelled
+    request's connection (logged at ERROR: "updates may be fetched again")."""
+    for _ in range(3):
+        async with runtime_factory(front_ends=[TelegramFrontEnd], **telegram_settings(fake)) as runtime:
+            with caplog.at_level(logging.DEBUG):
+                await runtime.start_front_ends()
+                polls = len(fake.sent("getUpdates"))
+                await wait_for(lambda: fake._in_flight.get("getUpdates", 0) == 1)
+                await runtime.stop_taking_work()
+        confirmations = [c for c in fake.sent("getUpdates")[polls:] if c.params.get("timeout") == 0]
+        assert confirmations, "the fetched updates were not confirmed"
+    timeouts = {c.params.get("timeout") for c in fake.calls if c.method == "getUpdates"}
+    assert timeouts <= {0, 10} and 10 in timeouts and all(type(t) is int for t in timeouts)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_connection_dropped_mid_poll_is_a_warning_and_polling_goes_on(
+    runtime_factory: RuntimeFactory, fake: FakeTelegram, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = CuttableProxy(fake.base_url.removesuffix("/bot"))
+    await proxy.start()
+    ann = fake.user(ANN, "Ann")
+    settings = telegram_settings(fake, telegram_base_url=proxy.proxied_dsn + "/bot")
+    async with runtime_factory(front_ends=[TelegramFrontEnd], **settings) as runtime:
+        await runtime.start()
+        with caplog.at_level(logging.INFO):
+            await wait_for(lambda: fake._in_flight.get("getUpdates", 0) == 1)
+            await proxy.cut()
+            await proxy.heal()
+            fake.send(ann, "/help")
+            await fake.wait_sent("sendMessage", ANN)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r for r in caplog.records if r.levelno == logging.WARNING and "polling" in r.getMessage()]

@@ -18,6 +18,7 @@ class CuttableProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._directory = tempfile.TemporaryDirectory(prefix="pgproxy-")
+        self._listen_port = 0
 
     async def start(self) -> None:
         """Listen; `proxied_dsn` then reaches the same database through this proxy."""
@@ -27,6 +28,7 @@ class CuttableProxy:
             port = address.port or 5432
             self._connect = lambda: asyncio.open_connection(address.hostname, port)
             self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+            self._listen_port = self._port()
             netloc = address.netloc.replace(f"{address.hostname}:{port}", f"127.0.0.1:{self._port()}")
             self.proxied_dsn = urlunsplit(address._replace(netloc=netloc))
             return
@@ -37,6 +39,11 @@ class CuttableProxy:
         self._server = await asyncio.start_unix_server(self._serve, str(Path(self._directory.name) / socket))
         query["host"] = [self._directory.name]
         self.proxied_dsn = urlunsplit(address._replace(query=urlencode(query, doseq=True)))
+
+    async def heal(self) -> None:
+        """Listen again, on the same TCP port (after `cut`)."""
+        assert self._server is None and self._listen_port
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self._listen_port)
 
     def _port(self) -> int:
         assert self._server is not None
@@ -50,7 +57,6 @@ class CuttableProxy:
             self._server = None
         for writer in list(self._writers):
             writer.close()
-        self._directory.cleanup()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await self._connect()

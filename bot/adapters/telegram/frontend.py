@@ -83,7 +83,7 @@ class TelegramFrontEnd:
         settings: Settings,
         service: GenerationService,
         *,
-        poll_timeout: float = 10.0,
+        poll_timeout: int = 10,
         history_page_size: int = 3,
         timing: ProgressTiming | None = None,
     ) -> None:
@@ -104,7 +104,11 @@ class TelegramFrontEnd:
             # answer can take a while. A timed-out send may have gone through, and retrying it would post
             # twice, so these are generous.
             request=HTTPXRequest(connection_pool_size=16, pool_timeout=10.0, read_timeout=15.0),
-            get_updates_request=HTTPXRequest(connection_pool_size=1),
+            # Two connections: stopping cancels the long poll in flight and at once asks getUpdates again
+            # to confirm what was fetched. PTB doesn't wait for the cancelled request to give its
+            # connection back, so with one connection the confirmation can time out waiting for it (an
+            # ERROR, and updates fetched twice after a restart).
+            get_updates_request=HTTPXRequest(connection_pool_size=2),
             # Every reply still goes out if the message it answers was deleted meanwhile.
             defaults=Defaults(allow_sending_without_reply=True),
             # Button state lives in callback_data and Postgres; PTB's in-memory cache would die on restart.
@@ -165,7 +169,10 @@ class TelegramFrontEnd:
         else:
             assert app.updater is not None
             await app.updater.start_polling(
-                timeout=self.poll_timeout, allowed_updates=ALLOWED_UPDATES, bootstrap_retries=3
+                timeout=self.poll_timeout,  # whole seconds: the Bot API documents an integer
+                allowed_updates=ALLOWED_UPDATES,
+                bootstrap_retries=3,
+                error_callback=_polling_failed,
             )
             log.info("telegram: @%s polling for updates", self.handlers.bot_username)
         self._started = True
@@ -219,3 +226,8 @@ class TelegramFrontEnd:
         await self.stop_taking_work()
         await self.observer.close()
         await self.application.shutdown()
+
+
+def _polling_failed(error: TelegramError) -> None:
+    # PTB retries failed polls itself; a dropped connection or a Bot API hiccup is not a bug of ours.
+    log.warning("telegram: polling for updates failed, retrying: %s", error)
