@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -19,7 +20,9 @@ from bot.core import database
 from bot.core.errors import TemporarilyUnavailable
 from bot.core.metrics import PLATFORM_ERRORS
 from bot.core.models import UserIdentity
+from bot.core.providers.base import GeneratedImage, PreviewCallback, ProviderCall
 from tests.conftest import make_settings, wait_for
+from tests.fakes.core import ScriptedProvider, scripted_model
 from tests.fakes.openai_server import fake_openai_server, moderation_blocked, png_bytes, slow
 from tests.fakes.tcp_proxy import CuttableProxy
 from tests.fakes.telegram_harness import RuntimeFactory, running_bot, telegram_settings
@@ -693,3 +696,44 @@ async def test_a_connection_dropped_mid_poll_is_a_warning_and_polling_goes_on(
             await fake.wait_sent("sendMessage", ANN)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert [r for r in caplog.records if r.levelno == logging.WARNING and "polling" in r.getMessage()]
+
+
+@dataclass
+class SeedlessProvider(ScriptedProvider):
+    """A model that ignores seeds: its images come back with none."""
+
+    async def generate(self, call: ProviderCall, on_preview: PreviewCallback | None) -> list[GeneratedImage]:
+        return [replace(image, seed=None) for image in await super().generate(call, on_preview)]
+
+
+@dataclass
+class ReseedingProvider(ScriptedProvider):
+    """A model that picks its own seed (as A1111 does when sent -1) and says which."""
+
+    async def generate(self, call: ProviderCall, on_preview: PreviewCallback | None) -> list[GeneratedImage]:
+        images = await super().generate(call, on_preview)
+        return [replace(image, seed=4240 + i) for i, image in enumerate(images)]
+
+
+@pytest.mark.parametrize(("provider", "shown"), [(SeedlessProvider(), None), (ReseedingProvider(), "seeds 4240, 4241")])
+async def test_the_seed_shown_is_the_one_that_made_the_images(
+    runtime_factory: RuntimeFactory, fake: FakeTelegram, provider: ScriptedProvider, shown: str | None
+) -> None:
+    ann = fake.user(ANN, "Ann")
+    model = scripted_model("picky").model_copy(update={"supports_seed": shown is not None})
+    async with running_bot(runtime_factory, fake, extra_providers={"scripted": provider}, models=(model,)):
+        fake.send(ann, "/imagine a quiet harbour --n 2 --seed 77")
+        [under_album] = await fake.wait_sent("sendMessage", ANN, where=is_result)
+        fake.send(ann, "/history")
+        await fake.wait_sent("sendMessage", ANN, where=lambda c: "Page 1 of" in c.params["text"])
+        fake.press(ann, under_album.result, under_album.callback_data()[0])  # 🔄 still works
+        await fake.wait_sent("sendMessage", ANN, count=3, where=is_result)
+    status = fake.sent("sendMessage", ANN)[0].params["text"]
+    album, history = (c.params["media"][0]["caption"] for c in fake.sent("sendMediaGroup", ANN)[:2])
+    assert "Queued" in status and "seed 77" not in status  # no image yet, so no seed
+    for text in (album, under_album.params["text"], history):
+        assert "77" not in text  # the job's own seed made nothing
+        if shown is None:
+            assert "seed" not in text.replace("new seed", "")
+        else:
+            assert shown in text

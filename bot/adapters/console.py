@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from bot.adapters.wording import refund_text
+from bot.adapters.wording import refund_text, seeds_text
 from bot.core.errors import BotError, InvalidRequest
 from bot.core.events import DeliveryReceipt
 from bot.core.models import Destination, Generation, HistoryPage, ImageFile, UserIdentity
@@ -53,7 +53,7 @@ class ConsoleObserver:
     async def on_queued(self, job: Generation, position: int) -> str | None:
         self.expect(job.id)
         ahead = f", {position} ahead of it" if position else ""
-        self.write(f"[{job.id}] queued: {job.count} × {job.model}, {job.aspect_ratio}, seed {job.seed}{ahead}")
+        self.write(f"[{job.id}] queued: {job.count} × {job.model}, {job.aspect_ratio}{ahead}")
         for warning in job.warnings:
             self.write(f"[{job.id}] note: {warning}")
         return None
@@ -66,7 +66,8 @@ class ConsoleObserver:
 
     async def on_completed(self, job: Generation, images: Sequence[ImageFile]) -> DeliveryReceipt | None:
         paths = await asyncio.to_thread(self._save, job, images)
-        self.write(f"[{job.id}] done: “{job.prompt}” · {job.model} · seed {job.seed}")
+        seeds = seeds_text([image.record for image in images])
+        self.write(f"[{job.id}] done: “{job.prompt}” · {job.model}{f' · {seeds}' if seeds else ''}")
         for image, path in zip(images, paths, strict=True):
             self.write(f"  {image.record.index + 1}: {path}")
         if job.status == "partial":
@@ -209,9 +210,10 @@ class Console:
         self.write(f"History, page {page.page + 1} of {page.pages} ({page.total} in all):")
         for item in page.items:
             g = item.generation
+            seeds = seeds_text(item.images)
             self.write(
                 f"  [{g.id}] {g.created_at:%Y-%m-%d %H:%M} · {g.status} · {g.model} · {g.aspect_ratio} · "
-                f"seed {g.seed} · “{g.prompt}”"
+                f"{f'{seeds} · ' if seeds else ''}“{g.prompt}”"
             )
             for image in item.images:
                 self.write(f"      {image.index + 1}: {image.url}")

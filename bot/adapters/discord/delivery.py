@@ -144,9 +144,10 @@ class DiscordObserver:
         images: Sequence[ImageFile],
         fitted: media.FittedImages,
     ) -> str | None:
-        caption = render.result_caption(job, fitted.notes())
         shown = {u.index for group in fitted.messages for u in group}
-        view = buttons.result_view(job, [i.record for i in images if i.record.index in shown])
+        records = [i.record for i in images if i.record.index in shown]
+        caption = render.result_caption(job, records, fitted.notes())
+        view = buttons.result_view(job, records)
         groups = fitted.messages or [[]]  # nothing uploadable: still say so (the note explains)
         if context is not None and job.destination.message_id and context.token_alive(self.clock()):
             try:

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import discord
 
-from bot.adapters.wording import plural, refund_text
-from bot.core.models import Balance, Generation, HistoryPage
+from bot.adapters.wording import plural, refund_text, seeds_text
+from bot.core.models import Balance, Generation, HistoryPage, ImageRecord
 
 MESSAGE_LIMIT = 2000  # characters of content per message
 PROMPT_SHOWN = 300  # characters of a prompt shown in captions; the full prompt is in /history
@@ -51,11 +51,14 @@ def started_text(job: Generation) -> str:
     return _limit(f"🎨 **Generating…** started <t:{int(started.timestamp())}:R>\n{_summary(job)}{_warnings(job)}")
 
 
-def result_caption(job: Generation, notes: Sequence[str] = ()) -> str:
-    lines = [
-        f"**{clean(job.prompt)}**",
-        f"{job.model} · {job.aspect_ratio} · seed {job.seed} · <@{job.owner.platform_user_id}>",
-    ]
+def _details(job: Generation, images: Sequence[ImageRecord]) -> str:
+    """Model, shape, and the seeds that made the images (none when no image reports one)."""
+    seeds = seeds_text(images)
+    return f"{job.model} · {job.aspect_ratio}{f' · {seeds}' if seeds else ''}"
+
+
+def result_caption(job: Generation, images: Sequence[ImageRecord], notes: Sequence[str] = ()) -> str:
+    lines = [f"**{clean(job.prompt)}**", f"{_details(job, images)} · <@{job.owner.platform_user_id}>"]
     if job.status == "partial":
         lines.append(
             f"⚠ {clean(job.error_message or 'Some images could not be made.', 300)} {refund_text(job)}".rstrip()
@@ -81,7 +84,7 @@ def history_text(page: HistoryPage) -> str:
     lines = [
         f"**Your history** · {page.page + 1} of {page.pages}",
         f"**{clean(g.prompt)}**",
-        f"{g.model} · {g.aspect_ratio} · seed {g.seed} · <t:{int(g.created_at.timestamp())}:f>",
+        f"{_details(g, page.items[0].images)} · <t:{int(g.created_at.timestamp())}:f>",
     ]
     if g.negative_prompt:
         lines.append(f"without: {clean(g.negative_prompt, 200)}")

@@ -135,12 +135,13 @@ class TelegramObserver:
         if not ordered:  # cannot happen for succeeded/partial; show something rather than nothing
             await self._final_text(job, at, status_id, render.failed_text(job), None)
             return DeliveryReceipt()
-        keyboard = buttons.result_keyboard(job, [image.record for image in ordered])
+        records = [image.record for image in ordered]
+        keyboard = buttons.result_keyboard(job, records)
         refs: dict[str, str] = {}
         try:
             if len(ordered) == 1:
                 message = await self.sender.photo(
-                    at.chat_id, photo_source(ordered[0]), caption=render.result_caption(job, at.in_group),
+                    at.chat_id, photo_source(ordered[0]), caption=render.result_caption(job, records, at.in_group),
                     filename=photo_filename(job, ordered[0]), reply_to=at.reply_to, thread_id=at.thread_id,
                     keyboard=keyboard,
                 )
@@ -152,7 +153,7 @@ class TelegramObserver:
                 if album_id is None:
                     messages = await self.sender.album(
                         at.chat_id, [photo_source(image) for image in ordered],
-                        caption=render.result_caption(job, at.in_group),
+                        caption=render.result_caption(job, records, at.in_group),
                         filenames=[photo_filename(job, image) for image in ordered],
                         reply_to=at.reply_to, thread_id=at.thread_id,
                     )
@@ -160,7 +161,7 @@ class TelegramObserver:
                     album_id = messages[0].message_id
                     await self._remember_album(job, status_id, album_id, refs)
                 under_album = await self.sender.text(
-                    at.chat_id, render.album_buttons_text(job, len(ordered)),
+                    at.chat_id, render.album_buttons_text(job, records),
                     reply_to=album_id, thread_id=at.thread_id, keyboard=keyboard,
                 )
                 result_id = under_album.message_id

@@ -82,7 +82,7 @@ class HistorySender:
                                             keyboard=keyboard)]
         messages = await self.sender.album(chat_id, sources, caption=caption, filenames=filenames)
         await self.sender.text(
-            chat_id, render.album_buttons_text(item.generation, len(images)),
+            chat_id, render.album_buttons_text(item.generation, images),
             reply_to=messages[0].message_id, keyboard=keyboard,
         )
         return list(messages)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bot.adapters.telegram import buttons
-from bot.adapters.wording import plural, refund_text
-from bot.core.models import Balance, Generation, HistoryItem, HistoryPage, ModelPrice, UserIdentity
+from bot.adapters.wording import plural, refund_text, seeds_text
+from bot.core.models import Balance, Generation, HistoryItem, HistoryPage, ImageRecord, ModelPrice, UserIdentity
 
 # Telegram's limits, counted in UTF-16 code units (how the Bot API measures text).
 CAPTION_LIMIT = 1024
@@ -50,8 +50,10 @@ def _kind_note(job: Generation) -> str:
     return {"regenerate": " · 🔄 new seed", "variation": " · variation"}.get(job.kind, "")
 
 
-def details(job: Generation) -> str:
-    return f"{job.model} · {job.aspect_ratio} · seed {job.seed}{_kind_note(job)}"
+def details(job: Generation, images: Sequence[ImageRecord] = ()) -> str:
+    """Model, shape, and the seeds that made the images (none before there are images)."""
+    seeds = seeds_text(images)
+    return f"{job.model} · {job.aspect_ratio}{f' · {seeds}' if seeds else ''}{_kind_note(job)}"
 
 
 def owner_note(job: Generation, in_group: bool) -> str:
@@ -78,16 +80,17 @@ def generating_text(job: Generation, elapsed: float | None = None) -> str:
     return quoted_prompt(job.prompt, f"\n🎨 Generating {images} with {job.model}…{took}", TEXT_LIMIT)
 
 
-def result_caption(job: Generation, in_group: bool = False) -> str:
-    rest = f"\n{details(job)}{owner_note(job, in_group)}"
+def result_caption(job: Generation, images: Sequence[ImageRecord], in_group: bool = False) -> str:
+    rest = f"\n{details(job, images)}{owner_note(job, in_group)}"
     if job.status == "partial":
         rest += f"\n⚠ {job.error_message or 'Some images could not be made.'}{_refund_note(job)}"
     return quoted_prompt(job.prompt, rest, CAPTION_LIMIT)
 
 
-def album_buttons_text(job: Generation, count: int) -> str:
+def album_buttons_text(job: Generation, images: Sequence[ImageRecord]) -> str:
     """The message under an album (albums can't carry buttons)."""
-    rest = f"\n{count} images · {details(job)}\n🔄 new seed · V1–V{count} vary one · 📎 original files"
+    count = len(images)
+    rest = f"\n{count} images · {details(job, images)}\n🔄 new seed · V1–V{count} vary one · 📎 original files"
     if job.status == "partial":
         rest += f"\n⚠ {job.error_message or 'Some images could not be made.'}{_refund_note(job)}"
     return quoted_prompt(job.prompt, rest, TEXT_LIMIT)
@@ -119,7 +122,7 @@ def history_caption(item: HistoryItem, limit: int = CAPTION_LIMIT) -> str:
         "queued": " · ⏳ queued",
         "running": " · 🎨 generating",
     }.get(job.status, "")
-    return quoted_prompt(job.prompt, f"\n{details(job)}\n{when}{status}", limit)
+    return quoted_prompt(job.prompt, f"\n{details(job, item.images)}\n{when}{status}", limit)
 
 
 def history_footer(page: HistoryPage) -> str:
