@@ -737,3 +737,22 @@ async def test_the_seed_shown_is_the_one_that_made_the_images(
             assert "seed" not in text.replace("new seed", "")
         else:
             assert shown in text
+
+
+async def test_models_lists_each_model_with_its_cost_and_is_in_the_menus(
+    runtime_factory: RuntimeFactory, fake: FakeTelegram
+) -> None:
+    ann = fake.user(ANN, "Ann")
+    paid = scripted_model("paid", cost=3)
+    cheap = scripted_model("cheap", cost=1)
+    async with running_bot(
+        runtime_factory, fake, extra_providers={"scripted": ScriptedProvider()}, models=(paid, cheap),
+        default_model="cheap",
+    ):
+        fake.send(ann, "/models")
+        [reply] = await fake.wait_sent("sendMessage", ANN)
+    text = reply.params["text"]
+    assert "paid" in text and "3 credits per image" in text
+    assert "cheap" in text and "1 credit per image · the default" in text
+    scopes = {key: [c["command"] for c in commands] for key, commands in fake.commands.items()}
+    assert "models" in scopes['{"type": "all_private_chats"}'] and "models" in scopes['{"type": "all_group_chats"}']

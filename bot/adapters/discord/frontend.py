@@ -156,7 +156,7 @@ class DiscordFrontEnd:
 
 
 def register_commands(tree: app_commands.CommandTree[Any], handlers: DiscordHandlers) -> None:
-    """/imagine, /history, /balance, /credits grant|revoke: usable in servers and in DMs with the bot."""
+    """/imagine, /history, /balance, /models, /credits grant|revoke: usable in servers and in DMs with the bot."""
     contexts = app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=False)
     installs = app_commands.AppInstallationType(guild=True, user=False)
 
@@ -190,6 +190,10 @@ def register_commands(tree: app_commands.CommandTree[Any], handlers: DiscordHand
     async def balance(interaction: discord.Interaction) -> None:
         await handlers.balance(interaction)
 
+    @app_commands.command(name="models", description="The models you can use and what each costs per image")
+    async def models(interaction: discord.Interaction) -> None:
+        await handlers.models(interaction)
+
     credits = app_commands.Group(
         name="credits",
         description="Change a user's credits (bot admins only)",
@@ -211,7 +215,7 @@ def register_commands(tree: app_commands.CommandTree[Any], handlers: DiscordHand
     ) -> None:
         await handlers.adjust_credits(interaction, user, -amount)
 
-    for command in (imagine, history, balance):
+    for command in (imagine, history, balance, models):
         command.allowed_contexts = contexts
         command.allowed_installs = installs
         tree.add_command(command)

@@ -117,6 +117,12 @@ class DiscordHandlers:
             text = f"{render.balance_text(balance)}\n-# Your user id: {interaction.user.id}"
             await interaction.followup.send(text, ephemeral=True)
 
+    async def models(self, interaction: discord.Interaction) -> None:
+        async with self._answering(interaction):
+            await self._defer(interaction, thinking=True, ephemeral=True)
+            text = render.models_text(self.service.model_choices(), self.service.default_model)
+            await interaction.followup.send(text, ephemeral=True)
+
     async def adjust_credits(self, interaction: discord.Interaction, target: discord.abc.User, amount: int) -> None:
         """`amount` > 0 grants, < 0 revokes. The core refuses anyone who isn't a configured admin."""
         async with self._answering(interaction):

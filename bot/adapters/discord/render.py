@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import discord
 
 from bot.adapters.wording import plural, refund_text, seeds_text
-from bot.core.models import Balance, Generation, HistoryPage, ImageRecord
+from bot.core.models import Balance, Generation, HistoryPage, ImageRecord, ModelPrice
 
 MESSAGE_LIMIT = 2000  # characters of content per message
 PROMPT_SHOWN = 300  # characters of a prompt shown in captions; the full prompt is in /history
@@ -94,6 +94,15 @@ def history_text(page: HistoryPage) -> str:
     elif g.status in ("queued", "running"):
         lines.append(f"{g.status}…")
     return _limit("\n".join(lines))
+
+
+def models_text(models: Sequence[ModelPrice], default: str) -> str:
+    lines = [
+        f"• **{clean(m.label, 80)}** (`{m.name}`): {plural(m.cost, 'credit')} per image"
+        + (" · the default" if m.name == default else "")
+        for m in models
+    ]
+    return _limit("Models you can use (pick one with the `model` option of /imagine):\n" + "\n".join(lines))
 
 
 def balance_text(balance: Balance) -> str:

@@ -52,6 +52,7 @@ PRIVATE_COMMANDS = [
     BotCommand("imagine", "Make images: /imagine <prompt> --ar 16:9 --n 2"),
     BotCommand("history", "Your earlier images"),
     BotCommand("balance", "Your credits and the prices"),
+    BotCommand("models", "The models and what each costs"),
     BotCommand("help", "How to use this bot"),
     BotCommand("start", "Welcome and your balance"),
 ]
@@ -59,6 +60,7 @@ GROUP_COMMANDS = [
     BotCommand("imagine", "Make images: /imagine <prompt> --ar 16:9 --n 2"),
     BotCommand("history", "Your earlier images (sent privately)"),
     BotCommand("balance", "Your credits and the prices"),
+    BotCommand("models", "The models and what each costs"),
     BotCommand("help", "How to use this bot"),
 ]
 ADMIN_COMMANDS = [
@@ -139,6 +141,7 @@ class TelegramFrontEnd:
         app.add_handler(CommandHandler("imagine", h.imagine, filters=new_messages))
         app.add_handler(CommandHandler("history", h.history, filters=new_messages))
         app.add_handler(CommandHandler("balance", h.balance, filters=new_messages))
+        app.add_handler(CommandHandler("models", h.models, filters=new_messages))
         app.add_handler(CommandHandler("grant", h.grant, filters=new_messages))
         app.add_handler(CommandHandler("revoke", h.revoke, filters=new_messages))
         app.add_handler(MessageHandler(new_messages & private & filters.COMMAND, h.unknown_command))

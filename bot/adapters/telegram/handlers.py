@@ -176,6 +176,13 @@ class TelegramHandlers:
             return False
         return True
 
+    async def models(self, update: Update, context: Context) -> None:
+        if update.effective_message is None:
+            return
+        async with self._answering(update):
+            text = render.models_text(self.service.model_choices(), self.service.default_model)
+            await self._reply(update.effective_message, text)
+
     async def balance(self, update: Update, context: Context) -> None:
         message, user = update.effective_message, update.effective_user
         if message is None or user is None:

@@ -180,6 +180,14 @@ def _prices(models: Sequence[ModelPrice], credits_enabled: bool) -> str:
     return "\n".join(lines)
 
 
+def models_text(models: Sequence[ModelPrice], default: str) -> str:
+    lines = [
+        f"• {m.name} ({m.label}): {plural(m.cost, 'credit')} per image{' · the default' if m.name == default else ''}"
+        for m in models
+    ]
+    return "Models you can use (pick one with --model name):\n" + "\n".join(lines)
+
+
 def balance_text(balance: Balance) -> str:
     if not balance.credits_enabled:
         return "Credits are off here: make as many images as you like.\nModels:\n" + _prices(balance.models, False)
@@ -203,7 +211,8 @@ def help_text(bot_username: str, models: Sequence[ModelPrice], default_model: st
         "Under each result: 🔄 the same prompt with a new seed, V1… a variation of that image, "
         "📎 the original files (Telegram compresses photos).\n\n"
         "/history  your earlier images (in our private chat)\n"
-        "/balance  your credits and the prices\n\n"
+        "/balance  your credits and the prices\n"
+        "/models  the models and what each costs\n\n"
         "Models:\n" + _prices(models, False)
     )
 
