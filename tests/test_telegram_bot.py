@@ -756,3 +756,23 @@ async def test_models_lists_each_model_with_its_cost_and_is_in_the_menus(
     assert "cheap" in text and "1 credit per image · the default" in text
     scopes = {key: [c["command"] for c in commands] for key, commands in fake.commands.items()}
     assert "models" in scopes['{"type": "all_private_chats"}'] and "models" in scopes['{"type": "all_group_chats"}']
+
+
+async def test_small_wording_one_credit_no_backticks_and_history_buttons_in_groups(
+    runtime_factory: RuntimeFactory, fake: FakeTelegram
+) -> None:
+    ann, bob = fake.user(ANN, "Ann"), fake.user(BOB, "Bob")
+    group = fake.group()
+    async with running_bot(runtime_factory, fake, starting_credits=0):
+        fake.send(ann, "/imagine a lighthouse")
+        [broke] = await fake.wait_sent("sendMessage", ANN)
+        fake.send(ann, "/imagine")
+        [_, empty] = await fake.wait_sent("sendMessage", ANN, count=2)
+        # A history page button in a group, pressed by someone who never opened a private chat.
+        shown = fake.message_update(ann, "🗂 Page 1 of 2", chat=group)["message"]
+        fake.press(bob, shown, "h:1")
+        [link] = await fake.wait_sent("sendMessage", group["id"])
+    assert broke.params["text"].startswith("This needs 1 credit and you have 0.")
+    assert "`" not in empty.params["text"] and "/imagine a lighthouse at dusk" in empty.params["text"]
+    assert link.params["reply_markup"]["inline_keyboard"][0][0]["url"] == f"https://t.me/{BOT_USERNAME}?start=history"
+    assert not fake.sent(chat_id=BOB)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from bot.adapters.wording import refund_text, seeds_text
+from bot.adapters.wording import plural, refund_text, seeds_text
 from bot.core.errors import BotError, InvalidRequest
 from bot.core.events import DeliveryReceipt
 from bot.core.models import Destination, Generation, HistoryPage, ImageFile, UserIdentity
@@ -163,7 +163,8 @@ class Console:
         elif command == "balance":
             self._show_models()
             balance = await self.service.balance(self.user)
-            self.write(f"Balance: {balance.balance} credits" if balance.credits_enabled else "Credits are off.")
+            credits = plural(balance.balance, "credit")
+            self.write(f"Balance: {credits}" if balance.credits_enabled else "Credits are off.")
         elif command == "models":
             self._show_models()
         elif command == "wait":
@@ -177,7 +178,8 @@ class Console:
         accepted = await self.service.imagine(self.user, parse_command_text(text), self.destination)
         self.last_generation = accepted.generation.id
         if accepted.balance is not None:
-            self.write(f"Reserved {accepted.generation.credits_reserved} credits; balance {accepted.balance}.")
+            reserved = plural(accepted.generation.credits_reserved, "credit")
+            self.write(f"Reserved {reserved}; balance {accepted.balance}.")
 
     async def _regenerate(self, rest: str) -> None:
         accepted = await self.service.regenerate(self.user, self._target(rest), self.destination)
@@ -222,7 +224,7 @@ class Console:
         self.write("Models:")
         for price in self.service.model_choices():
             default = " (default)" if price.name == self.service.default_model else ""
-            self.write(f"  {price.name}{default}: {price.label}, {price.cost} credits per image")
+            self.write(f"  {price.name}{default}: {price.label}, {plural(price.cost, 'credit')} per image")
 
     async def _wait_for(self, generation_id: str) -> None:
         event = self.observer.finished.get(generation_id)

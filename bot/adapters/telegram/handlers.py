@@ -95,7 +95,7 @@ class TelegramHandlers:
         except BotError as error:
             message = update.effective_message  # the command, or the message whose button was pressed
             if message is not None:
-                await self._reply(message, error.user_message)
+                await self._reply(message, render.plain(error.user_message))
 
     # --- commands ------------------------------------------------------------------------------
 
@@ -160,9 +160,9 @@ class TelegramHandlers:
                 return
             # In a group, one's history is nobody else's business: it goes to the private chat.
             if await self._history_in_private(user, message, page):
-                await self._reply(message, "📬 Sent your history to our private chat.")
+                await self._reply(message, render.HISTORY_SENT)
 
-    async def _history_in_private(self, user: User, message: Message, page: int) -> bool:
+    async def _history_in_private(self, user: User, message: Message | MaybeInaccessibleMessage, page: int) -> bool:
         """A history page sent to the user's private chat; if they never opened one, a link to open it
         (as a reply to `message`) and False."""
         try:
@@ -248,9 +248,14 @@ class TelegramHandlers:
                     await self.service.cancel(who, generation_id, chat_id)
                 case buttons.Originals(generation_id):
                     await self._send_originals(who, generation_id, message.chat.id, message.message_id, full_message)
-                case buttons.HistoryPage(page):
+                case buttons.HistoryPage(page) if message.chat.type == ChatType.PRIVATE:
                     await self.sender.drop_keyboard(message.chat.id, message.message_id)
                     await self.history_sender.send_page(who, query.from_user.id, page)
+                case buttons.HistoryPage(page):
+                    # Pressed in a group: as /history there, the page goes to the private chat, or a link
+                    # to open one comes back.
+                    if await self._history_in_private(query.from_user, message, page):
+                        await self._reply(message, render.HISTORY_SENT)
 
     async def _send_originals(
         self, who: UserIdentity, generation_id: str, chat_id: int, message_id: int, message: Message | None

@@ -3,6 +3,7 @@ and nothing a user types can then break a message's markup."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from bot.adapters.telegram import buttons
@@ -13,6 +14,7 @@ from bot.core.models import Balance, Generation, HistoryItem, HistoryPage, Image
 CAPTION_LIMIT = 1024
 TEXT_LIMIT = 4096
 ELLIPSIS = "…"
+_CODE_SPAN = re.compile(r"`([^`\n]+)`")
 
 
 def utf16_len(text: str) -> int:
@@ -139,10 +141,16 @@ UNKNOWN_COMMAND = "I don't know that command. Try /help."
 UNKNOWN_BUTTON = "This button isn't one I know (or it has expired)."
 NOT_YOURS_TO_CANCEL = "Only the person who asked for these images can cancel them."
 NO_MESSAGE = "This button can't be used here."
+HISTORY_SENT = "📬 Sent your history to our private chat."
 HISTORY_NEEDS_PRIVATE_CHAT = (
     "I can only show your history in our private chat, and you haven't started one yet. "
     "Tap below, press Start, and it's there."
 )
+
+
+def plain(text: str) -> str:
+    """A core message as it reads without markup (no parse mode here): `code` loses its backticks."""
+    return _CODE_SPAN.sub(r"\1", text)
 
 
 def toast(action: buttons.Action) -> str | None:
@@ -163,10 +171,10 @@ def adjusted_text(target: UserIdentity, amount: int, applied: int, balance: int)
     """What an admin is told after /grant (applied > 0) or /revoke."""
     name = target.display_name or target.platform_user_id
     if applied > 0:
-        return f"Added {applied} credits to {name}. Their balance is now {balance}."
+        return f"Added {plural(applied, 'credit')} to {name}. Their balance is now {balance}."
     removed = -applied
     short = f" (only {removed}: a balance stops at zero)" if removed < amount else ""
-    return f"Removed {removed} credits from {name}{short}. Their balance is now {balance}."
+    return f"Removed {plural(removed, 'credit')} from {name}{short}. Their balance is now {balance}."
 
 
 # --- commands ---------------------------------------------------------------------------------------
@@ -191,7 +199,7 @@ def models_text(models: Sequence[ModelPrice], default: str) -> str:
 def balance_text(balance: Balance) -> str:
     if not balance.credits_enabled:
         return "Credits are off here: make as many images as you like.\nModels:\n" + _prices(balance.models, False)
-    return f"You have {balance.balance} credits.\nPrices:\n" + _prices(balance.models, True)
+    return f"You have {plural(balance.balance, 'credit')}.\nPrices:\n" + _prices(balance.models, True)
 
 
 def help_text(bot_username: str, models: Sequence[ModelPrice], default_model: str) -> str:
@@ -219,5 +227,5 @@ def help_text(bot_username: str, models: Sequence[ModelPrice], default_model: st
 
 def welcome_text(name: str, balance: Balance, bot_username: str, models: Sequence[ModelPrice], default: str) -> str:
     greeting = f"Hi {name}! " if name else "Hi! "
-    credits = f"You have {balance.balance} credits.\n\n" if balance.credits_enabled else ""
+    credits = f"You have {plural(balance.balance, 'credit')}.\n\n" if balance.credits_enabled else ""
     return f"{greeting}{credits}" + help_text(bot_username, models, default)
