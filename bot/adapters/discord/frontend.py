@@ -85,8 +85,8 @@ class DiscordFrontEnd:
             member_cache_flags=discord.MemberCacheFlags.none(),
             # A long rate limit is better retried by the core later than waited out here.
             max_ratelimit_timeout=30.0,
-            # Kept-alive connections: under a burst each deferral otherwise opens (in production: TLS-
-            # handshakes) a connection of its own, half of its cost (measured in bench/burst.py).
+            # Kept-alive connections: under a burst each deferral would otherwise open (in production: TLS-
+            # handshake) a connection of its own.
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=300),
         )
         count_http_errors(self.client.http)

@@ -28,10 +28,9 @@ from bot.core.service import GenerationService
 log = logging.getLogger(__name__)
 
 MAX_PROMPT_OPTION = 4000  # the /imagine prompt option's length limit, as registered with Discord
-# Commands doing their work (core calls, replies) at once. Bounded so that under a burst the event loop
+# Commands doing their work (core calls, replies) at once. Small, so that under a burst the event loop
 # keeps turning quickly: the gateway is read and new interactions acknowledged between their steps (the
-# deferral itself never waits for this). 4 against 8: ack p99 35-57 ms against 52-101 ms in the burst.
-# At a ~100 ms round trip to Discord, 4 slots still settle ~40 commands a second.
+# deferral itself never waits for this). bench/burst.py measures the choice.
 CONCURRENT_COMMANDS = 4
 
 # Discord's codes for an interaction that can't be answered: already acknowledged (a redelivered event

@@ -39,12 +39,12 @@ log = logging.getLogger(__name__)
 
 ALLOWED_UPDATES = ["message", "callback_query"]
 # Updates processed at once. Handlers only queue work (the worker makes the images), so this bounds the
-# replies in flight, not generation; Telegram takes ~30 messages a second from a bot anyway. Kept small
-# so that under a burst the event loop turns quickly for everything else (the Discord gateway above all;
-# see discord.commands.CONCURRENT_COMMANDS for what 4 against 8 measured).
+# replies in flight, not generation; Telegram limits how fast a bot may send anyway. Small, so that under
+# a burst the event loop turns quickly for everything else (the Discord gateway above all; as
+# discord.handlers.CONCURRENT_COMMANDS).
 CONCURRENT_UPDATES = 4
-# Updates asked for per getUpdates. PTB parses a whole batch in one go, ~0.25 ms per update: a full
-# batch of 100 holds the event loop for ~25 ms, while the Discord gateway and everything else wait.
+# Updates asked for per getUpdates. PTB parses a whole batch in one go, holding the event loop while the
+# Discord gateway and everything else wait: smaller batches than Telegram's 100 keep those pauses short.
 UPDATES_PER_POLL = 20
 START_ATTEMPTS = 4  # 1 + 2 + 4 s of waiting for a Bot API that is briefly unreachable
 
@@ -100,11 +100,10 @@ class TelegramFrontEnd:
             self._token,
             base_url=settings.telegram_base_url,
             base_file_url=settings.telegram_base_file_url,
-            # PTB's default pool of 256 connections costs CPU on every request (httpcore scans it); 16
-            # kept-alive connections carry a burst with less (measured in bench/burst.py). Under a burst,
-            # requests queue for a pooled connection longer than PTB's 1 s default; and a photo upload's
-            # answer can take a while. A timed-out send may have gone through, and retrying it would post
-            # twice, so these are generous.
+            # PTB's default pool of 256 connections costs CPU on every request (httpcore scans it); a few
+            # kept-alive connections carry a burst with less. Under a burst, requests queue for a pooled
+            # connection longer than PTB's default allows, and a photo upload's answer can take a while. A
+            # timed-out send may have gone through, and retrying it would post twice, so these are generous.
             request=HTTPXRequest(connection_pool_size=16, pool_timeout=10.0, read_timeout=15.0),
             # Two connections: stopping cancels the long poll in flight and at once asks getUpdates again
             # to confirm what was fetched. PTB doesn't wait for the cancelled request to give its
