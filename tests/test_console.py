@@ -47,7 +47,7 @@ def test_console_script_end_to_end(tmp_path: Path) -> None:
     for path in paths:
         with Image.open(path) as image:
             assert image.size[0] > image.size[1]  # 16:9
-    assert "seed 7" in out
+    assert "seeds 7, 8" in out  # the seeds that made the two images
     assert "Please describe the image" in out
     assert "1 to 4 images" in out
     assert "Balance: 14 credits" in out

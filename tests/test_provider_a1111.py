@@ -11,12 +11,12 @@ import httpx
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from bot.bootstrap import build_providers
 from bot.core.catalogue import ASPECT_RATIOS, ModelSpec
 from bot.core.errors import ProviderAuthError, ProviderBadRequest, ProviderError, ProviderUnavailable
 from bot.core.providers.automatic1111 import Automatic1111Provider
 from bot.core.providers.base import InputImage, ratio_parts
 from bot.core.providers.runner import ImageOutcome, ProviderRunner, RetryPolicy
-from bot.runtime import build_providers
 from tests.conftest import make_settings
 from tests.fakes.a1111_server import (
     RANDOM_SEED,

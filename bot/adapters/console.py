@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from bot.adapters.wording import plural, refund_text, seeds_text
 from bot.core.errors import BotError, InvalidRequest
 from bot.core.events import DeliveryReceipt
 from bot.core.models import Destination, Generation, HistoryPage, ImageFile, UserIdentity
@@ -52,7 +53,7 @@ class ConsoleObserver:
     async def on_queued(self, job: Generation, position: int) -> str | None:
         self.expect(job.id)
         ahead = f", {position} ahead of it" if position else ""
-        self.write(f"[{job.id}] queued: {job.count} × {job.model}, {job.aspect_ratio}, seed {job.seed}{ahead}")
+        self.write(f"[{job.id}] queued: {job.count} × {job.model}, {job.aspect_ratio}{ahead}")
         for warning in job.warnings:
             self.write(f"[{job.id}] note: {warning}")
         return None
@@ -65,20 +66,21 @@ class ConsoleObserver:
 
     async def on_completed(self, job: Generation, images: Sequence[ImageFile]) -> DeliveryReceipt | None:
         paths = await asyncio.to_thread(self._save, job, images)
-        self.write(f"[{job.id}] done: “{job.prompt}” · {job.model} · seed {job.seed}")
+        seeds = seeds_text([image.record for image in images])
+        self.write(f"[{job.id}] done: “{job.prompt}” · {job.model}{f' · {seeds}' if seeds else ''}")
         for image, path in zip(images, paths, strict=True):
             self.write(f"  {image.record.index + 1}: {path}")
         if job.status == "partial":
-            self.write(f"[{job.id}] {job.error_message} {_refund_text(job)}")
+            self.write(f"[{job.id}] {job.error_message} {refund_text(job)}")
         self._finish(job.id)
         return None
 
     async def on_failed(self, job: Generation) -> None:
-        self.write(f"[{job.id}] failed: {job.error_message} {_refund_text(job)}")
+        self.write(f"[{job.id}] failed: {job.error_message} {refund_text(job)}")
         self._finish(job.id)
 
     async def on_cancelled(self, job: Generation) -> None:
-        self.write(f"[{job.id}] cancelled. {_refund_text(job)}")
+        self.write(f"[{job.id}] cancelled. {refund_text(job)}")
         self._finish(job.id)
 
     def _finish(self, generation_id: str) -> None:
@@ -95,8 +97,24 @@ class ConsoleObserver:
         return paths
 
 
-def _refund_text(job: Generation) -> str:
-    return f"{job.credits_refunded} credits refunded." if job.credits_refunded else ""
+class ConsoleFrontEnd:
+    """The console as a front end: nothing to connect; `run` reads commands until EOF or `stop`."""
+
+    def __init__(self, service: GenerationService, output_dir: Path, write: Callable[[str], None]) -> None:
+        self.service = service
+        self.observer = ConsoleObserver(output_dir, write)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop_taking_work(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def run(self, stop: asyncio.Event, stdin: TextIO = sys.stdin) -> bool:
+        return await run_console(self.service, self.observer, stop, stdin)
 
 
 class Console:
@@ -145,7 +163,8 @@ class Console:
         elif command == "balance":
             self._show_models()
             balance = await self.service.balance(self.user)
-            self.write(f"Balance: {balance.balance} credits" if balance.credits_enabled else "Credits are off.")
+            credits = plural(balance.balance, "credit")
+            self.write(f"Balance: {credits}" if balance.credits_enabled else "Credits are off.")
         elif command == "models":
             self._show_models()
         elif command == "wait":
@@ -159,7 +178,8 @@ class Console:
         accepted = await self.service.imagine(self.user, parse_command_text(text), self.destination)
         self.last_generation = accepted.generation.id
         if accepted.balance is not None:
-            self.write(f"Reserved {accepted.generation.credits_reserved} credits; balance {accepted.balance}.")
+            reserved = plural(accepted.generation.credits_reserved, "credit")
+            self.write(f"Reserved {reserved}; balance {accepted.balance}.")
 
     async def _regenerate(self, rest: str) -> None:
         accepted = await self.service.regenerate(self.user, self._target(rest), self.destination)
@@ -192,9 +212,10 @@ class Console:
         self.write(f"History, page {page.page + 1} of {page.pages} ({page.total} in all):")
         for item in page.items:
             g = item.generation
+            seeds = seeds_text(item.images)
             self.write(
                 f"  [{g.id}] {g.created_at:%Y-%m-%d %H:%M} · {g.status} · {g.model} · {g.aspect_ratio} · "
-                f"seed {g.seed} · “{g.prompt}”"
+                f"{f'{seeds} · ' if seeds else ''}“{g.prompt}”"
             )
             for image in item.images:
                 self.write(f"      {image.index + 1}: {image.url}")
@@ -203,7 +224,7 @@ class Console:
         self.write("Models:")
         for price in self.service.model_choices():
             default = " (default)" if price.name == self.service.default_model else ""
-            self.write(f"  {price.name}{default}: {price.label}, {price.cost} credits per image")
+            self.write(f"  {price.name}{default}: {price.label}, {plural(price.cost, 'credit')} per image")
 
     async def _wait_for(self, generation_id: str) -> None:
         event = self.observer.finished.get(generation_id)

@@ -28,7 +28,7 @@ from telegram.constants import ChatAction
 from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, TelegramError
 
 from bot.adapters.telegram import media
-from bot.adapters.telegram.rendering import CAPTION_LIMIT, TEXT_LIMIT, fit
+from bot.adapters.telegram.render import CAPTION_LIMIT, TEXT_LIMIT, fit
 
 log = logging.getLogger(__name__)
 
