@@ -236,7 +236,7 @@ async def bootstrap(
         worker_pool = pool
         if pool is None:
             pool, worker_pool = await stack.enter_async_context(open_pools(settings))
-        assert worker_pool is not None
+        assert pool is not None and worker_pool is not None
         store = build_store(settings)
         providers = {**build_providers(settings), **(extra_providers or {})}
         # The core and the front ends need each other: the core is built with the observers' mapping, the

@@ -215,6 +215,7 @@ def register_commands(tree: app_commands.CommandTree[Any], handlers: DiscordHand
     ) -> None:
         await handlers.adjust_credits(interaction, user, -amount)
 
+    command: app_commands.Command[Any, Any, None]
     for command in (imagine, history, balance, models):
         command.allowed_contexts = contexts
         command.allowed_installs = installs

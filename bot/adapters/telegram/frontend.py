@@ -70,7 +70,7 @@ ADMIN_COMMANDS = [
 ]
 
 
-class PagedBot(ExtBot[None]):
+class PagedBot(ExtBot[int]):
     """PTB's bot, whose long polling fetches at most UPDATES_PER_POLL updates at a time."""
 
     async def get_updates(
