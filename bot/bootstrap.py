@@ -200,6 +200,7 @@ def build_core(
             per_user_queued_limit=settings.per_user_queued_limit,
             requests_per_minute=settings.requests_per_minute,
         ),
+        store=store,
     )
     return worker, service
 

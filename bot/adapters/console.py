@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import re
 import shlex
 import sys
 import threading
@@ -12,9 +13,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from bot.adapters.wording import plural, refund_text, seeds_text
+from bot.adapters.wording import plural, refund_text, seeds_text, source_text
 from bot.core.errors import BotError, InvalidRequest
 from bot.core.events import DeliveryReceipt
+from bot.core.input_images import UploadedImage, refuse_if_too_large
 from bot.core.models import Destination, Generation, HistoryPage, ImageFile, UserIdentity
 from bot.core.prompt import parse_command_text
 from bot.core.service import GenerationService
@@ -22,12 +24,17 @@ from bot.core.storage.base import EXTENSIONS
 
 PLATFORM = "console"
 CHAT_ID = "console"
+# `--image path` or `--image "a path with spaces"`, anywhere in the line.
+IMAGE_OPTION = re.compile(r'\s*--image\s+(?:"([^"]+)"|(\S+))')
 
 HELP = """Commands:
   /imagine <prompt> [--ar 16:9] [--n 4] [--seed 7] [--model name] [--no <negative>]
                     (plain text works too)
+  /imagine <prompt> --image photo.jpg [--image other.png]
+                    an edit of your pictures
   regenerate [id]   same prompt, new seed (default: the last generation)
   vary <k> [id]     a variation of image k
+  remix <k> <prompt>  image k of the last generation, with a new prompt
   cancel [id]       cancel a queued or running generation
   delete [id]       remove a generation from your history
   /history [page]   your earlier generations
@@ -152,6 +159,8 @@ class Console:
             await self._regenerate(rest)
         elif command in ("vary", "variation"):
             await self._vary(rest)
+        elif command == "remix":
+            await self._remix(rest)
         elif command == "cancel":
             job = await self.service.cancel(self.user, self._target(rest), CHAT_ID)
             self.last_generation = job.id
@@ -175,7 +184,10 @@ class Console:
             await self._imagine(line)
 
     async def _imagine(self, text: str) -> None:
-        accepted = await self.service.imagine(self.user, parse_command_text(text), self.destination)
+        paths = [quoted or bare for quoted, bare in IMAGE_OPTION.findall(text)]
+        inputs = [await _read_picture(Path(path)) for path in paths]
+        request = parse_command_text(IMAGE_OPTION.sub("", text))
+        accepted = await self.service.imagine(self.user, request, self.destination, inputs=inputs)
         self.last_generation = accepted.generation.id
         if accepted.balance is not None:
             reserved = plural(accepted.generation.credits_reserved, "credit")
@@ -199,6 +211,19 @@ class Console:
         accepted = await self.service.vary(self.user, image.id, self.destination)
         self.last_generation = accepted.generation.id
 
+    async def _remix(self, rest: str) -> None:
+        number, _, prompt = rest.partition(" ")
+        if not number.isdigit() or not prompt.strip():
+            raise InvalidRequest("Say which image and the new prompt, e.g. `remix 2 the same, at night`.")
+        generation_id = self._target("")
+        await self._wait_for(generation_id)
+        item = await self.service.generation(self.user, generation_id, CHAT_ID)
+        image = next((i for i in item.images if i.index + 1 == int(number)), None)
+        if image is None:
+            raise InvalidRequest(f"That generation has no image {number}.")
+        accepted = await self.service.remix(self.user, image.id, prompt.strip(), self.destination)
+        self.last_generation = accepted.generation.id
+
     def _target(self, rest: str) -> str:
         target = rest.strip() or self.last_generation
         if target is None:
@@ -217,6 +242,9 @@ class Console:
                 f"  [{g.id}] {g.created_at:%Y-%m-%d %H:%M} · {g.status} · {g.model} · {g.aspect_ratio} · "
                 f"{f'{seeds} · ' if seeds else ''}“{g.prompt}”"
             )
+            if item.inputs:
+                sizes = ", ".join(f"{i.width}×{i.height}" for i in item.inputs)
+                self.write(f"      {source_text(item.inputs)} ({sizes})")
             for image in item.images:
                 self.write(f"      {image.index + 1}: {image.url}")
 
@@ -233,6 +261,16 @@ class Console:
 
     async def wait_all(self) -> None:
         await asyncio.gather(*(event.wait() for event in list(self.observer.finished.values())))
+
+
+async def _read_picture(path: Path) -> UploadedImage:
+    """A local file for an edit: its size is checked before it is read."""
+    try:
+        refuse_if_too_large((await asyncio.to_thread(path.stat)).st_size)
+        data = await asyncio.to_thread(path.read_bytes)
+    except OSError:
+        raise InvalidRequest(f"I can't read the file {path}.") from None
+    return UploadedImage(data, path.name)
 
 
 def _page_number(rest: str) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bot.core.models import Generation, ImageRecord
+from bot.core.models import Generation, ImageRecord, InputRecord
 
 GENERIC_ERROR = "Sorry, something went wrong on my side. Please try again in a moment."
 RESTARTING = "I'm restarting right now and not taking new work. Please try again in a minute."
@@ -29,3 +29,10 @@ def seeds_text(images: Sequence[ImageRecord]) -> str:
     if not seeds:
         return ""
     return f"seed {seeds[0]}" if len(seeds) == 1 else "seeds " + ", ".join(str(seed) for seed in seeds)
+
+
+def source_text(inputs: Sequence[InputRecord]) -> str:
+    """"from your image" (an edit), "from your 2 images", or "" when it started from words alone."""
+    if not inputs:
+        return ""
+    return "from your image" if len(inputs) == 1 else f"from your {len(inputs)} images"

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import discord
 
-from bot.adapters.wording import plural, refund_text, seeds_text
+from bot.adapters.wording import plural, refund_text, seeds_text, source_text
 from bot.core.models import Balance, Generation, HistoryPage, ImageRecord, ModelPrice
 
 MESSAGE_LIMIT = 2000  # characters of content per message
@@ -86,6 +86,8 @@ def history_text(page: HistoryPage) -> str:
         f"**{clean(g.prompt)}**",
         f"{_details(g, page.items[0].images)} · <t:{int(g.created_at.timestamp())}:f>",
     ]
+    if page.items[0].inputs:
+        lines.append(source_text(page.items[0].inputs))
     if g.negative_prompt:
         lines.append(f"without: {clean(g.negative_prompt, 200)}")
     if g.status in ("failed", "cancelled"):

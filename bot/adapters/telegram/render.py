@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 
 from bot.adapters.telegram import buttons
-from bot.adapters.wording import plural, refund_text, seeds_text
+from bot.adapters.wording import plural, refund_text, seeds_text, source_text
 from bot.core.models import Balance, Generation, HistoryItem, HistoryPage, ImageRecord, ModelPrice, UserIdentity
 
 # Telegram's limits, counted in UTF-16 code units (how the Bot API measures text).
@@ -124,7 +124,8 @@ def history_caption(item: HistoryItem, limit: int = CAPTION_LIMIT) -> str:
         "queued": " · ⏳ queued",
         "running": " · 🎨 generating",
     }.get(job.status, "")
-    return quoted_prompt(job.prompt, f"\n{details(job, item.images)}\n{when}{status}", limit)
+    source = f" · {source_text(item.inputs)}" if item.inputs else ""
+    return quoted_prompt(job.prompt, f"\n{details(job, item.images)}{source}\n{when}{status}", limit)
 
 
 def history_footer(page: HistoryPage) -> str:
