@@ -83,7 +83,11 @@ class Automatic1111Provider(HttpProvider):
             max_keepalive_connections=max(DEFAULT_KEEPALIVE, 2 * max_concurrency),
         )
         super().__init__(base_url or "", http, limits)
-        self._auth = httpx.BasicAuth(username, password.get_secret_value() if password else "") if username else None
+        # No username: requests go without auth (the client has none of its own).
+        self._auth = (
+            httpx.BasicAuth(username, password.get_secret_value() if password else "")
+            if username else httpx.USE_CLIENT_DEFAULT
+        )
         self._password = password
         # The runner holds calls beyond this outside their timeout: one web UI runs one job at a time, a
         # farm behind one URL as many as it has GPUs.
@@ -144,7 +148,7 @@ class Automatic1111Provider(HttpProvider):
 
     async def _run(self, endpoint: str, payload: dict[str, Any], on_preview: PreviewCallback | None) -> httpx.Response:
         request = asyncio.create_task(
-            self._client().post(f"{self._base_url}/sdapi/v1/{endpoint}", json=payload, auth=self._auth or httpx.USE_CLIENT_DEFAULT)
+            self._client().post(f"{self._base_url}/sdapi/v1/{endpoint}", json=payload, auth=self._auth)
         )
         try:
             if on_preview is not None:
@@ -198,7 +202,7 @@ class Automatic1111Provider(HttpProvider):
     async def _interrupt(self) -> None:
         try:
             async with asyncio.timeout(INTERRUPT_TIMEOUT):
-                await self._client().post(f"{self._base_url}/sdapi/v1/interrupt", auth=self._auth or httpx.USE_CLIENT_DEFAULT)
+                await self._client().post(f"{self._base_url}/sdapi/v1/interrupt", auth=self._auth)
         except (TimeoutError, httpx.HTTPError) as error:
             log.info("a1111 interrupt after an abandoned request failed: %s", type(error).__name__)
 
