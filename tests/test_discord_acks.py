@@ -14,7 +14,7 @@ from aiohttp import web
 from bot.adapters.discord.keepalive import KeepAliveError, KeepAlivePool
 from tests.conftest import RuntimeFactory, wait_for
 from tests.fakes.discord_harness import finished, running_bot, serving_fake
-from tests.fakes.discord_server import DEFERRED_CHANNEL_MESSAGE, FakeDiscord
+from tests.fakes.discord_server import CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, FakeDiscord
 
 
 @pytest.fixture
@@ -48,6 +48,20 @@ async def test_imagine_is_deferred_before_the_command_runs(runtime_factory: Runt
     assert deferral.callback_type == DEFERRED_CHANNEL_MESSAGE and deferral.status == 200  # type: ignore[attr-defined]
     assert deferral.json.get("data") is None  # type: ignore[attr-defined]  # public "thinking…"
     assert message.id == fake.original(interaction).id  # type: ignore[union-attr]  # the job edited that message
+
+
+async def test_while_restarting_a_job_command_is_refused_privately_and_never_deferred(
+    runtime_factory: RuntimeFactory, fake: FakeDiscord
+) -> None:
+    alice = fake.user("alice")
+    async with running_bot(runtime_factory, fake) as bot:
+        await bot.frontend.stop_taking_work()
+        interaction = await fake.slash("imagine", {"prompt": "a lighthouse"}, user=alice)
+        await wait_for(lambda: fake.ephemeral_texts(interaction))
+        assert not await bot.generations(alice)
+    assert "restarting" in fake.ephemeral_texts(interaction)[0]
+    [refusal] = callbacks(fake, interaction)  # a deferral would have made "thinking…" public
+    assert refusal.callback_type == CHANNEL_MESSAGE  # type: ignore[attr-defined]
 
 
 async def test_a_refused_early_deferral_is_made_again_the_usual_way(

@@ -67,11 +67,9 @@ class DiscordController:
         """Whether a raw interaction is one `_run_job` will defer publicly, so it may be deferred straight
         from the gateway event (bot.adapters.discord.acks): /imagine, 🔄 and V1–V4, when none of the
         refusals that come before the deferral applies (they are private, and a deferral can't be taken
-        back). The same checks as `_may_start_job` and `imagine`, on the raw payload."""
-        if not self.accepting:
-            return False
+        back): `_job_refusal`, and for /imagine the options `imagine` parses, read from the raw payload."""
         permissions = discord.Permissions(int(data.get("app_permissions") or 0))
-        if data.get("guild_id") is not None and not permissions.attach_files:
+        if self._job_refusal(data.get("guild_id"), permissions) is not None:
             return False
         inner = data.get("data") or {}
         if data.get("type") == _COMPONENT:
@@ -214,12 +212,18 @@ class DiscordController:
             log.info("interaction %s was already handled as job %s", interaction.id, accepted.generation.id)
 
     async def _may_start_job(self, interaction: discord.Interaction) -> bool:
-        if not await self._accepting(interaction):
-            return False
-        if interaction.guild_id is not None and not interaction.app_permissions.attach_files:
-            await self.say(interaction, render.NEED_ATTACH_FILES)
-            return False
-        return True
+        refusal = self._job_refusal(interaction.guild_id, interaction.app_permissions)
+        if refusal is not None:
+            await self.say(interaction, refusal)
+        return refusal is None
+
+    def _job_refusal(self, guild_id: int | str | None, permissions: discord.Permissions) -> str | None:
+        """Why a job can't start here, or None. Also read on the raw gateway event (`acknowledges_early`)."""
+        if not self.accepting:
+            return render.RESTARTING
+        if guild_id is not None and not permissions.attach_files:
+            return render.NEED_ATTACH_FILES
+        return None
 
     async def _accepting(self, interaction: discord.Interaction) -> bool:
         if not self.accepting:
