@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from bot.adapters.discord.keepalive import KeepAliveError, KeepAlivePool
+from bot.core.metrics import PLATFORM_ERRORS
 from tests.conftest import RuntimeFactory, wait_for
 from tests.fakes.discord_harness import finished, running_bot, serving_fake
 from tests.fakes.discord_server import CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, FakeDiscord
@@ -68,12 +69,15 @@ async def test_a_refused_early_deferral_is_made_again_the_usual_way(
     runtime_factory: RuntimeFactory, fake: FakeDiscord
 ) -> None:
     alice = fake.user("alice")
+    refused = PLATFORM_ERRORS.labels("discord", "http_503")
+    before = refused._value.get()
     async with running_bot(runtime_factory, fake) as bot:
         fake.fail_next("POST", r"/interactions/\d+/[^/]+/callback", 503, {"message": "upstream", "code": 0})
         interaction = await fake.slash("imagine", {"prompt": "a red kite"}, user=alice)
         await wait_for(finished(fake, interaction))
         assert await bot.balance(alice) == 19
     assert [r.status for r in callbacks(fake, interaction)] == [503, 200]  # type: ignore[attr-defined]
+    assert refused._value.get() == before + 1  # counted for the operator's metrics
 
 
 async def test_an_early_deferral_answered_without_its_resource_still_starts_the_job(

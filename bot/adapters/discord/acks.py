@@ -21,6 +21,7 @@ import discord
 from discord.enums import InteractionResponseType
 
 from bot.adapters.discord.keepalive import KeepAliveError, KeepAlivePool, Response
+from bot.core.metrics import PLATFORM_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ class EarlyAcks:
         except ValueError:  # a proxy's HTML error page, say
             payload = None
         if response.status >= 300:
+            if response.status >= 400:  # as frontend.count_http_errors counts discord.py's
+                PLATFORM_ERRORS.labels("discord", f"http_{response.status}").inc()
             code = payload.get("code") if isinstance(payload, dict) else None
             raise AckRefused(response.status, code, response.body[:200].decode(errors="replace"))
         if not isinstance(payload, dict) or not isinstance(payload.get("interaction"), dict):
