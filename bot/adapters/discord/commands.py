@@ -14,8 +14,8 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot.adapters.discord import render
-from bot.adapters.discord.acks import ALREADY_ACKNOWLEDGED, UNKNOWN_INTERACTION, AckRefused, EarlyAcks, mark_deferred
+from bot.adapters.discord import internals, render
+from bot.adapters.discord.acks import ALREADY_ACKNOWLEDGED, UNKNOWN_INTERACTION, AckRefused, Deferral, EarlyAcks
 from bot.adapters.discord.buttons import Action, ButtonPayload, decode, history_view
 from bot.adapters.discord.context import DEFAULT_UPLOAD_LIMIT, PLATFORM, destination_for
 from bot.config import ASPECT_RATIOS
@@ -29,8 +29,7 @@ log = logging.getLogger(__name__)
 MAX_PROMPT_OPTION = 4000  # the /imagine prompt option's length limit, as registered with Discord
 # Commands doing their work (core calls, replies) at once. Bounded so that under a burst the event loop
 # keeps turning quickly: the gateway is read and new interactions acknowledged between their steps (the
-# deferral itself never waits for this). 4 against 8: ack p99 35-57 ms against 52-101 ms in the burst.
-# At a ~100 ms round trip to Discord, 4 slots still settle ~40 commands a second.
+# early deferral never waits for this; bench/burst.py measures the effect).
 CONCURRENT_COMMANDS = 4
 
 HISTORY_PAGE_SIZE = 1  # one generation per page: its images and buttons fit one message
@@ -202,9 +201,8 @@ class DiscordController:
     ) -> None:
         """Answer publicly ("thinking…"), then hand the job to the core with that message as its home:
         the observer edits it from queued to the images."""
-        response = await self._defer(interaction, thinking=True)
+        message_id = await self._defer(interaction, thinking=True)
         interaction.extras["public_thinking"] = True
-        message_id = response.message_id if response is not None else None
         if message_id is None:
             message_id = (await interaction.original_response()).id
         accepted = await start(destination_for(interaction, message_id))
@@ -232,22 +230,25 @@ class DiscordController:
 
     async def _defer(
         self, interaction: discord.Interaction, *, thinking: bool = False, ephemeral: bool = False
-    ) -> discord.InteractionCallbackResponse[Any] | None:
+    ) -> int | None:
+        """Acknowledge the interaction (or adopt its early acknowledgement). Returns the id of the "thinking…"
+        message, when Discord said it."""
         if "unanswerable" in interaction.extras:
             raise _Unanswerable(interaction.extras["unanswerable"])
-        early: discord.InteractionCallbackResponse[Any] | None = interaction.extras.pop("deferral", None)
+        early: Deferral | None = interaction.extras.pop("deferral", None)
         if early is not None:
-            return early
+            return early.message_id
         try:
-            return await interaction.response.defer(thinking=thinking, ephemeral=ephemeral)
+            response = await interaction.response.defer(thinking=thinking, ephemeral=ephemeral)
         except discord.HTTPException as error:
             if error.code == ALREADY_ACKNOWLEDGED and interaction.extras.get("early_ack"):
                 # Our early deferral reached Discord; only its answer was lost on the way back.
-                mark_deferred(interaction)
+                internals.mark_deferred(interaction)
                 return None
             if error.code in _UNANSWERABLE:
                 raise _Unanswerable(f"{error.code} {error.text}") from error
             raise
+        return response.message_id if response is not None else None
 
     async def _adopt_early_ack(self, interaction: discord.Interaction) -> None:
         """Take over the deferral sent from the gateway event, if there was one. Never raises: a refusal

@@ -1,7 +1,7 @@
 """A small HTTP/1.1 client for one thing: POSTing interaction acknowledgements with the least work between
 the gateway event and the bytes on the wire. The request is written on a kept-alive connection in the same
-step that received the event; aiohttp needs several event-loop turns and ~0.3 ms of CPU per request, which
-under a burst of hundreds of interactions puts the last acknowledgement far past the first.
+step that received the event. aiohttp (a task per request, several event-loop turns and more CPU each)
+puts the acknowledgements of a burst of hundreds of interactions far behind the events (bench/burst.py).
 
 HTTP framing is h11's (a sans-I/O HTTP/1.1 implementation, already here as httpx's); only the connection
 handling is ours: one request in flight per connection, idle connections kept for reuse."""
