@@ -1,4 +1,4 @@
-"""The contract of bot/adapters/discord/internals.py: what it relies on in discord.py, checked
+"""The contract of bot/adapters/discord/internals.py: what it relies on in discord.py and aiohttp, checked
 one by one, so that an upgrade that changes any of it fails here, by name, rather than somewhere in a
 burst. Each test is named for the item of the module's docstring it holds."""
 
@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
+import io
+import os
+import tracemalloc
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any, cast
 
 import discord
 import pytest
+from aiohttp import payload
 from discord.enums import InteractionResponseType
 from discord.gateway import DiscordWebSocket
 
@@ -70,4 +74,36 @@ async def test_only_an_application_webhook_sends_ephemeral_messages(fake: FakeDi
             await webhook.send("hello", ephemeral=True)
     finally:
         await client.close()
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.received = 0
+
+    async def write(self, chunk: bytes | memoryview) -> None:
+        self.received += len(chunk)
+
+
+async def _peak_while_sending(fp: io.BytesIO) -> tuple[type[payload.Payload], int, int]:
+    """The payload class aiohttp picks for `fp`, the bytes it sent, and the peak of memory allocated meanwhile."""
+    tracemalloc.start()
+    try:
+        body = payload.get_payload(fp)
+        sink = _Sink()
+        await body.write(sink)  # type: ignore[arg-type]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return type(body), sink.received, peak
+
+
+async def test_aiohttp_sends_an_image_upload_without_copying_it() -> None:
+    data = os.urandom(4 * 2**20)
+    kind, sent, peak = await _peak_while_sending(internals.ImageUpload(data))
+    assert kind is payload.BytesIOPayload and sent == len(data)
+    assert peak < len(data) // 4
+    # Still needed: a plain BytesIO is copied whole (if this fails, aiohttp stopped: drop ImageUpload).
+    _, sent, peak = await _peak_while_sending(io.BytesIO(data))
+    assert sent == len(data) and peak >= len(data)
+
 

@@ -1,6 +1,6 @@
-"""Every use of discord.py's private parts, in one place, each for a gain the public API
+"""Every use of discord.py's and aiohttp's private parts, in one place, each for a gain the public API
 can't give (bench/burst.py measures them). Checked against the versions in CHECKED_WITH (pyproject.toml
-pins them); tests/test_discord_internals.py fails when discord.py changes what is relied on here:
+pins them); tests/test_discord_internals.py fails when either library changes what is relied on here:
 
 - discord.py: `Client._connection.parsers`, the dict of gateway event handlers the websocket looks each
   event up in (it keeps a reference to this same dict, so it is changed in place), and its
@@ -10,10 +10,15 @@ pins them); tests/test_discord_internals.py fails when discord.py changes what i
   sets after answering; set here after an answer discord.py didn't send itself (the early deferral).
 - discord.py: `Webhook.type`, read by `Webhook.send` on every call. `Webhook.partial` has no way to say an
   interaction token's webhook is an application webhook, the only kind discord.py sends ephemeral
-  messages through."""
+  messages through.
+- aiohttp: `BytesIOPayload` (what aiohttp sends a BytesIO with) calls `getbuffer()` only to learn the size,
+  then reads. BytesIO's `getbuffer()` copies the bytes the BytesIO shared with its creator; an
+  ImageUpload answers it with a view of those bytes instead, so an upload in flight holds no second copy
+  of its images."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +27,7 @@ from discord.enums import InteractionResponseType
 
 # What this module was checked against (tests/test_discord_internals.py holds the installed versions to it):
 # after an upgrade, check every item above, then add the version here.
-CHECKED_WITH = {"discord.py": ("2.7.1",)}
+CHECKED_WITH = {"discord.py": ("2.7.1",), "aiohttp": ("3.14.5",)}
 
 INTERACTION_CREATE = "INTERACTION_CREATE"
 
@@ -50,3 +55,15 @@ def interaction_webhook(application_id: int, token: str, client: discord.Client)
     webhook.type = discord.WebhookType.application
     return webhook
 
+
+class ImageUpload(io.BytesIO):
+    """Image bytes for discord.File, which aiohttp sends without copying them (see the module's docstring).
+    Read-only."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.data = data
+
+    def getbuffer(self) -> memoryview:
+        """All the bytes, as BytesIO's would be, but read-only and without copying them."""
+        return memoryview(self.data)
