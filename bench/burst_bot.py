@@ -186,7 +186,7 @@ async def _experiments_when_ready(config: dict[str, Any], discord_front: Discord
 class Trace:
     """Timestamps (time.monotonic, comparable with the parent's) of the steps inside the bot between a
     platform event and its first answer, keyed as the parent knows the event:
-    discord: interaction id -> [event read, acknowledgement written] (bot.adapters.discord.acks);
+    discord: interaction id -> [event read, acknowledgement sent off] (bot.adapters.discord.acks);
     telegram: "chat:message" -> [handler started, on_queued called]."""
 
     def __init__(self) -> None:

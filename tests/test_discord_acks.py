@@ -12,9 +12,10 @@ import pytest
 from aiohttp import web
 
 from bot.adapters.discord.keepalive import KeepAliveError, KeepAlivePool
+from bot.core.metrics import PLATFORM_ERRORS
 from tests.conftest import RuntimeFactory, wait_for
 from tests.fakes.discord_harness import finished, running_bot, serving_fake
-from tests.fakes.discord_server import DEFERRED_CHANNEL_MESSAGE, FakeDiscord
+from tests.fakes.discord_server import CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, FakeDiscord
 
 
 @pytest.fixture
@@ -50,16 +51,33 @@ async def test_imagine_is_deferred_before_the_command_runs(runtime_factory: Runt
     assert message.id == fake.original(interaction).id  # type: ignore[union-attr]  # the job edited that message
 
 
+async def test_while_restarting_a_job_command_is_refused_privately_and_never_deferred(
+    runtime_factory: RuntimeFactory, fake: FakeDiscord
+) -> None:
+    alice = fake.user("alice")
+    async with running_bot(runtime_factory, fake) as bot:
+        await bot.frontend.stop_taking_work()
+        interaction = await fake.slash("imagine", {"prompt": "a lighthouse"}, user=alice)
+        await wait_for(lambda: fake.ephemeral_texts(interaction))
+        assert not await bot.generations(alice)
+    assert "restarting" in fake.ephemeral_texts(interaction)[0]
+    [refusal] = callbacks(fake, interaction)  # a deferral would have made "thinking…" public
+    assert refusal.callback_type == CHANNEL_MESSAGE  # type: ignore[attr-defined]
+
+
 async def test_a_refused_early_deferral_is_made_again_the_usual_way(
     runtime_factory: RuntimeFactory, fake: FakeDiscord
 ) -> None:
     alice = fake.user("alice")
+    refused = PLATFORM_ERRORS.labels("discord", "http_503")
+    before = refused._value.get()
     async with running_bot(runtime_factory, fake) as bot:
         fake.fail_next("POST", r"/interactions/\d+/[^/]+/callback", 503, {"message": "upstream", "code": 0})
         interaction = await fake.slash("imagine", {"prompt": "a red kite"}, user=alice)
         await wait_for(finished(fake, interaction))
         assert await bot.balance(alice) == 19
     assert [r.status for r in callbacks(fake, interaction)] == [503, 200]  # type: ignore[attr-defined]
+    assert refused._value.get() == before + 1  # counted for the operator's metrics
 
 
 async def test_an_early_deferral_answered_without_its_resource_still_starts_the_job(

@@ -188,7 +188,7 @@ async def test_an_upload_retried_after_a_server_error_sends_the_same_bytes(
     runtime_factory: RuntimeFactory, fake: FakeDiscord
 ) -> None:
     """discord.py rewinds each file and sends it again after a 5xx; the images go out as slices of the
-    bytes the provider made (bot.adapters.discord.uploads), whole again on the retry."""
+    bytes the provider made (bot.adapters.discord.internals.ImageUpload), whole again on the retry."""
     alice = fake.user("alice")
     async with running_bot(runtime_factory, fake) as bot:
         interaction = await fake.slash("imagine", {"prompt": "two moons --n 2"}, user=alice)

@@ -1,5 +1,6 @@
-"""Image uploads as discord.py hands them to aiohttp: sent whole, as slices of the original bytes, to a
-real aiohttp server on 127.0.0.1."""
+"""Image uploads as discord.py hands them to aiohttp: sent whole, and again after a rewind, to a real
+aiohttp server on 127.0.0.1. (That aiohttp sends them without copying their bytes is a contract of
+bot/adapters/discord/internals.py, tested in test_discord_internals.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import discord
 import pytest
 from aiohttp import web
 
-from bot.adapters.discord.uploads import CHUNK_BYTES, ImageUpload, ImageUploadPayload
+from bot.adapters.discord.internals import ImageUpload
 
 
 @pytest.fixture
@@ -30,32 +31,30 @@ async def receiver() -> AsyncIterator[tuple[str, list[bytes]]]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     try:
         yield f"http://127.0.0.1:{port}/upload", received
     finally:
         await runner.cleanup()
 
 
-async def test_an_upload_goes_out_whole_in_slices_and_again_after_a_rewind(receiver) -> None:
+async def test_an_upload_goes_out_whole_and_again_after_a_rewind(receiver: tuple[str, list[bytes]]) -> None:
     url, received = receiver
-    data = os.urandom(3 * CHUNK_BYTES + 123)  # several slices, the last one short
+    data = os.urandom(3 * 2**16 + 123)  # several of aiohttp's chunks, the last one short
     file = discord.File(ImageUpload(data), filename="image-1.png")
     async with aiohttp.ClientSession() as session:
         for attempt in range(2):  # what discord.py does to retry: rewind the file, build the form again
             file.reset(seek=attempt)
             form = aiohttp.FormData(quote_fields=False)
             form.add_field("files[0]", file.fp, filename=file.filename, content_type="application/octet-stream")
-            body = form()
-            assert isinstance(body._parts[0][0], ImageUploadPayload)  # type: ignore[attr-defined]
-            async with session.post(url, data=body) as response:
+            async with session.post(url, data=form()) as response:
                 assert response.status == 200
     assert received == [data, data]
 
 
-def test_the_payload_starts_where_the_file_stands() -> None:
+def test_an_upload_starts_where_the_file_stands() -> None:
     upload = ImageUpload(b"0123456789")
     upload.seek(4)
-    payload = ImageUploadPayload(upload)
+    payload = aiohttp.payload.get_payload(upload)
     assert payload.size == 6
     assert payload.decode() == "456789"

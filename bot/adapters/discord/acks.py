@@ -2,9 +2,10 @@
 raw gateway event, before discord.py builds its objects and before the command runs.
 
 Discord shows "thinking…" only once the deferral arrives, and under a burst the event loop is busy with
-the previous interactions' work: by the time a command coroutine reached `defer()`, hundreds of
-milliseconds had passed (bench/burst.py). Here the deferral is written in the same step that read the
-event, and discord.py's processing of the event is put after every acknowledgement already queued.
+the previous interactions' work: a command coroutine reaches `defer()` late (bench/burst.py measures by
+how much). Here the deferral is written in the same step that read the event, on a connection kept open
+for it (keepalive.py), and discord.py's processing of the event is put after every acknowledgement
+already queued.
 
 The command later adopts the acknowledgement (`adopt`): discord.py then treats the interaction as
 deferred, exactly as if `interaction.response.defer(thinking=True)` had been awaited."""
@@ -15,16 +16,18 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import discord
 from discord.enums import InteractionResponseType
 
+from bot.adapters.discord import internals
 from bot.adapters.discord.keepalive import KeepAliveError, KeepAlivePool, Response
+from bot.core.metrics import PLATFORM_ERRORS
 
 log = logging.getLogger(__name__)
 
-EVENT = "INTERACTION_CREATE"
 DEFERRED_CHANNEL_MESSAGE = InteractionResponseType.deferred_channel_message
 # Discord's codes for an interaction that can't be answered: already acknowledged, or unknown (too late).
 ALREADY_ACKNOWLEDGED = 40060
@@ -40,19 +43,24 @@ class AckRefused(Exception):
         self.code = code
 
 
+@dataclass(frozen=True)
+class Deferral:
+    """An accepted deferral: the id of its "thinking…" message, when Discord said."""
+
+    message_id: int | None
+
+
 class EarlyAcks:
     """`wanted(raw_interaction)` says whether the command would answer with a public deferral."""
 
-    def __init__(self, client: discord.Client, wanted: Callable[[dict[str, Any]], bool], warm: int) -> None:
+    def __init__(self, client: discord.Client, wanted: Callable[[dict[str, Any]], bool], *, warm: int) -> None:
         self.client = client
         self.wanted = wanted
         self.warm = warm
         self._pending: dict[int, asyncio.Task[Response]] = {}
         self._backlog: collections.deque[dict[str, Any]] = collections.deque()
         self._pool: KeepAlivePool | None = None
-        state = client._connection  # the gateway websocket dispatches through this same dict
-        self._parse = state.parsers[EVENT]
-        state.parsers[EVENT] = self._on_interaction
+        self._parse = internals.intercept_interactions(client, self._on_interaction)
 
     def _on_interaction(self, data: dict[str, Any]) -> None:
         try:
@@ -90,7 +98,7 @@ class EarlyAcks:
             self._pool = KeepAlivePool(discord.http.Route.BASE, self.client.http.user_agent, warm=self.warm)
         return self._pool
 
-    async def adopt(self, interaction: discord.Interaction) -> discord.InteractionCallbackResponse[Any] | None:
+    async def adopt(self, interaction: discord.Interaction) -> Deferral | None:
         """The early deferral's result, with `interaction.response` marked as deferred. None when there was
         none, or when it failed in transit (the command then defers the usual way). Raises AckRefused when
         Discord refused it (already answered, or too late)."""
@@ -108,17 +116,19 @@ class EarlyAcks:
         except ValueError:  # a proxy's HTML error page, say
             payload = None
         if response.status >= 300:
+            if response.status >= 400:  # as frontend.count_http_errors counts discord.py's
+                PLATFORM_ERRORS.labels("discord", f"http_{response.status}").inc()
             code = payload.get("code") if isinstance(payload, dict) else None
             raise AckRefused(response.status, code, response.body[:200].decode(errors="replace"))
-        if not isinstance(payload, dict) or not isinstance(payload.get("interaction"), dict):
+        answered = payload.get("interaction") if isinstance(payload, dict) else None
+        if not isinstance(answered, dict):
             # Accepted, but with no callback resource to build on: the usual deferral follows, and its
             # "already acknowledged" answer counts as deferred (commands._defer).
             log.warning("interaction %s: early acknowledgement answered without a resource", interaction.id)
             return None
-        mark_deferred(interaction)
-        return discord.InteractionCallbackResponse(
-            data=payload, parent=interaction, state=interaction._state, type=DEFERRED_CHANNEL_MESSAGE
-        )
+        internals.mark_deferred(interaction)
+        message_id = answered.get("response_message_id")
+        return Deferral(int(message_id) if message_id is not None else None)
 
     async def aclose(self) -> None:
         for task in self._pending.values():
@@ -126,8 +136,3 @@ class EarlyAcks:
         self._pending.clear()
         if self._pool is not None:
             await self._pool.aclose()
-
-
-def mark_deferred(interaction: discord.Interaction) -> None:
-    """What `interaction.response.defer(thinking=True)` records after its POST succeeds."""
-    interaction.response._response_type = DEFERRED_CHANNEL_MESSAGE

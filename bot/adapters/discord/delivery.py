@@ -20,7 +20,7 @@ from typing import Any
 
 import discord
 
-from bot.adapters.discord import buttons, media, render
+from bot.adapters.discord import buttons, internals, media, render
 from bot.adapters.discord.context import DEFAULT_UPLOAD_LIMIT, PLATFORM, ReplyContext
 from bot.core.events import DeliveryReceipt
 from bot.core.models import Generation, ImageFile, ImageRecord
@@ -279,10 +279,7 @@ class DiscordObserver:
     # --- plumbing ------------------------------------------------------------------------------
 
     def _webhook(self, context: ReplyContext) -> discord.Webhook:
-        webhook = discord.Webhook.partial(context.application_id, context.token, client=self.client)
-        # An interaction token is an application webhook; discord.py only sends ephemeral messages through those.
-        webhook.type = discord.WebhookType.application
-        return webhook
+        return internals.interaction_webhook(context.application_id, context.token, self.client)
 
     def _lock(self, job_id: str) -> asyncio.Lock:
         return self._locks.setdefault(job_id, asyncio.Lock())

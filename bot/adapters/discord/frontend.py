@@ -41,19 +41,20 @@ class ImageBotClient(discord.Client):
         self.add_dynamic_items(ActionButton)
 
 
-def count_http_errors(http: discord.http.HTTPClient) -> None:
-    """Count every REST error for the operator's metrics, at the one place all requests pass through.
-    (discord.py retries 429s itself; only those it gives up on arrive here.)"""
-    send = http.request
+def count_http_errors() -> aiohttp.TraceConfig:
+    """For discord.py (`http_trace`): counts every error answer from Discord's REST API for the operator's
+    metrics, including those discord.py then retries (429s, some 5xx). The early acknowledgements, sent
+    without aiohttp, count theirs themselves (acks.py)."""
 
-    async def request(route: discord.http.Route, **kwargs: Any) -> Any:
-        try:
-            return await send(route, **kwargs)
-        except discord.HTTPException as error:
-            PLATFORM_ERRORS.labels("discord", f"http_{error.status}").inc()
-            raise
+    async def on_request_end(
+        session: aiohttp.ClientSession, context: object, params: aiohttp.TraceRequestEndParams
+    ) -> None:
+        if params.response.status >= 400:
+            PLATFORM_ERRORS.labels("discord", f"http_{params.response.status}").inc()
 
-    http.request = request  # type: ignore[method-assign]
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(on_request_end)
+    return trace
 
 
 class DiscordFrontEnd:
@@ -85,11 +86,11 @@ class DiscordFrontEnd:
             member_cache_flags=discord.MemberCacheFlags.none(),
             # A long rate limit is better retried by the core later than waited out here.
             max_ratelimit_timeout=30.0,
-            # Kept-alive connections: under a burst each deferral would otherwise open (in production: TLS-
-            # handshake) a connection of its own.
+            # Kept-alive connections: under a burst each request otherwise opens (in production: TLS-
+            # handshakes) a connection of its own.
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=300),
+            http_trace=count_http_errors(),
         )
-        count_http_errors(self.client.http)
         self.early_acks = EarlyAcks(
             self.client, self.handlers.acknowledges_early, warm=settings.discord_warm_connections
         )

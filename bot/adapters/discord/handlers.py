@@ -14,8 +14,8 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot.adapters.discord import render
-from bot.adapters.discord.acks import ALREADY_ACKNOWLEDGED, UNKNOWN_INTERACTION, AckRefused, EarlyAcks, mark_deferred
+from bot.adapters.discord import internals, render
+from bot.adapters.discord.acks import ALREADY_ACKNOWLEDGED, UNKNOWN_INTERACTION, AckRefused, Deferral, EarlyAcks
 from bot.adapters.discord.buttons import Action, ButtonPayload, decode
 from bot.adapters.discord.context import PLATFORM, destination_for
 from bot.adapters.discord.history import HistorySender
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 MAX_PROMPT_OPTION = 4000  # the /imagine prompt option's length limit, as registered with Discord
 # Commands doing their work (core calls, replies) at once. Small, so that under a burst the event loop
 # keeps turning quickly: the gateway is read and new interactions acknowledged between their steps (the
-# deferral itself never waits for this). bench/burst.py measures the choice.
+# early deferral never waits for this; bench/burst.py measures the effect).
 CONCURRENT_COMMANDS = 4
 
 # Discord's codes for an interaction that can't be answered: already acknowledged (a redelivered event
@@ -63,11 +63,9 @@ class DiscordHandlers:
         """Whether a raw interaction is one `_run_job` will defer publicly, so it may be deferred straight
         from the gateway event (bot.adapters.discord.acks): /imagine, 🔄 and V1–V4, when none of the
         refusals that come before the deferral applies (they are private, and a deferral can't be taken
-        back). The same checks as `_may_start_job` and `imagine`, on the raw payload."""
-        if not self.accepting:
-            return False
+        back): `_job_refusal`, and for /imagine the options `imagine` parses, read from the raw payload."""
         permissions = discord.Permissions(int(data.get("app_permissions") or 0))
-        if data.get("guild_id") is not None and not permissions.attach_files:
+        if self._job_refusal(data.get("guild_id"), permissions) is not None:
             return False
         inner = data.get("data") or {}
         if data.get("type") == _COMPONENT:
@@ -186,9 +184,8 @@ class DiscordHandlers:
     ) -> None:
         """Answer publicly ("thinking…"), then hand the job to the core with that message as its home:
         the observer edits it from queued to the images."""
-        response = await self._defer(interaction, thinking=True)
+        message_id = await self._defer(interaction, thinking=True)
         interaction.extras["public_thinking"] = True
-        message_id = response.message_id if response is not None else None
         if message_id is None:
             message_id = (await interaction.original_response()).id
         accepted = await start(destination_for(interaction, message_id))
@@ -196,12 +193,18 @@ class DiscordHandlers:
             log.info("interaction %s was already handled as job %s", interaction.id, accepted.generation.id)
 
     async def _may_start_job(self, interaction: discord.Interaction) -> bool:
-        if not await self._accepting(interaction):
-            return False
-        if interaction.guild_id is not None and not interaction.app_permissions.attach_files:
-            await self.say(interaction, render.NEED_ATTACH_FILES)
-            return False
-        return True
+        refusal = self._job_refusal(interaction.guild_id, interaction.app_permissions)
+        if refusal is not None:
+            await self.say(interaction, refusal)
+        return refusal is None
+
+    def _job_refusal(self, guild_id: int | str | None, permissions: discord.Permissions) -> str | None:
+        """Why a job can't start here, or None. Also read on the raw gateway event (`acknowledges_early`)."""
+        if not self.accepting:
+            return RESTARTING
+        if guild_id is not None and not permissions.attach_files:
+            return render.NEED_ATTACH_FILES
+        return None
 
     async def _accepting(self, interaction: discord.Interaction) -> bool:
         if not self.accepting:
@@ -210,22 +213,25 @@ class DiscordHandlers:
 
     async def _defer(
         self, interaction: discord.Interaction, *, thinking: bool = False, ephemeral: bool = False
-    ) -> discord.InteractionCallbackResponse[Any] | None:
+    ) -> int | None:
+        """Acknowledge the interaction (or adopt its early acknowledgement). Returns the id of the "thinking…"
+        message, when Discord said it."""
         if "unanswerable" in interaction.extras:
             raise _Unanswerable(interaction.extras["unanswerable"])
-        early: discord.InteractionCallbackResponse[Any] | None = interaction.extras.pop("deferral", None)
+        early: Deferral | None = interaction.extras.pop("deferral", None)
         if early is not None:
-            return early
+            return early.message_id
         try:
-            return await interaction.response.defer(thinking=thinking, ephemeral=ephemeral)
+            response = await interaction.response.defer(thinking=thinking, ephemeral=ephemeral)
         except discord.HTTPException as error:
             if error.code == ALREADY_ACKNOWLEDGED and interaction.extras.get("early_ack"):
                 # Our early deferral reached Discord; only its answer was lost on the way back.
-                mark_deferred(interaction)
+                internals.mark_deferred(interaction)
                 return None
             if error.code in _UNANSWERABLE:
                 raise _Unanswerable(f"{error.code} {error.text}") from error
             raise
+        return response.message_id if response is not None else None
 
     async def _adopt_early_ack(self, interaction: discord.Interaction) -> None:
         """Take over the deferral sent from the gateway event, if there was one. Never raises: a refusal

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import discord
 from PIL import Image
 
-from bot.adapters.discord.uploads import ImageUpload
+from bot.adapters.discord.internals import ImageUpload
 from bot.core.models import ImageFile
 from bot.core.storage.base import EXTENSIONS
 
