@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -130,10 +130,7 @@ async def get_images(conn: Connection, generation_ids: Sequence[str]) -> dict[st
         f"SELECT {IMAGE_COLUMNS} FROM image.images WHERE generation_id = ANY($1) ORDER BY generation_id, index",
         list(generation_ids),
     )
-    found: dict[str, list[ImageRecord]] = {gid: [] for gid in generation_ids}
-    for row in rows:
-        found[row["generation_id"]].append(image_from_row(row))
-    return found
+    return _by_generation(rows, generation_ids, image_from_row)
 
 
 async def get_image(conn: Connection, image_id: str) -> ImageRecord | None:
@@ -146,10 +143,7 @@ async def get_inputs(conn: Connection, generation_ids: Sequence[str]) -> dict[st
         f"SELECT {INPUT_COLUMNS} FROM image.input_images WHERE generation_id = ANY($1) ORDER BY generation_id, index",
         list(generation_ids),
     )
-    found: dict[str, list[InputRecord]] = {gid: [] for gid in generation_ids}
-    for row in rows:
-        found[row["generation_id"]].append(InputRecord(**dict(row)))
-    return found
+    return _by_generation(rows, generation_ids, lambda row: InputRecord(**dict(row)))
 
 
 async def add_inputs(conn: Connection, inputs: Sequence[InputRecord]) -> None:
@@ -209,3 +203,16 @@ async def history(
 
 async def mark_deleted(conn: Connection, generation_id: str) -> None:
     await conn.execute("UPDATE image.generations SET deleted_at = now() WHERE id = $1", generation_id)
+
+
+Item = TypeVar("Item")
+
+
+def _by_generation(
+    rows: Sequence[asyncpg.Record], generation_ids: Sequence[str], make: Callable[[asyncpg.Record], Item]
+) -> dict[str, list[Item]]:
+    """Rows grouped by their generation, in the rows' order; every asked-for generation has a list."""
+    found: dict[str, list[Item]] = {gid: [] for gid in generation_ids}
+    for row in rows:
+        found[row["generation_id"]].append(make(row))
+    return found
