@@ -22,6 +22,7 @@ from bot.core.providers.automatic1111 import Automatic1111Provider
 from bot.core.providers.base import ImageProvider
 from bot.core.providers.gateway import GatewayProvider
 from bot.core.providers.gemini import GeminiProvider
+from bot.core.providers.limits import ProviderLimits
 from bot.core.providers.offline import OfflineProvider
 from bot.core.providers.openai_images import OpenAIImagesProvider
 from bot.core.providers.runner import ProviderRunner, RetryPolicy
@@ -152,9 +153,11 @@ async def open_runtime(
     providers = {**build_providers(settings), **(extra_providers or {})}
     models = available_models(settings.models, providers)
     observers: dict[str, JobObserver] = {}
+    limits = ProviderLimits(settings.max_provider_calls, settings.provider_ceilings, worker_pool or pool)
     runner = ProviderRunner(
         settings.max_provider_calls,
         RetryPolicy(max_retries=settings.provider_max_retries, timeout=settings.provider_timeout_seconds),
+        limits,
     )
     worker = Worker(
         worker_pool or pool,
@@ -190,6 +193,7 @@ async def open_runtime(
         yield runtime
     finally:
         await worker.stop(settings.shutdown_grace_seconds)
+        await limits.close()
         if runtime.health is not None:
             await runtime.health.close()
         for provider in providers.values():
