@@ -96,8 +96,9 @@ def build_store(settings: Settings) -> ImageStore:
     return LocalStore(settings.local_images_dir)
 
 
-# The worker's own connections: its claims and results never queue behind a burst of incoming requests.
-WORKER_POOL_SIZE = 4
+# The worker's own connections: its claims and results never queue behind a burst of incoming requests
+# (two of them held for good: the record barrier's LISTEN and, with a provider ceiling, the provider slots).
+WORKER_POOL_SIZE = 6
 
 
 @asynccontextmanager
