@@ -52,6 +52,8 @@ class RecordBarrier:
         self._remote: dict[str, tuple[list[str], _Hold]] = {}  # another process's holds: by job id
         self._outbox: list[str] = []  # announcements not yet published
         self._pending = asyncio.Event()
+        self._unsent = 0  # announced and not yet published
+        self._sent = asyncio.Event()  # set when nothing is left to publish
         self._task: asyncio.Task[None] | None = None
         self._own_pid = 0  # our listening connection's backend: what we hear from it is our own
 
@@ -99,6 +101,13 @@ class RecordBarrier:
 
     async def close(self) -> None:
         if self._task is not None:
+            # The last releases (of jobs recorded while stopping) are worth a moment: readers elsewhere
+            # would otherwise wait their whole timeout.
+            if self._unsent:
+                self._sent.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._sent.wait()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -107,6 +116,7 @@ class RecordBarrier:
     def _announce(self, message: dict[str, object]) -> None:
         if self._task is not None:
             self._outbox.append(json.dumps(message, separators=(",", ":")))
+            self._unsent += 1
             self._pending.set()
 
     async def _connected(self) -> None:
@@ -130,7 +140,7 @@ class RecordBarrier:
                 self._own_pid = conn.get_server_pid()
                 await self._publish(conn, lost)
             except CONNECTION_ERRORS as error:
-                log.warning("record barrier: connection lost (%s), reconnecting", error)
+                log.warning("record barrier: connection failed (%s)", error)
             finally:
                 await self._let_go(conn, dropped)
             log.warning("record barrier: listening connection lost, reconnecting")
@@ -148,7 +158,12 @@ class RecordBarrier:
                 dropped.cancel()
                 continue
             batch, self._outbox = self._outbox, []
-            await conn.execute("SELECT pg_notify($1, m) FROM unnest($2::text[]) AS m", CHANNEL, batch)
+            try:
+                await conn.execute("SELECT pg_notify($1, m) FROM unnest($2::text[]) AS m", CHANNEL, batch)
+            finally:
+                self._unsent -= len(batch)  # sent, or lost with the connection
+                if not self._unsent:
+                    self._sent.set()
 
     async def _let_go(self, conn: asyncpg.pool.PoolConnectionProxy, dropped: Callable[[object], None]) -> None:
         # The pool does not reset connections: neither the LISTEN nor our listeners may go back to it. (A
@@ -160,11 +175,11 @@ class RecordBarrier:
         with contextlib.suppress(*CONNECTION_ERRORS):
             await asyncio.shield(self.pool.release(conn))  # type: ignore[union-attr]
 
-    def _heard(self, _conn: object, pid: int, _channel: str, payload: str) -> None:
+    def _heard(self, _conn: object, pid: int, _channel: str, payload: object) -> None:
         if pid == self._own_pid:
             return  # our own holds are in _holds already
         try:
-            message = json.loads(payload)
+            message = json.loads(str(payload))
         except ValueError:
             return
         if "hold" in message:

@@ -19,7 +19,7 @@ import logging
 import random
 import time
 import zlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -118,14 +118,20 @@ class SharedSlots:
         self._held: dict[str, set[int]] = {}  # by provider: the slot numbers this process holds
         self._released: dict[str, asyncio.Event] = {}
         self._generation = 0  # which connection the held slots belong to
+        self._releasing: set[asyncio.Future[None]] = set()  # slots given back for cancelled callers
 
     async def acquire(self, provider: str, ceiling: int) -> tuple[int, int]:
         """Wait for one of the provider's `ceiling` slots; returns (slot, connection generation)."""
         while True:
             released = self._released.setdefault(provider, asyncio.Event())
             released.clear()
+            attempt = asyncio.ensure_future(self._try(provider, ceiling))
             try:
-                slot = await self._try(provider, ceiling)
+                # Shielded: a call cancelled while Postgres grants its lock must still give the lock back.
+                slot = await asyncio.shield(attempt)
+            except asyncio.CancelledError:
+                attempt.add_done_callback(self._give_back_if_taken(provider, self._generation))
+                raise
             except CONNECTION_ERRORS as error:
                 log.warning("provider slots: connection lost (%s), reconnecting", error)
                 await self._drop()
@@ -136,6 +142,16 @@ class SharedSlots:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_SECONDS * (0.5 + random.random())):
                     await released.wait()
+
+    def _give_back_if_taken(self, provider: str, generation: int) -> Callable[[asyncio.Future[int | None]], None]:
+        def done(attempt: asyncio.Future[int | None]) -> None:
+            if not attempt.cancelled() and attempt.exception() is None and attempt.result() is not None:
+                slot = attempt.result()
+                assert slot is not None
+                self._releasing.add(asyncio.ensure_future(self.release(provider, slot, generation)))
+                self._releasing = {task for task in self._releasing if not task.done()}
+
+        return done
 
     async def release(self, provider: str, slot: int, generation: int) -> None:
         held = self._held.get(provider, set())
@@ -168,7 +184,7 @@ class SharedSlots:
             if not free:
                 return None
             random.shuffle(free)  # fewer processes racing for the same slot
-            slot = await conn.fetchval(
+            slot: int | None = await conn.fetchval(
                 "SELECT s FROM unnest($2::int[]) AS s WHERE pg_try_advisory_lock($1, s) LIMIT 1",
                 lock_key(provider), free,
             )
@@ -184,8 +200,8 @@ class SharedSlots:
             self._generation += 1
         return self._conn
 
-    def _notified(self, _conn: object, _pid: int, _channel: str, provider: str) -> None:
-        self._wake(provider)
+    def _notified(self, _conn: object, _pid: int, _channel: str, provider: object) -> None:
+        self._wake(str(provider))
 
     def _wake(self, provider: str) -> None:
         event = self._released.get(provider)
