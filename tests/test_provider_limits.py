@@ -18,7 +18,9 @@ from bot.core.providers.runner import ProviderRunner, RetryPolicy
 from bot.runtime import build_providers
 from tests.conftest import make_settings
 from tests.fakes.a1111_server import FakeA1111, fake_a1111_server, proxy_rate_limited, slow
+from tests.fakes.telegram_server import fake_telegram_server
 from tests.plugins.providers import spec
+from tests.test_run_process import start_bot
 
 REPO = Path(__file__).resolve().parent.parent
 POLICY = RetryPolicy(max_retries=3, base_delay=0.01, timeout=10.0)
@@ -180,3 +182,29 @@ async def test_retry_after_pauses_every_call_to_that_provider(fake: FakeA1111, t
         assert time.monotonic() - started >= 0.8
     finally:
         await provider.aclose()
+
+
+async def test_a_ceiling_of_two_holds_across_three_bot_processes(fake: FakeA1111, db_dsn: str, pool, tmp_path) -> None:
+    # Three `python -m bot run` on one database and one bot token, each running one job at a time: without
+    # the shared ceiling the server would get three at once.
+    async with fake_telegram_server() as telegram:
+        fake.queue(*(slow(0.6) for _ in range(6)))
+        env = {"A1111_BASE_URL": fake.base_url, "A1111_MAX_CONCURRENCY": "2", "DEFAULT_MODEL": "sd",
+               "MAX_JOBS_IN_FLIGHT": "1"}
+        bots = []
+        for i in range(3):
+            (tmp_path / f"p{i}").mkdir()
+            bots.append(start_bot(telegram, db_dsn, tmp_path / f"p{i}", **env))
+        try:
+            for i in range(6):
+                telegram.send(telegram.user(600 + i, f"U{i}"), f"/imagine a lighthouse number {i}")
+            for i in range(6):
+                await telegram.wait_sent("sendPhoto", 600 + i, within=60)
+        finally:
+            for bot in bots:
+                bot.kill()
+                await asyncio.to_thread(bot.wait, 30)
+    logs = [bot.stdout.read() if bot.stdout else "" for bot in bots]
+    assert fake.max_jobs_running == 2
+    assert await pool.fetchval("SELECT count(*) FROM image.generations WHERE status = 'succeeded'") == 6
+    assert sum(1 for log in logs if "started: model=sd" in log) >= 2  # the jobs really ran in several processes
