@@ -1,6 +1,6 @@
 """The bot under test in the burst scenario, in a process of its own (so its RSS and CPU are its own, not
 the platform fakes'): the real runtime and both real front ends, as `run` starts them
-(bot.adapters.launcher), pointed at the fake Discord and fake Telegram the parent process serves, with the
+(bot.launcher), pointed at the fake Discord and fake Telegram the parent process serves, with the
 stand-in provider plugged in.
 
 `python -m bench.burst_bot CONFIG.json`. Talks to the parent by lines: prints `READY {...}` once both
@@ -39,10 +39,10 @@ from bench.core_scenarios import bench_settings
 from bench.standin import StandInProvider
 from bot.adapters.discord.frontend import DiscordFrontEnd
 from bot.adapters.telegram.frontend import TelegramFrontEnd
+from bot.bootstrap import Runtime, bootstrap
 from bot.core import database
 from bot.core.providers.base import GeneratedImage, PreviewCallback, ProviderCall
 from bot.logs import setup_logging
-from bot.runtime import Runtime, open_runtime
 from tests.fakes.discord_server import point_discord_py_at
 
 LAG_TICK_SECONDS = 0.01
@@ -64,31 +64,23 @@ async def main(config: dict[str, Any]) -> None:
         point_discord_py_at(fake_discord, patch)  # type: ignore[arg-type]
         _experiments_before_build(config, patch)
         trace.install(patch)  # before the front ends are built: discord.py binds its parsers then
-        async with contextlib.AsyncExitStack() as cleanup, open_runtime(
-            settings, extra_providers={"standin": provider}
+        # guild_ready_timeout: discord.py waits this long after READY for guilds the fake never sends.
+        front_ends = [
+            lambda settings, service: DiscordFrontEnd(settings, service, guild_ready_timeout=0.01),
+            TelegramFrontEnd,
+        ]
+        async with contextlib.AsyncExitStack() as cleanup, bootstrap(
+            settings, front_ends, extra_providers={"standin": provider}
         ) as runtime:
-            # guild_ready_timeout: discord.py waits this long after READY for guilds the fake never sends.
-            discord_front = DiscordFrontEnd(settings, runtime.service, guild_ready_timeout=0.01)
-            telegram_front = TelegramFrontEnd(settings, runtime.service)
-            front_ends = [discord_front, telegram_front]
-            for front_end in front_ends:
-                runtime.register(front_end.observer)
-            started: list[Any] = []
-            try:
-                for front_end in front_ends:
-                    await front_end.start()
-                    started.append(front_end)
-                await _experiments_before_start(config, runtime, cleanup)
-                await runtime.start()
-                await _experiments_when_ready(config, discord_front)
-                say("READY " + json.dumps({"pid": os.getpid(), "rss_mb": _rss_mb()}))
-                stats = await _serve(config, provider, watchdog)
-                for front_end in started:
-                    await front_end.stop_taking_work()
-                await runtime.worker.stop(settings.shutdown_grace_seconds)
-            finally:
-                for front_end in started:
-                    await front_end.close()
+            discord_front = runtime.front_ends[0]
+            assert isinstance(discord_front, DiscordFrontEnd)
+            await runtime.start_front_ends()
+            await _experiments_before_start(config, runtime, cleanup)
+            await runtime.start()
+            await _experiments_when_ready(config, discord_front)
+            say("READY " + json.dumps({"pid": os.getpid(), "rss_mb": _rss_mb()}))
+            stats = await _serve(config, provider, watchdog)
+            await runtime.stop_taking_work()
     # The kernel's high-water mark of this process image. (Not getrusage's ru_maxrss: after fork + exec it
     # still holds the parent's size at the fork, and the parent holds the fakes.)
     stats["vm_hwm_mb"] = _vm_hwm_mb()
@@ -136,16 +128,16 @@ def _experiments_before_build(config: dict[str, Any], patch: pytest.MonkeyPatch)
         patch.setattr(ApplicationBuilder, "build", sized)
     if experiments.get("telegram_chat_action_first"):
         # A first sign of life ("typing…") before the request is accepted (the database work).
-        from bot.adapters.telegram.handlers import Handlers
+        from bot.adapters.telegram.handlers import TelegramHandlers
 
-        imagine = Handlers._imagine
+        imagine = TelegramHandlers._imagine
 
         async def acting_first(handlers: Any, update: Any, message: Any, text: str) -> None:
             with contextlib.suppress(Exception):
                 await handlers.sender.bot.send_chat_action(message.chat.id, "typing")
             await imagine(handlers, update, message, text)
 
-        patch.setattr(Handlers, "_imagine", acting_first)
+        patch.setattr(TelegramHandlers, "_imagine", acting_first)
 
 
 async def _experiments_before_start(
@@ -205,12 +197,12 @@ class Trace:
 
     def install(self, patch: pytest.MonkeyPatch) -> None:
         from bot.adapters.discord.acks import EarlyAcks
-        from bot.adapters.telegram.handlers import Handlers
-        from bot.adapters.telegram.observer import TelegramObserver
+        from bot.adapters.telegram.delivery import TelegramObserver
+        from bot.adapters.telegram.handlers import TelegramHandlers
 
         mark = self._mark
         on_interaction = EarlyAcks._on_interaction
-        imagine = Handlers._imagine
+        imagine = TelegramHandlers._imagine
         on_queued = TelegramObserver.on_queued
 
         def acknowledging(acks: Any, data: Any) -> None:
@@ -228,7 +220,7 @@ class Trace:
             return await on_queued(observer, job, position)
 
         patch.setattr(EarlyAcks, "_on_interaction", acknowledging)
-        patch.setattr(Handlers, "_imagine", imagining)
+        patch.setattr(TelegramHandlers, "_imagine", imagining)
         patch.setattr(TelegramObserver, "on_queued", queued)
 
 

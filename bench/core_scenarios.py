@@ -16,10 +16,10 @@ from typing import Any
 import psutil
 
 from bench.standin import BENCH_MODEL, StandInProvider
+from bot.bootstrap import Runtime, bootstrap
 from bot.config import Settings
 from bot.core.events import DeliveryReceipt
 from bot.core.models import Destination, Generation, ImageFile, ImagineRequest, UserIdentity
-from bot.runtime import Runtime, open_runtime
 
 
 @dataclass
@@ -85,7 +85,7 @@ def bench_settings(data_dir: Path, database_url: str, **overrides: Any) -> Setti
 @asynccontextmanager
 async def bench_runtime(settings: Settings, provider: StandInProvider) -> AsyncIterator[tuple[Runtime, TimingObserver]]:
     observer = TimingObserver()
-    async with open_runtime(settings, extra_providers={"standin": provider}) as runtime:
+    async with bootstrap(settings, extra_providers={"standin": provider}) as runtime:
         runtime.register(observer)
         await runtime.start()
         yield runtime, observer

@@ -8,12 +8,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from bot.bootstrap import bootstrap, open_database
 from bot.config import Settings, load_settings
 from bot.core import database
 from bot.core.errors import BotError
 from bot.core.models import UserIdentity
+from bot.core.service import GenerationService
 from bot.logs import setup_logging
-from bot.runtime import open_database, open_runtime, stop_on_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "credits":
         return await _credits(settings, args)
     if args.command == "run":
-        from bot.adapters.launcher import run_front_ends
+        from bot.launcher import run_front_ends
 
         return await run_front_ends(settings)
     raise AssertionError(args.command)
@@ -75,16 +76,21 @@ async def _migrate(settings: Settings) -> int:
 async def _console(settings: Settings, output: str | None) -> int:
     from pathlib import Path
 
-    from bot.adapters.console import ConsoleObserver, run_console
+    from bot.adapters.console import ConsoleFrontEnd
+    from bot.launcher import stop_on_sigterm
 
     output_dir = Path(output) if output else settings.data_dir / "output"
-    observer = ConsoleObserver(output_dir, lambda text: print(text, flush=True))
+
+    def console_front_end(settings: Settings, service: GenerationService) -> ConsoleFrontEnd:
+        return ConsoleFrontEnd(service, output_dir, lambda text: print(text, flush=True))
+
     stop = stop_on_sigterm()
-    async with open_runtime(settings) as runtime:
-        runtime.register(observer)
+    async with bootstrap(settings, [console_front_end]) as runtime:
         await runtime.start()
-        if not await run_console(runtime.service, observer, stop):
-            observer.write("Shutting down: letting running generations finish, refunding the rest.")
+        [console] = runtime.front_ends
+        assert isinstance(console, ConsoleFrontEnd)
+        if not await console.run(stop):
+            console.observer.write("Shutting down: letting running generations finish, refunding the rest.")
     return 0
 
 
@@ -94,7 +100,7 @@ async def _credits(settings: Settings, args: argparse.Namespace) -> int:
         print("user must be platform:user_id, e.g. telegram:12345", file=sys.stderr)
         return 2
     target = UserIdentity(platform, user_id)
-    async with open_runtime(settings) as runtime:
+    async with bootstrap(settings) as runtime:
         try:
             if args.action == "ledger":
                 balance, entries = await runtime.service.ledger(target, args.limit)

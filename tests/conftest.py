@@ -7,7 +7,7 @@ import asyncio
 import os
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -15,9 +15,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from bot.bootstrap import Runtime, bootstrap
 from bot.config import Settings
 from bot.core import database
-from bot.runtime import Runtime, open_runtime
 
 pytest_plugins = ["tests.plugins.s3", "tests.plugins.providers"]
 
@@ -102,12 +102,16 @@ RuntimeFactory = Callable[..., AbstractAsyncContextManager[Runtime]]
 
 @pytest.fixture
 def runtime_factory(pool: asyncpg.Pool, tmp_path: Path) -> RuntimeFactory:
-    """`async with runtime_factory(**settings) as rt:` builds the whole bot on the test database.
-    Register observers, then `await rt.start()` to run the worker."""
+    """`async with runtime_factory(**settings) as rt:` builds the whole bot on the test database, with the
+    front ends made by `front_ends` (bootstrap's factories). Register other observers, then
+    `await rt.start()` to run the front ends and the worker."""
 
     @asynccontextmanager
-    async def factory(extra_providers: dict[str, Any] | None = None, **overrides: Any) -> AsyncIterator[Runtime]:
-        async with open_runtime(make_settings(tmp_path, **overrides), pool, extra_providers) as runtime:
+    async def factory(
+        extra_providers: dict[str, Any] | None = None, front_ends: Sequence[Any] = (), **overrides: Any
+    ) -> AsyncIterator[Runtime]:
+        settings = make_settings(tmp_path, **overrides)
+        async with bootstrap(settings, front_ends, pool=pool, extra_providers=extra_providers) as runtime:
             yield runtime
 
     return factory

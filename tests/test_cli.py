@@ -8,8 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from bot.adapters.frontend import StartFailed
 from bot.logs import RedactSecrets, secret_values
-from tests.conftest import make_settings
+from tests.conftest import RuntimeFactory, make_settings
 
 
 def bot_command(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -71,3 +74,14 @@ async def test_health_and_metrics_endpoint(runtime_factory, unused_port) -> None
     assert 'imagebot_jobs{status="queued"} 1.0' in metrics.text
     assert "imagebot_queue_depth 1.0" in metrics.text
     assert "imagebot_credits_reserved_total" in metrics.text
+
+
+async def test_every_front_end_refuses_a_missing_token_the_same_way(runtime_factory: RuntimeFactory) -> None:
+    """One error type for what the operator must fix: the launcher prints it as one line."""
+    from bot.adapters.discord.frontend import DiscordFrontEnd
+    from bot.adapters.telegram.frontend import TelegramFrontEnd
+
+    async with runtime_factory() as runtime:
+        for front_end in (DiscordFrontEnd, TelegramFrontEnd):
+            with pytest.raises(StartFailed, match="_TOKEN is not set"):
+                front_end(runtime.settings, runtime.service)

@@ -47,7 +47,7 @@ def test_console_script_end_to_end(tmp_path: Path) -> None:
     for path in paths:
         with Image.open(path) as image:
             assert image.size[0] > image.size[1]  # 16:9
-    assert "seed 7" in out
+    assert "seeds 7, 8" in out  # the seeds that made the two images
     assert "Please describe the image" in out
     assert "1 to 4 images" in out
     assert "Balance: 14 credits" in out
@@ -76,3 +76,27 @@ def test_invalid_configuration_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.stderr.strip().count("\n") == 0
     assert result.stderr.startswith("configuration error: MAX_PROVIDER_CALLS:")
     assert "Traceback" not in result.stderr
+
+
+def test_an_edit_and_a_remix_from_the_console(tmp_path: Path) -> None:
+    Image.new("RGB", (300, 200), (0, 200, 0)).save(tmp_path / "my photo.png")
+    (tmp_path / "notes.txt").write_text("not a picture")
+    script = (
+        '/imagine make it snowy --image "my photo.png" --ar 16:9\n'
+        "wait\n"
+        "remix 1 the same, at night\n"
+        "/imagine oops --image notes.txt\n"
+        "/imagine oops --image missing.png\n"
+        "wait\n/history\n"
+    )
+    result = run_console(tmp_path, script)
+    out = result.stdout
+    assert result.returncode == 0, result.stderr
+    paths = [Path(p) for p in re.findall(r"^\s+\d: (/\S+\.png)$", out, re.MULTILINE)]
+    assert len(paths) == 2
+    with Image.open(paths[0]) as edited:
+        assert edited.size[0] > edited.size[1] and edited.getpixel((edited.size[0] // 2, 40)) == (0, 200, 0)
+    assert "isn't a picture" in out and "can't read the file missing.png" in out
+    assert "“the same, at night”" in out
+    assert out.count("from your image (300×200)") == 1
+    assert "Balance" not in out and out.count("· succeeded ·") == 2

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from bot.bootstrap import build_providers
 from bot.core.catalogue import DEFAULT_MODELS, ModelSpec, available_models
 from bot.core.providers.base import GeneratedImage, ImageProvider, InputImage, ratio_parts
 from bot.core.providers.runner import GenerationSpec, ProviderRunner, warnings_for
-from bot.runtime import build_providers
 from tests.conftest import make_settings
 from tests.fakes.a1111_server import FakeA1111, fake_a1111_server
 from tests.fakes.gateway_server import FakeGateway, fake_gateway_server

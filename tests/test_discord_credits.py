@@ -1,4 +1,4 @@
-"""/balance and /credits grant|revoke (configured admins only), all ephemeral."""
+"""/balance, /models and /credits grant|revoke (configured admins only), all ephemeral."""
 
 from __future__ import annotations
 
@@ -51,3 +51,15 @@ async def test_credits_from_a_dm(runtime_factory: RuntimeFactory, fake: FakeDisc
         granted = await fake.slash("credits", {"user": alice, "amount": 5}, subcommand="grant", user=admin, dm=True)
         await wait_for(lambda: fake.ephemeral_texts(granted))
         assert await bot.balance(alice) == 25
+
+
+async def test_models_lists_the_models_and_their_cost_privately(
+    runtime_factory: RuntimeFactory, fake: FakeDiscord
+) -> None:
+    alice = fake.user("alice")
+    async with running_bot(runtime_factory, fake):
+        asked = await fake.slash("models", user=alice)
+        [text] = await wait_for(lambda: fake.ephemeral_texts(asked))
+    assert "(`offline`): 1 credit per image · the default" in text
+    assert fake.original(asked).ephemeral  # type: ignore[union-attr]
+    assert "models" in {command["name"] for command in fake.commands["global"]}

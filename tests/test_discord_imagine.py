@@ -39,7 +39,7 @@ async def test_start_up_identifies_heartbeats_and_syncs_commands_for_guilds_and_
     [identify] = fake.identifies
     assert identify["token"] == fake.token and identify["intents"] == 1  # guilds only, nothing privileged
     commands = {c["name"]: c for c in fake.commands["global"]}
-    assert set(commands) == {"imagine", "history", "balance", "credits"}
+    assert set(commands) == {"imagine", "history", "balance", "models", "credits"}
     for command in commands.values():
         assert command["contexts"] == [0, 1] and command["integration_types"] == [0]  # servers and bot DMs
     options = {o["name"]: o for o in commands["imagine"]["options"]}
@@ -55,7 +55,8 @@ async def test_guild_sync_when_guild_ids_are_configured(runtime_factory: Runtime
     async with running_bot(runtime_factory, fake, discord_guild_ids=[fake.guild_id]):
         pass
     assert "global" not in fake.commands
-    assert {c["name"] for c in fake.commands[str(fake.guild_id)]} == {"imagine", "history", "balance", "credits"}
+    synced = {c["name"] for c in fake.commands[str(fake.guild_id)]}
+    assert synced == {"imagine", "history", "balance", "models", "credits"}
 
 
 async def test_a_guild_that_refuses_the_commands_fails_start_clearly(
@@ -88,7 +89,8 @@ async def test_imagine_defers_at_once_then_edits_to_images_with_buttons(
     assert "Queued" in edits[0] and "Generating" in edits[1] and "<t:" in edits[1]  # live elapsed time
     assert [b["label"] for b in requests[1].json["components"][0]["components"]] == ["Cancel"]
 
-    assert "a lighthouse at dusk" in message.content and "seed 7" in message.content and "offline" in message.content
+    assert "a lighthouse at dusk" in message.content and "offline" in message.content
+    assert "seeds 7, 8" in message.content  # the seeds that made the two images
     assert "--ar" not in message.content
     assert message.labels() == ["🔄", "V1", "V2", "🗑"]
     assert [a["filename"] for a in message.attachments] == ["image-1.png", "image-2.png"]

@@ -157,8 +157,8 @@ async def test_regenerate_and_vary(runtime_factory, pool) -> None:
     assert again.generation.seed != 7 and again.generation.prompt == "a red fox"
     assert varied.generation.kind == "variation" and varied.generation.parent_image_id == second_image.id
     variation_call = provider.calls[-1]
-    assert variation_call.input_image is not None
-    assert variation_call.input_image.data == observer.images[first.generation.id][1].data
+    assert len(variation_call.input_images) == 1
+    assert variation_call.input_images[0].data == observer.images[first.generation.id][1].data
     assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = 'bob'") == 20 - 4
     assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = 'alice'") == 20 - 2
 

@@ -72,7 +72,7 @@ def call(model: ModelSpec = MODEL, n: int = 1) -> ProviderCall:
         width=1024,
         height=1024,
         seed=None,
-        input_image=None,
+        input_images=(),
         safety_identifier="user-hash-abc123",
     )
 
@@ -338,3 +338,19 @@ async def test_missing_key_fails_without_a_request(fake: FakeOpenAI) -> None:
         await provider.aclose()
 
     assert fake.requests == []
+
+
+async def test_an_edit_of_several_pictures_posts_one_image_part_each(
+    fake: FakeOpenAI, provider: OpenAIImagesProvider, runner: ProviderRunner
+) -> None:
+    photos = (InputImage(png_bytes(16, 16, color=(9, 9, 9)), "image/png"),
+              InputImage(png_bytes(20, 10, color=(1, 1, 1)), "image/jpeg"))
+
+    [outcome] = await runner.run(provider, MODEL, spec(input_images=photos))
+
+    [request] = fake.requests
+    assert request.path == "/v1/images/edits"
+    uploads = request.files["image[]"]
+    assert [u.data for u in uploads] == [p.data for p in photos]
+    assert [u.content_type for u in uploads] == ["image/png", "image/jpeg"]
+    assert outcome.image is not None

@@ -7,7 +7,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bot.adapters.discord import buttons
-from bot.adapters.telegram import callback_data
+from bot.adapters.telegram import buttons as callback_data
 from bot.core.ids import is_valid_id, new_id
 
 ids = st.builds(lambda _: new_id(), st.integers())
@@ -89,3 +89,19 @@ def test_ids_are_not_enumerable() -> None:
     assert len(sample) == 10_000 and all(is_valid_id(i) for i in sample)
     # 72 random bits: neighbours of a real id are not ids anyone was given.
     assert not any(i[:-1] + ("A" if i[-1] != "A" else "B") in sample for i in list(sample)[:1000])
+
+
+def test_payloads_already_on_users_messages_still_decode() -> None:
+    """Buttons sent before an upgrade keep working: these exact strings are on users' messages."""
+    job, image = "AbCdEfGh_-12", "ZyXwVuTs-_98"
+    assert buttons.decode(f"img:r:{job}") == buttons.ButtonPayload(buttons.Action.REGENERATE, job)
+    assert buttons.decode(f"img:v:{image}") == buttons.ButtonPayload(buttons.Action.VARY, image)
+    assert buttons.decode(f"img:c:{job}") == buttons.ButtonPayload(buttons.Action.CANCEL, job)
+    assert buttons.decode(f"img:d:{job}") == buttons.ButtonPayload(buttons.Action.DELETE, job)
+    assert buttons.decode("img:h:3") == buttons.ButtonPayload(buttons.Action.PAGE, "3")
+    assert buttons.decode("img:n:2") == buttons.ButtonPayload(buttons.Action.NOOP, "2")
+    assert callback_data.decode(f"r:{job}") == callback_data.Regenerate(job)
+    assert callback_data.decode(f"v:{image}") == callback_data.Vary(image)
+    assert callback_data.decode(f"o:{job}") == callback_data.Originals(job)
+    assert callback_data.decode(f"x:{job}:123456789") == callback_data.Cancel(job, "123456789")
+    assert callback_data.decode("h:4") == callback_data.HistoryPage(4)

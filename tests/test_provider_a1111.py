@@ -11,12 +11,12 @@ import httpx
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from bot.bootstrap import build_providers
 from bot.core.catalogue import ASPECT_RATIOS, ModelSpec
 from bot.core.errors import ProviderAuthError, ProviderBadRequest, ProviderError, ProviderUnavailable
 from bot.core.providers.automatic1111 import Automatic1111Provider
 from bot.core.providers.base import InputImage, ratio_parts
 from bot.core.providers.runner import ImageOutcome, ProviderRunner, RetryPolicy
-from bot.runtime import build_providers
 from tests.conftest import make_settings
 from tests.fakes.a1111_server import (
     RANDOM_SEED,
@@ -428,3 +428,21 @@ async def test_waiting_for_the_servers_slot_does_not_count_against_the_timeout(
         await provider.aclose()
     assert [o.error for o in outcomes] == [None, None, None]
     assert fake.max_jobs_running == 1
+
+
+async def test_an_edit_of_a_photo_is_img2img_even_with_subseed_variations(
+    fake: FakeA1111, runner: ProviderRunner, http: httpx.AsyncClient
+) -> None:
+    # A user's photo carries no A1111 infotext (and its metadata is stripped anyway): img2img, not subseed.
+    provider = Automatic1111Provider(fake.base_url, denoising_strength=0.6, http=http)
+    by_subseed = MODEL.model_copy(update={"options": {"variation": "subseed"}})
+    photo = png_bytes(16, 16, color=(7, 8, 9))
+    try:
+        await runner.run(provider, by_subseed, spec(input_images=(InputImage(photo, "image/png"),)))
+    finally:
+        await provider.aclose()
+
+    [request] = fake.requests
+    assert request.path == "/sdapi/v1/img2img"
+    assert [base64.b64decode(i) for i in request.json["init_images"]] == [photo]
+    assert request.json["denoising_strength"] == 0.6

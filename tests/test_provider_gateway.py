@@ -64,7 +64,7 @@ async def provider(fake: FakeGateway, http: httpx.AsyncClient) -> AsyncIterator[
 
 
 def call(model: ModelSpec = MODEL) -> ProviderCall:
-    return ProviderCall(model, PROMPT, None, 1, "1:1", 1024, 1024, None, None, "user-hash-abc123")
+    return ProviderCall(model, PROMPT, None, 1, "1:1", 1024, 1024, None, (), "user-hash-abc123")
 
 
 def only_error(outcomes: list[ImageOutcome]) -> ProviderError:
@@ -324,3 +324,20 @@ async def test_missing_key_is_unavailable_and_sends_nothing(fake: FakeGateway) -
         await provider.generate(call(), None)
     await provider.aclose()
     assert fake.requests == []
+
+
+async def test_an_edit_of_several_pictures_sends_one_image_url_part_each(
+    fake: FakeGateway, provider: GatewayProvider, runner: ProviderRunner
+) -> None:
+    photos = (InputImage(png_bytes(8, 8, color=(1, 2, 3)), "image/png"),
+              InputImage(png_bytes(9, 9, color=(4, 5, 6)), "image/jpeg"))
+
+    [outcome] = await runner.run(provider, MODEL, spec(input_images=photos))
+
+    [message] = fake.requests[0].json["messages"]
+    text, *images = message["content"]
+    assert text == {"type": "text", "text": PROMPT}
+    urls = [i["image_url"]["url"] for i in images]
+    assert [u.partition(";")[0] for u in urls] == ["data:image/png", "data:image/jpeg"]
+    assert [base64.b64decode(u.partition(",")[2]) for u in urls] == [p.data for p in photos]
+    assert outcome.image is not None

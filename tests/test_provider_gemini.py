@@ -59,7 +59,7 @@ async def provider(fake: FakeGemini, http: httpx.AsyncClient) -> AsyncIterator[G
 
 
 def call() -> ProviderCall:
-    return ProviderCall(MODEL, PROMPT, None, 1, "1:1", 1024, 1024, None, None, "user-hash-abc123")
+    return ProviderCall(MODEL, PROMPT, None, 1, "1:1", 1024, 1024, None, (), "user-hash-abc123")
 
 
 def only_error(outcomes: list[ImageOutcome]) -> ProviderError:
@@ -271,3 +271,19 @@ async def test_missing_key_is_unavailable_and_sends_nothing(fake: FakeGemini) ->
         await provider.generate(call(), None)
     await provider.aclose()
     assert fake.requests == []
+
+
+async def test_an_edit_of_several_pictures_sends_one_inline_part_each(
+    fake: FakeGemini, provider: GeminiProvider, runner: ProviderRunner
+) -> None:
+    photos = (InputImage(png_bytes(8, 8, color=(1, 2, 3)), "image/png"),
+              InputImage(png_bytes(9, 9, color=(4, 5, 6)), "image/jpeg"))
+
+    [outcome] = await runner.run(provider, MODEL, spec(input_images=photos))
+
+    [content] = fake.requests[0].json["contents"]
+    text, *images = content["parts"]
+    assert text == {"text": PROMPT}
+    assert [i["inlineData"]["mimeType"] for i in images] == ["image/png", "image/jpeg"]
+    assert [base64.b64decode(i["inlineData"]["data"]) for i in images] == [p.data for p in photos]
+    assert outcome.image is not None

@@ -13,9 +13,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from bot.bootstrap import build_providers
 from bot.core.providers.limits import ProviderLimits
 from bot.core.providers.runner import ProviderRunner, RetryPolicy
-from bot.runtime import build_providers
 from tests.conftest import make_settings
 from tests.fakes.a1111_server import FakeA1111, fake_a1111_server, proxy_rate_limited, slow
 from tests.fakes.telegram_server import fake_telegram_server

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import asyncpg
 
+from bot.bootstrap import Runtime, bootstrap
 from bot.core import database
 from bot.core.events import DeliveryReceipt
 from bot.core.jobs.record_barrier import RECORD_WAIT_SECONDS, RecordBarrier
 from bot.core.models import Destination, Generation, ImageFile, ImagineRequest, UserIdentity
-from bot.runtime import Runtime, open_runtime
 from tests.conftest import make_settings, wait_for
 from tests.fakes.core import RecordingObserver, ScriptedProvider, scripted_model
 
@@ -42,14 +42,12 @@ class SlowToShow(RecordingObserver):
 @asynccontextmanager
 async def process(dsn: str, tmp_path: Path, name: str, provider: ScriptedProvider) -> AsyncIterator[Runtime]:
     """A runtime with pools of its own, as a separate bot process has."""
-    pool = await database.create_pool(dsn, 4)
-    worker_pool = await database.create_pool(dsn, 6)
+    pool = await database.create_pool(dsn, 8)
     settings = make_settings(tmp_path / name, models=(scripted_model(),))
     try:
-        async with open_runtime(settings, pool, {"scripted": provider}, worker_pool) as runtime:
+        async with bootstrap(settings, pool=pool, extra_providers={"scripted": provider}) as runtime:
             yield runtime
     finally:
-        await worker_pool.close()
         await pool.close()
 
 

@@ -4,7 +4,9 @@ database, and a fake Bot API server on 127.0.0.1 that records what Telegram woul
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -12,11 +14,17 @@ import asyncpg
 import pytest
 
 from bot.adapters.telegram.frontend import TelegramFrontEnd
-from bot.adapters.telegram.handlers import SORRY
+from bot.adapters.wording import GENERIC_ERROR
+from bot.bootstrap import bootstrap
+from bot.core import database
+from bot.core.errors import TemporarilyUnavailable
 from bot.core.metrics import PLATFORM_ERRORS
 from bot.core.models import UserIdentity
-from tests.conftest import wait_for
+from bot.core.providers.base import GeneratedImage, PreviewCallback, ProviderCall
+from tests.conftest import make_settings, wait_for
+from tests.fakes.core import ScriptedProvider, scripted_model
 from tests.fakes.openai_server import fake_openai_server, moderation_blocked, png_bytes, slow
+from tests.fakes.tcp_proxy import CuttableProxy
 from tests.fakes.telegram_harness import RuntimeFactory, running_bot, telegram_settings
 from tests.fakes.telegram_server import (
     BOT_USERNAME,
@@ -419,7 +427,7 @@ async def test_unexpected_errors_get_a_short_apology_not_a_traceback(
         [apology] = await fake.wait_sent("sendMessage", ANN)
         fake.press(ann, {"message_id": 99, "chat": fake.private_chat(ann), "date": 0}, "not-a-button")
         [alert] = await fake.wait_sent("answerCallbackQuery")
-    assert apology.params["text"] == SORRY
+    assert apology.params["text"] == GENERIC_ERROR
     assert alert.params["show_alert"] is True and "isn't one I know" in alert.params["text"]
     assert_no_internals(fake)
 
@@ -622,3 +630,149 @@ async def test_webhook_accepts_the_secret_token_and_rejects_requests_without_it(
     assert "by webhook" in photo.params["caption"]
     assert not [t for t in texts(fake, ANN) if "credits." in t and "You have" in t]  # the forged /balance: nothing
     assert len(fake.sent("sendPhoto", ANN)) == 1
+
+
+async def test_a_database_outage_gets_the_designed_answer_not_an_error(
+    fake: FakeTelegram, db_dsn: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """/start, /history and /balance answer "can't reach its database, nothing was charged" like /imagine,
+    with no ERROR traceback: a BotError is mapped to words in one place for every handler."""
+    proxy = CuttableProxy(db_dsn)
+    await proxy.start()
+    bot_pool = await database.create_pool(proxy.proxied_dsn, 4)
+    ann = fake.user(ANN, "Ann")
+    settings = make_settings(tmp_path, **telegram_settings(fake))
+    try:
+        telegram = [lambda settings, service: TelegramFrontEnd(settings, service, poll_timeout=1)]
+        async with bootstrap(settings, telegram, pool=bot_pool) as runtime:
+            await runtime.start_front_ends()  # no worker: only the handlers meet the outage
+            await proxy.cut()
+            with caplog.at_level(logging.INFO):
+                for command in ("/start", "/history", "/balance"):
+                    fake.send(ann, command)
+                replies = await fake.wait_sent("sendMessage", ANN, count=3)
+    finally:
+        bot_pool.terminate()
+    for reply in replies:
+        assert reply.params["text"] == TemporarilyUnavailable().user_message
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_polling_sends_whole_seconds_and_a_stop_mid_poll_logs_no_error(
+    runtime_factory: RuntimeFactory, fake: FakeTelegram, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The launcher's front end as built: getUpdates carries an integer timeout (a stricter Bot API may
+    read 10.0 as 0 and poll in a tight loop). Stopping cancels the long poll in flight; PTB then asks
+    getUpdates once more to confirm what it fetched, and that must not fail waiting for the cancelled
+    request's connection (logged at ERROR: "updates may be fetched again")."""
+    for _ in range(3):
+        async with runtime_factory(front_ends=[TelegramFrontEnd], **telegram_settings(fake)) as runtime:
+            with caplog.at_level(logging.DEBUG):
+                await runtime.start_front_ends()
+                polls = len(fake.sent("getUpdates"))
+                await wait_for(lambda: fake._in_flight.get("getUpdates", 0) == 1)
+                await runtime.stop_taking_work()
+        confirmations = [c for c in fake.sent("getUpdates")[polls:] if c.params.get("timeout") == 0]
+        assert confirmations, "the fetched updates were not confirmed"
+    timeouts = {c.params.get("timeout") for c in fake.calls if c.method == "getUpdates"}
+    assert timeouts <= {0, 10} and 10 in timeouts and all(type(t) is int for t in timeouts)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_connection_dropped_mid_poll_is_a_warning_and_polling_goes_on(
+    runtime_factory: RuntimeFactory, fake: FakeTelegram, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = CuttableProxy(fake.base_url.removesuffix("/bot"))
+    await proxy.start()
+    ann = fake.user(ANN, "Ann")
+    settings = telegram_settings(fake, telegram_base_url=proxy.proxied_dsn + "/bot")
+    async with runtime_factory(front_ends=[TelegramFrontEnd], **settings) as runtime:
+        await runtime.start()
+        with caplog.at_level(logging.INFO):
+            await wait_for(lambda: fake._in_flight.get("getUpdates", 0) == 1)
+            await proxy.cut()
+            await proxy.heal()
+            fake.send(ann, "/help")
+            await fake.wait_sent("sendMessage", ANN)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r for r in caplog.records if r.levelno == logging.WARNING and "polling" in r.getMessage()]
+
+
+@dataclass
+class SeedlessProvider(ScriptedProvider):
+    """A model that ignores seeds: its images come back with none."""
+
+    async def generate(self, call: ProviderCall, on_preview: PreviewCallback | None) -> list[GeneratedImage]:
+        return [replace(image, seed=None) for image in await super().generate(call, on_preview)]
+
+
+@dataclass
+class ReseedingProvider(ScriptedProvider):
+    """A model that picks its own seed (as A1111 does when sent -1) and says which."""
+
+    async def generate(self, call: ProviderCall, on_preview: PreviewCallback | None) -> list[GeneratedImage]:
+        images = await super().generate(call, on_preview)
+        return [replace(image, seed=4240 + i) for i, image in enumerate(images)]
+
+
+@pytest.mark.parametrize(("provider", "shown"), [(SeedlessProvider(), None), (ReseedingProvider(), "seeds 4240, 4241")])
+async def test_the_seed_shown_is_the_one_that_made_the_images(
+    runtime_factory: RuntimeFactory, fake: FakeTelegram, provider: ScriptedProvider, shown: str | None
+) -> None:
+    ann = fake.user(ANN, "Ann")
+    model = scripted_model("picky").model_copy(update={"supports_seed": shown is not None})
+    async with running_bot(runtime_factory, fake, extra_providers={"scripted": provider}, models=(model,)):
+        fake.send(ann, "/imagine a quiet harbour --n 2 --seed 77")
+        [under_album] = await fake.wait_sent("sendMessage", ANN, where=is_result)
+        fake.send(ann, "/history")
+        await fake.wait_sent("sendMessage", ANN, where=lambda c: "Page 1 of" in c.params["text"])
+        fake.press(ann, under_album.result, under_album.callback_data()[0])  # 🔄 still works
+        await fake.wait_sent("sendMessage", ANN, count=3, where=is_result)
+    status = fake.sent("sendMessage", ANN)[0].params["text"]
+    album, history = (c.params["media"][0]["caption"] for c in fake.sent("sendMediaGroup", ANN)[:2])
+    assert "Queued" in status and "seed 77" not in status  # no image yet, so no seed
+    for text in (album, under_album.params["text"], history):
+        assert "77" not in text  # the job's own seed made nothing
+        if shown is None:
+            assert "seed" not in text.replace("new seed", "")
+        else:
+            assert shown in text
+
+
+async def test_models_lists_each_model_with_its_cost_and_is_in_the_menus(
+    runtime_factory: RuntimeFactory, fake: FakeTelegram
+) -> None:
+    ann = fake.user(ANN, "Ann")
+    paid = scripted_model("paid", cost=3)
+    cheap = scripted_model("cheap", cost=1)
+    async with running_bot(
+        runtime_factory, fake, extra_providers={"scripted": ScriptedProvider()}, models=(paid, cheap),
+        default_model="cheap",
+    ):
+        fake.send(ann, "/models")
+        [reply] = await fake.wait_sent("sendMessage", ANN)
+    text = reply.params["text"]
+    assert "paid" in text and "3 credits per image" in text
+    assert "cheap" in text and "1 credit per image · the default" in text
+    scopes = {key: [c["command"] for c in commands] for key, commands in fake.commands.items()}
+    assert "models" in scopes['{"type": "all_private_chats"}'] and "models" in scopes['{"type": "all_group_chats"}']
+
+
+async def test_small_wording_one_credit_no_backticks_and_history_buttons_in_groups(
+    runtime_factory: RuntimeFactory, fake: FakeTelegram
+) -> None:
+    ann, bob = fake.user(ANN, "Ann"), fake.user(BOB, "Bob")
+    group = fake.group()
+    async with running_bot(runtime_factory, fake, starting_credits=0):
+        fake.send(ann, "/imagine a lighthouse")
+        [broke] = await fake.wait_sent("sendMessage", ANN)
+        fake.send(ann, "/imagine")
+        [_, empty] = await fake.wait_sent("sendMessage", ANN, count=2)
+        # A history page button in a group, pressed by someone who never opened a private chat.
+        shown = fake.message_update(ann, "🗂 Page 1 of 2", chat=group)["message"]
+        fake.press(bob, shown, "h:1")
+        [link] = await fake.wait_sent("sendMessage", group["id"])
+    assert broke.params["text"].startswith("This needs 1 credit and you have 0.")
+    assert "`" not in empty.params["text"] and "/imagine a lighthouse at dusk" in empty.params["text"]
+    assert link.params["reply_markup"]["inline_keyboard"][0][0]["url"] == f"https://t.me/{BOT_USERNAME}?start=history"
+    assert not fake.sent(chat_id=BOB)

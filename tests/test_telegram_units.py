@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from PIL import Image
 from telegram.error import RetryAfter
 
-from bot.adapters.telegram import callback_data as cd
+from bot.adapters.telegram import buttons as cd
 from bot.adapters.telegram import media
 from bot.adapters.telegram.handlers import command_argument, normalise_flags
 from bot.adapters.telegram.ratelimit import FloodWaitLimiter
-from bot.adapters.telegram.rendering import fit, quoted_prompt, utf16_len
+from bot.adapters.telegram.render import fit, quoted_prompt, utf16_len
 from bot.adapters.telegram.webhook import derived_secret, webhook_path
 from bot.core.ids import new_id
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import re
 import shlex
 import sys
 import threading
@@ -12,8 +13,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from bot.adapters.wording import plural, refund_text, seeds_text, source_text
 from bot.core.errors import BotError, InvalidRequest
 from bot.core.events import DeliveryReceipt
+from bot.core.input_images import UploadedImage, refuse_if_too_large
 from bot.core.models import Destination, Generation, HistoryPage, ImageFile, UserIdentity
 from bot.core.prompt import parse_command_text
 from bot.core.service import GenerationService
@@ -21,12 +24,17 @@ from bot.core.storage.base import EXTENSIONS
 
 PLATFORM = "console"
 CHAT_ID = "console"
+# `--image path` or `--image "a path with spaces"`, anywhere in the line.
+IMAGE_OPTION = re.compile(r'\s*--image\s+(?:"([^"]+)"|(\S+))')
 
 HELP = """Commands:
   /imagine <prompt> [--ar 16:9] [--n 4] [--seed 7] [--model name] [--no <negative>]
                     (plain text works too)
+  /imagine <prompt> --image photo.jpg [--image other.png]
+                    an edit of your pictures
   regenerate [id]   same prompt, new seed (default: the last generation)
   vary <k> [id]     a variation of image k
+  remix <k> <prompt>  image k of the last generation, with a new prompt
   cancel [id]       cancel a queued or running generation
   delete [id]       remove a generation from your history
   /history [page]   your earlier generations
@@ -52,7 +60,7 @@ class ConsoleObserver:
     async def on_queued(self, job: Generation, position: int) -> str | None:
         self.expect(job.id)
         ahead = f", {position} ahead of it" if position else ""
-        self.write(f"[{job.id}] queued: {job.count} × {job.model}, {job.aspect_ratio}, seed {job.seed}{ahead}")
+        self.write(f"[{job.id}] queued: {job.count} × {job.model}, {job.aspect_ratio}{ahead}")
         for warning in job.warnings:
             self.write(f"[{job.id}] note: {warning}")
         return None
@@ -65,20 +73,21 @@ class ConsoleObserver:
 
     async def on_completed(self, job: Generation, images: Sequence[ImageFile]) -> DeliveryReceipt | None:
         paths = await asyncio.to_thread(self._save, job, images)
-        self.write(f"[{job.id}] done: “{job.prompt}” · {job.model} · seed {job.seed}")
+        seeds = seeds_text([image.record for image in images])
+        self.write(f"[{job.id}] done: “{job.prompt}” · {job.model}{f' · {seeds}' if seeds else ''}")
         for image, path in zip(images, paths, strict=True):
             self.write(f"  {image.record.index + 1}: {path}")
         if job.status == "partial":
-            self.write(f"[{job.id}] {job.error_message} {_refund_text(job)}")
+            self.write(f"[{job.id}] {job.error_message} {refund_text(job)}")
         self._finish(job.id)
         return None
 
     async def on_failed(self, job: Generation) -> None:
-        self.write(f"[{job.id}] failed: {job.error_message} {_refund_text(job)}")
+        self.write(f"[{job.id}] failed: {job.error_message} {refund_text(job)}")
         self._finish(job.id)
 
     async def on_cancelled(self, job: Generation) -> None:
-        self.write(f"[{job.id}] cancelled. {_refund_text(job)}")
+        self.write(f"[{job.id}] cancelled. {refund_text(job)}")
         self._finish(job.id)
 
     def _finish(self, generation_id: str) -> None:
@@ -95,8 +104,24 @@ class ConsoleObserver:
         return paths
 
 
-def _refund_text(job: Generation) -> str:
-    return f"{job.credits_refunded} credits refunded." if job.credits_refunded else ""
+class ConsoleFrontEnd:
+    """The console as a front end: nothing to connect; `run` reads commands until EOF or `stop`."""
+
+    def __init__(self, service: GenerationService, output_dir: Path, write: Callable[[str], None]) -> None:
+        self.service = service
+        self.observer = ConsoleObserver(output_dir, write)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop_taking_work(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def run(self, stop: asyncio.Event, stdin: TextIO = sys.stdin) -> bool:
+        return await run_console(self.service, self.observer, stop, stdin)
 
 
 class Console:
@@ -134,6 +159,8 @@ class Console:
             await self._regenerate(rest)
         elif command in ("vary", "variation"):
             await self._vary(rest)
+        elif command == "remix":
+            await self._remix(rest)
         elif command == "cancel":
             job = await self.service.cancel(self.user, self._target(rest), CHAT_ID)
             self.last_generation = job.id
@@ -145,7 +172,8 @@ class Console:
         elif command == "balance":
             self._show_models()
             balance = await self.service.balance(self.user)
-            self.write(f"Balance: {balance.balance} credits" if balance.credits_enabled else "Credits are off.")
+            credits = plural(balance.balance, "credit")
+            self.write(f"Balance: {credits}" if balance.credits_enabled else "Credits are off.")
         elif command == "models":
             self._show_models()
         elif command == "wait":
@@ -156,10 +184,14 @@ class Console:
             await self._imagine(line)
 
     async def _imagine(self, text: str) -> None:
-        accepted = await self.service.imagine(self.user, parse_command_text(text), self.destination)
+        paths = [quoted or bare for quoted, bare in IMAGE_OPTION.findall(text)]
+        inputs = [await _read_picture(Path(path)) for path in paths]
+        request = parse_command_text(IMAGE_OPTION.sub("", text))
+        accepted = await self.service.imagine(self.user, request, self.destination, inputs=inputs)
         self.last_generation = accepted.generation.id
         if accepted.balance is not None:
-            self.write(f"Reserved {accepted.generation.credits_reserved} credits; balance {accepted.balance}.")
+            reserved = plural(accepted.generation.credits_reserved, "credit")
+            self.write(f"Reserved {reserved}; balance {accepted.balance}.")
 
     async def _regenerate(self, rest: str) -> None:
         accepted = await self.service.regenerate(self.user, self._target(rest), self.destination)
@@ -179,6 +211,19 @@ class Console:
         accepted = await self.service.vary(self.user, image.id, self.destination)
         self.last_generation = accepted.generation.id
 
+    async def _remix(self, rest: str) -> None:
+        number, _, prompt = rest.partition(" ")
+        if not number.isdigit() or not prompt.strip():
+            raise InvalidRequest("Say which image and the new prompt, e.g. `remix 2 the same, at night`.")
+        generation_id = self._target("")
+        await self._wait_for(generation_id)
+        item = await self.service.generation(self.user, generation_id, CHAT_ID)
+        image = next((i for i in item.images if i.index + 1 == int(number)), None)
+        if image is None:
+            raise InvalidRequest(f"That generation has no image {number}.")
+        accepted = await self.service.remix(self.user, image.id, prompt.strip(), self.destination)
+        self.last_generation = accepted.generation.id
+
     def _target(self, rest: str) -> str:
         target = rest.strip() or self.last_generation
         if target is None:
@@ -192,10 +237,14 @@ class Console:
         self.write(f"History, page {page.page + 1} of {page.pages} ({page.total} in all):")
         for item in page.items:
             g = item.generation
+            seeds = seeds_text(item.images)
             self.write(
                 f"  [{g.id}] {g.created_at:%Y-%m-%d %H:%M} · {g.status} · {g.model} · {g.aspect_ratio} · "
-                f"seed {g.seed} · “{g.prompt}”"
+                f"{f'{seeds} · ' if seeds else ''}“{g.prompt}”"
             )
+            if item.inputs:
+                sizes = ", ".join(f"{i.width}×{i.height}" for i in item.inputs)
+                self.write(f"      {source_text(item.inputs)} ({sizes})")
             for image in item.images:
                 self.write(f"      {image.index + 1}: {image.url}")
 
@@ -203,7 +252,7 @@ class Console:
         self.write("Models:")
         for price in self.service.model_choices():
             default = " (default)" if price.name == self.service.default_model else ""
-            self.write(f"  {price.name}{default}: {price.label}, {price.cost} credits per image")
+            self.write(f"  {price.name}{default}: {price.label}, {plural(price.cost, 'credit')} per image")
 
     async def _wait_for(self, generation_id: str) -> None:
         event = self.observer.finished.get(generation_id)
@@ -212,6 +261,16 @@ class Console:
 
     async def wait_all(self) -> None:
         await asyncio.gather(*(event.wait() for event in list(self.observer.finished.values())))
+
+
+async def _read_picture(path: Path) -> UploadedImage:
+    """A local file for an edit: its size is checked before it is read."""
+    try:
+        refuse_if_too_large((await asyncio.to_thread(path.stat)).st_size)
+        data = await asyncio.to_thread(path.read_bytes)
+    except OSError:
+        raise InvalidRequest(f"I can't read the file {path}.") from None
+    return UploadedImage(data, path.name)
 
 
 def _page_number(rest: str) -> int:

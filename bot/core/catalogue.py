@@ -31,6 +31,8 @@ class ModelSpec(BaseModel):
     supports_seed: bool = False
     supports_negative_prompt: bool = False
     supports_input_image: bool = False
+    # Pictures one request may start from (edits), when supports_input_image.
+    max_input_images: int = Field(default=1, ge=1, le=16)
     aspect_ratios: tuple[str, ...] = ASPECT_RATIOS
     # Provider-specific extras (quality, output format, steps...), passed through untouched.
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)
@@ -55,6 +57,7 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
         supports_seed=True,
         supports_negative_prompt=True,
         supports_input_image=True,
+        max_input_images=3,  # drawn side by side
     ),
     ModelSpec(
         name="gpt-image-2",
@@ -66,6 +69,7 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
         # Variations go to /images/edits with the parent image. No seed, no negative prompt in the API;
         # any size within 1:3..3:1, so every ratio.
         supports_input_image=True,
+        max_input_images=16,  # /images/edits takes up to 16 image[] parts for the GPT image models
         # Single-image calls stream two partial images as live previews (multi-image calls can't:
         # OpenAI's partial-image events don't say which image they belong to).
         options={"quality": "medium", "output_format": "png", "partial_images": 2},
@@ -78,6 +82,7 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
         cost=2,
         max_images_per_call=4,
         supports_input_image=True,
+        max_input_images=16,
         # Three fixed sizes only (1024x1024, 1536x1024, 1024x1536): other ratios would come back as these.
         aspect_ratios=("1:1", "3:2", "2:3"),
         options={"quality": "medium", "output_format": "png"},
@@ -92,6 +97,8 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
         # Gemini's image models refuse more than one candidate; a seed isn't documented to steer the image.
         max_images_per_call=1,
         supports_input_image=True,
+        # Google documents Gemini 2.5 Flash Image as working best with up to 3 input images.
+        max_input_images=3,
     ),
     ModelSpec(
         name="gemini-flash-image",
@@ -102,6 +109,8 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
         # "Multiple candidates is not enabled" for the image models: one image per call.
         max_images_per_call=1,
         supports_input_image=True,
+        # Google documents Gemini 2.5 Flash Image as working best with up to 3 input images.
+        max_input_images=3,
     ),
     ModelSpec(
         # "default" means whichever checkpoint the server has loaded; name a checkpoint to switch.
@@ -114,6 +123,7 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
         supports_seed=True,
         supports_negative_prompt=True,
         supports_input_image=True,
+        max_input_images=1,  # img2img starts from one init image
         options={"steps": 30, "cfg_scale": 7},
     ),
 )

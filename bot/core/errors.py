@@ -21,7 +21,7 @@ class InsufficientCredits(BotError):
     code = "insufficient_credits"
 
     def __init__(self, balance: int, cost: int) -> None:
-        super().__init__(f"This needs {cost} credits and you have {balance}. Nothing was charged.")
+        super().__init__(f"This needs {cost} credit{'s' * (cost != 1)} and you have {balance}. Nothing was charged.")
         self.balance = balance
         self.cost = cost
 

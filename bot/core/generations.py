@@ -17,6 +17,7 @@ from bot.core.models import (
     GenerationKind,
     GenerationStatus,
     ImageRecord,
+    InputRecord,
     Request,
     UserIdentity,
     request_fields,
@@ -25,6 +26,7 @@ from bot.core.models import (
 # Every column of the generation (options included, by name), and its owner's identity.
 GENERATION_COLUMNS = "g.*, u.platform AS owner_platform, u.platform_user_id, u.display_name"
 FROM_GENERATIONS = "FROM image.generations g JOIN image.users u ON u.id = g.user_id"
+INPUT_COLUMNS = "id, generation_id, index, storage_key, sha256, mime_type, width, height, bytes"
 IMAGE_COLUMNS = "id, generation_id, index, storage_key, url, mime_type, width, height, bytes, seed, file_refs"
 REQUEST_COLUMNS = tuple(f.name for f in fields(Request))
 
@@ -137,6 +139,35 @@ async def get_images(conn: Connection, generation_ids: Sequence[str]) -> dict[st
 async def get_image(conn: Connection, image_id: str) -> ImageRecord | None:
     row = await conn.fetchrow(f"SELECT {IMAGE_COLUMNS} FROM image.images WHERE id = $1", image_id)
     return image_from_row(row) if row else None
+
+
+async def get_inputs(conn: Connection, generation_ids: Sequence[str]) -> dict[str, list[InputRecord]]:
+    rows = await conn.fetch(
+        f"SELECT {INPUT_COLUMNS} FROM image.input_images WHERE generation_id = ANY($1) ORDER BY generation_id, index",
+        list(generation_ids),
+    )
+    found: dict[str, list[InputRecord]] = {gid: [] for gid in generation_ids}
+    for row in rows:
+        found[row["generation_id"]].append(InputRecord(**dict(row)))
+    return found
+
+
+async def add_inputs(conn: Connection, inputs: Sequence[InputRecord]) -> None:
+    """Record the pictures a generation starts from (in the transaction that accepts it)."""
+    await conn.executemany(
+        f"INSERT INTO image.input_images ({INPUT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        [(i.id, i.generation_id, i.index, i.storage_key, i.sha256, i.mime_type, i.width, i.height, i.bytes)
+         for i in inputs],
+    )
+
+
+async def unused_input_keys(conn: Connection, keys: Sequence[str]) -> list[str]:
+    """Of these stored input files, those no generation records (a refused request's)."""
+    used = await conn.fetch(
+        "SELECT DISTINCT storage_key FROM image.input_images WHERE storage_key = ANY($1)", list(keys)
+    )
+    taken = {r["storage_key"] for r in used}
+    return [k for k in keys if k not in taken]
 
 
 async def set_file_refs(conn: Connection, platform: str, refs: dict[str, str]) -> None:

@@ -14,6 +14,7 @@ class GenerationKind(StrEnum):
     IMAGINE = "imagine"
     REGENERATE = "regenerate"  # the same request again with a new seed
     VARIATION = "variation"  # conditioned on one image of an earlier generation
+    REMIX = "remix"  # one image of an earlier generation, with a new prompt
 
 
 class GenerationStatus(StrEnum):
@@ -140,6 +141,21 @@ class ImageRecord:
 
 
 @dataclass(frozen=True)
+class InputRecord:
+    """A picture the user brought for a generation to start from (see core.input_images)."""
+
+    id: str
+    generation_id: str
+    index: int
+    storage_key: str
+    sha256: str
+    mime_type: str
+    width: int
+    height: int
+    bytes: int
+
+
+@dataclass(frozen=True)
 class ImageFile:
     """An image with its bytes, as handed to a front end for upload."""
 
@@ -159,6 +175,7 @@ class Accepted:
 class HistoryItem:
     generation: Generation
     images: tuple[ImageRecord, ...]
+    inputs: tuple[InputRecord, ...] = ()  # the pictures it started from: an edit
 
 
 @dataclass(frozen=True)

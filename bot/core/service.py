@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -13,11 +14,12 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 import asyncpg
 
-from bot.core import credits, generations, queue
+from bot.core import credits, generations, input_images, queue
 from bot.core.catalogue import ModelSpec
 from bot.core.credits import AcceptOutcome, CreditPolicy
 from bot.core.database import Connection
 from bot.core.errors import (
+    BotError,
     Forbidden,
     ImagesUnavailable,
     InsufficientCredits,
@@ -28,6 +30,7 @@ from bot.core.errors import (
 )
 from bot.core.events import JobObserver
 from bot.core.ids import is_valid_id, new_id
+from bot.core.input_images import CheckedImage, UploadedImage
 from bot.core.metrics import CREDITS_RESERVED
 from bot.core.models import (
     Accepted,
@@ -41,6 +44,7 @@ from bot.core.models import (
     ImageFile,
     ImageRecord,
     ImagineRequest,
+    InputRecord,
     LedgerEntry,
     ModelPrice,
     Request,
@@ -48,13 +52,14 @@ from bot.core.models import (
 )
 from bot.core.prompt import MAX_SEED, random_seed, validate_request
 from bot.core.providers.runner import warnings_for
-from bot.core.storage.base import StorageError
+from bot.core.storage.base import ImageStore, StorageError
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
 MAX_HISTORY_PAGE_SIZE = 10
+INPUT_NOT_SAVED_MESSAGE = "Your picture couldn't be saved just now. Nothing was charged; please try again."
 
 
 class JobControl(Protocol):
@@ -118,7 +123,9 @@ class GenerationService:
         credit_policy: CreditPolicy,
         observers: Mapping[str, JobObserver],
         request_policy: RequestPolicy,
+        store: ImageStore | None = None,  # where pictures users bring are kept; None: edits are refused
     ) -> None:
+        self.store = store
         self.pool = pool
         self.jobs = jobs
         self.models = dict(models)
@@ -131,12 +138,20 @@ class GenerationService:
 
     @translates_connection_errors
     async def imagine(
-        self, who: UserIdentity, request: ImagineRequest, destination: Destination, idempotency_key: str | None = None
+        self,
+        who: UserIdentity,
+        request: ImagineRequest,
+        destination: Destination,
+        idempotency_key: str | None = None,
+        inputs: Sequence[UploadedImage] = (),
     ) -> Accepted:
+        """A new generation; with `inputs`, an edit of those pictures (checked, stripped and stored first)."""
         policy = self.request_policy
         valid = validate_request(
             request, self.models, self.default_model, policy.prompt_max_chars, policy.banned_words
         )
+        if inputs:
+            return await self._edit(who, valid, destination, idempotency_key, inputs)
         warnings = warnings_for(
             self.models[valid.model], seed_given=request.seed is not None, negative=bool(valid.negative_prompt),
             variation=False,
@@ -156,7 +171,103 @@ class GenerationService:
         new = self._new_generation(
             who, again, GenerationKind.REGENERATE, parent.id, None, (), destination, idempotency_key
         )
+        # An edit again starts from the same pictures: the same stored files, recorded for the new one.
+        async with self.pool.acquire() as conn:
+            inputs = (await generations.get_inputs(conn, [parent.id]))[parent.id]
+        return await self._accept(new, [dataclasses.replace(i, id=new_id(), generation_id=new.id) for i in inputs])
+
+    @translates_connection_errors
+    async def remix(
+        self,
+        who: UserIdentity,
+        image_id: str,
+        prompt: str,
+        destination: Destination,
+        idempotency_key: str | None = None,
+    ) -> Accepted:
+        """A new generation starting from one result image, with a new prompt; charged like any request."""
+        image = await self._visible_image(who, image_id, destination.chat_id)
+        parent = await self.visible_generation(who, image.generation_id, destination.chat_id)
+        self._replay(parent, parent.seed)  # refuses a model that is gone
+        model = self.models[parent.model]
+        input_images.refuse_unless_model_takes(model, 1, list(self.models.values()))
+        policy = self.request_policy
+        asked = ImagineRequest(
+            prompt=prompt, negative_prompt=parent.negative_prompt, model=parent.model,
+            aspect_ratio=parent.aspect_ratio, count=parent.count,
+        )
+        valid = validate_request(asked, self.models, self.default_model, policy.prompt_max_chars, policy.banned_words)
+        new = self._new_generation(
+            who, valid, GenerationKind.REMIX, parent.id, image.id, (), destination, idempotency_key
+        )
         return await self._accept(new)
+
+    @translates_connection_errors
+    async def remix_source(self, who: UserIdentity, image_id: str, chat_id: str) -> Generation:
+        """The generation an image belongs to, if the caller may see it: its prompt prefills a remix."""
+        image = await self._visible_image(who, image_id, chat_id)
+        return await self.visible_generation(who, image.generation_id, chat_id)
+
+    def edit_models(self) -> list[ModelSpec]:
+        """The models that can start from a picture, for front ends to offer."""
+        return [m for m in self.models.values() if m.supports_input_image]
+
+    async def _edit(
+        self,
+        who: UserIdentity,
+        valid: Request,
+        destination: Destination,
+        idempotency_key: str | None,
+        uploads: Sequence[UploadedImage],
+    ) -> Accepted:
+        input_images.refuse_unless_model_takes(self.models[valid.model], len(uploads), list(self.models.values()))
+        if self.store is None:
+            raise InvalidRequest("Pictures can't be used with this bot.")
+        checked = await input_images.check_all(uploads)
+        warnings = warnings_for(
+            self.models[valid.model], seed_given=False, negative=bool(valid.negative_prompt), variation=False
+        )
+        new = self._new_generation(
+            who, valid, GenerationKind.IMAGINE, None, None, warnings, destination, idempotency_key
+        )
+        records = await self._keep_inputs(new.id, checked)
+        try:
+            accepted = await self._accept(new, records)
+        except Exception:
+            await self._forget_unused_inputs(records)
+            raise
+        if accepted.duplicate:
+            await self._forget_unused_inputs(records)
+        return accepted
+
+    async def _keep_inputs(self, generation_id: str, checked: Sequence[CheckedImage]) -> list[InputRecord]:
+        assert self.store is not None
+        records: list[InputRecord] = []
+        for index, image in enumerate(checked):
+            try:
+                await self.store.put(image.storage_key, image.data, image.mime_type)
+            except StorageError as error:
+                log.warning("an uploaded picture could not be stored: %s", error)
+                await self._forget_unused_inputs(records)
+                raise BotError(INPUT_NOT_SAVED_MESSAGE) from error
+            records.append(InputRecord(
+                id=new_id(), generation_id=generation_id, index=index, storage_key=image.storage_key,
+                sha256=image.sha256, mime_type=image.mime_type, width=image.width, height=image.height,
+                bytes=len(image.data),
+            ))
+        return records
+
+    async def _forget_unused_inputs(self, records: Sequence[InputRecord]) -> None:
+        """A refused request keeps nothing: its files go, unless another generation records the same one."""
+        if not records or self.store is None:
+            return
+        try:
+            async with self.pool.acquire() as conn:
+                unused = await generations.unused_input_keys(conn, [r.storage_key for r in records])
+            for key in unused:
+                await self.store.delete(key)
+        except (StorageError, *CONNECTION_ERRORS):
+            log.warning("could not remove a refused request's pictures", exc_info=True)
 
     @translates_connection_errors
     async def vary(
@@ -202,14 +313,17 @@ class GenerationService:
             destination=destination,
         )
 
-    async def _accept(self, new: generations.NewGeneration) -> Accepted:
+    async def _accept(self, new: generations.NewGeneration, inputs: Sequence[InputRecord] = ()) -> Accepted:
         policy = self.request_policy
         acceptance: credits.Acceptance | None = None
         try:
-            async with self.pool.acquire() as conn:
+            async with self.pool.acquire() as conn, (conn.transaction() if inputs else contextlib.nullcontext()):
                 acceptance = await credits.accept(
                     conn, new, self.credit_policy.welcome, policy.per_user_queued_limit, policy.requests_per_minute
                 )
+                if inputs and acceptance.outcome == AcceptOutcome.ACCEPTED:
+                    # With the job, atomically: the worker never sees an edit without its pictures.
+                    await generations.add_inputs(conn, inputs)
                 if acceptance.outcome == AcceptOutcome.DUPLICATE:
                     assert acceptance.existing is not None
                     existing = await generations.get_generation(conn, acceptance.existing)
@@ -305,7 +419,8 @@ class GenerationService:
                 page = (total - 1) // page_size
                 rows, total = await generations.history(conn, user.id, page * page_size, page_size)
             images = await generations.get_images(conn, [g.id for g in rows])
-        items = tuple(HistoryItem(g, tuple(images[g.id])) for g in rows)
+            inputs = await generations.get_inputs(conn, [g.id for g in rows])
+        items = tuple(HistoryItem(g, tuple(images[g.id]), tuple(inputs[g.id])) for g in rows)
         return HistoryPage(items, page, page_size, total)
 
     @translates_connection_errors
@@ -314,7 +429,8 @@ class GenerationService:
         generation = await self.visible_generation(who, generation_id, chat_id)
         async with self.pool.acquire() as conn:
             images = await generations.get_images(conn, [generation.id])
-        return HistoryItem(generation, tuple(images[generation.id]))
+            inputs = await generations.get_inputs(conn, [generation.id])
+        return HistoryItem(generation, tuple(images[generation.id]), tuple(inputs[generation.id]))
 
     @translates_connection_errors
     async def load_files(self, images: Sequence[ImageRecord]) -> list[ImageFile]:

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.adapters.discord.frontend import DiscordFrontEnd
+from bot.bootstrap import Runtime
+from bot.config import Settings
 from bot.core.models import Generation, UserIdentity
-from bot.runtime import Runtime
+from bot.core.service import GenerationService
 from tests.fakes.discord_server import FakeDiscord, FakeInteraction, FakeMessage, point_discord_py_at
 
 
@@ -42,18 +44,18 @@ async def running_bot(
     start_worker: bool = True,
     **settings: Any,
 ) -> AsyncIterator[RunningBot]:
-    async with runtime_factory(discord_token=fake.token, **settings) as runtime:
+    def discord_front_end(settings: Settings, service: GenerationService) -> DiscordFrontEnd:
         # guild_ready_timeout: discord.py waits this long after READY for guilds the fake never sends.
-        frontend = DiscordFrontEnd(runtime.settings, runtime.service, guild_ready_timeout=0.01)
-        runtime.register(frontend.observer)
-        await frontend.start()
+        return DiscordFrontEnd(settings, service, guild_ready_timeout=0.01)
+
+    async with runtime_factory(front_ends=[discord_front_end], discord_token=fake.token, **settings) as runtime:
         if start_worker:
             await runtime.start()
-        try:
-            yield RunningBot(runtime, frontend, fake)
-        finally:
-            await frontend.stop_taking_work()
-            await frontend.close()
+        else:
+            await runtime.start_front_ends()
+        [frontend] = runtime.front_ends
+        assert isinstance(frontend, DiscordFrontEnd)
+        yield RunningBot(runtime, frontend, fake)
 
 
 def finished(fake: FakeDiscord, interaction: FakeInteraction) -> Callable[[], FakeMessage | None]:

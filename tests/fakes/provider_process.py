@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
+from bot.bootstrap import build_providers
 from bot.config import Settings
 from bot.core import database
 from bot.core.providers.limits import ProviderLimits
 from bot.core.providers.runner import ProviderRunner, RetryPolicy
-from bot.runtime import build_providers
 from tests.plugins.providers import spec
 
 

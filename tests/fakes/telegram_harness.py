@@ -7,9 +7,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bot.adapters.telegram.delivery import ProgressTiming
 from bot.adapters.telegram.frontend import TelegramFrontEnd
-from bot.adapters.telegram.observer import ProgressTiming
-from bot.runtime import Runtime
+from bot.bootstrap import Runtime
+from bot.config import Settings
+from bot.core.service import GenerationService
 from tests.fakes.telegram_server import FakeTelegram
 
 # Fast indicators so tests see them without waiting seconds.
@@ -45,17 +47,15 @@ async def running_bot(
     history_page_size: int = 3,
     **overrides: Any,
 ) -> AsyncIterator[RunningBot]:
-    async with runtime_factory(**telegram_settings(fake, **overrides)) as runtime:
-        frontend = TelegramFrontEnd(
-            runtime.settings, runtime.service, poll_timeout=1.0, history_page_size=history_page_size, timing=timing
+    def telegram(settings: Settings, service: GenerationService) -> TelegramFrontEnd:
+        return TelegramFrontEnd(
+            settings, service, poll_timeout=1, history_page_size=history_page_size, timing=timing
         )
-        runtime.register(frontend.observer)
-        await frontend.start()
+
+    async with runtime_factory(front_ends=[telegram], **telegram_settings(fake, **overrides)) as runtime:
         await runtime.start()
-        try:
-            yield RunningBot(runtime, frontend)
-        finally:
-            # The launcher's order: no new updates, let running jobs finish, then close.
-            await frontend.stop_taking_work()
-            await runtime.worker.stop(runtime.settings.shutdown_grace_seconds)
-            await frontend.close()
+        [frontend] = runtime.front_ends
+        assert isinstance(frontend, TelegramFrontEnd)
+        yield RunningBot(runtime, frontend)
+        # The launcher's order: no new updates, let running jobs finish; bootstrap then closes.
+        await runtime.stop_taking_work()

@@ -33,7 +33,11 @@ class Previews:
 
 
 def spec(
-    count: int = 1, aspect_ratio: str = "1:1", input_image: InputImage | None = None, negative: str | None = None
+    count: int = 1,
+    aspect_ratio: str = "1:1",
+    input_image: InputImage | None = None,
+    negative: str | None = None,
+    input_images: tuple[InputImage, ...] = (),
 ) -> GenerationSpec:
     return GenerationSpec(
         prompt=PROMPT,
@@ -41,7 +45,7 @@ def spec(
         count=count,
         aspect_ratio=aspect_ratio,
         seed=1234,
-        input_image=input_image,
+        input_images=(input_image,) if input_image else input_images,
         safety_identifier=SAFETY_ID,
     )
 

@@ -1,5 +1,6 @@
-"""The Discord client: log in, connect to the gateway as a background task, sync the slash commands,
-and stop cleanly. Started by `bot.adapters.launcher` next to the other front ends, in one asyncio loop."""
+"""The Discord front end: the client, the slash commands (all registered here, in one readable place),
+start-up (log in, connect to the gateway as a background task, sync the commands) and a clean stop.
+Built by bot.bootstrap and started by bot.launcher next to the other front ends, in one asyncio loop."""
 
 from __future__ import annotations
 
@@ -16,14 +17,17 @@ from discord import app_commands
 
 from bot.adapters.discord.acks import EarlyAcks
 from bot.adapters.discord.buttons import ActionButton, ButtonHandler
-from bot.adapters.discord.commands import DiscordController, register_commands
-from bot.adapters.discord.observer import DiscordObserver
-from bot.config import Settings
+from bot.adapters.discord.delivery import DiscordObserver
+from bot.adapters.discord.handlers import MAX_PROMPT_OPTION, DiscordHandlers
+from bot.adapters.frontend import StartFailed
+from bot.adapters.wording import GENERIC_ERROR
+from bot.config import ASPECT_RATIOS, Settings
 from bot.core.metrics import PLATFORM_ERRORS
+from bot.core.models import ImagineRequest
+from bot.core.prompt import MAX_COUNT, MAX_SEED
 from bot.core.service import GenerationService
 
 log = logging.getLogger(__name__)
-
 
 
 class ImageBotClient(discord.Client):
@@ -62,12 +66,15 @@ class DiscordFrontEnd:
         ready_timeout: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if settings.discord_token is None:
+            raise StartFailed("DISCORD_TOKEN is not set")
+        self._token = settings.discord_token.get_secret_value()
         self.settings = settings
         self.ready_timeout = ready_timeout or settings.discord_ready_timeout_seconds
         preview_interval = settings.discord_preview_interval_seconds
-        self.controller = DiscordController(service)
+        self.handlers = DiscordHandlers(service)
         self.client = ImageBotClient(
-            self.controller,
+            self.handlers,
             # Slash commands and buttons need no intent at all; `guilds` (not privileged) keeps discord.py's
             # channel cache sound. Nothing privileged: we never read messages or member lists.
             intents=discord.Intents(guilds=True),
@@ -78,31 +85,29 @@ class DiscordFrontEnd:
             member_cache_flags=discord.MemberCacheFlags.none(),
             # A long rate limit is better retried by the core later than waited out here.
             max_ratelimit_timeout=30.0,
-            # Kept-alive connections: under a burst each deferral otherwise opens (in production: TLS-
-            # handshakes) a connection of its own, half of its cost (measured in bench/burst.py).
+            # Kept-alive connections: under a burst each deferral would otherwise open (in production: TLS-
+            # handshake) a connection of its own.
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=300),
         )
         count_http_errors(self.client.http)
         self.early_acks = EarlyAcks(
-            self.client, self.controller.acknowledges_early, warm=settings.discord_warm_connections
+            self.client, self.handlers.acknowledges_early, warm=settings.discord_warm_connections
         )
-        self.controller.early_acks = self.early_acks
-        register_commands(self.client.tree, self.controller)
+        self.handlers.early_acks = self.early_acks
+        register_commands(self.client.tree, self.handlers)
         self.observer = DiscordObserver(self.client, clock=clock, preview_interval=preview_interval)
         self._connection: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Log in, connect, sync commands; return once ready. Raises RuntimeError with a clear reason."""
-        if self.settings.discord_token is None:
-            raise RuntimeError("DISCORD_TOKEN is not set")
+        """Log in, connect, sync commands; return once ready. Raises StartFailed with a clear reason."""
         try:
-            await self.client.login(self.settings.discord_token.get_secret_value())
+            await self.client.login(self._token)
         except discord.LoginFailure:
             await self.client.close()
-            raise RuntimeError("Discord rejected DISCORD_TOKEN (check the bot token in the developer portal)") from None
+            raise StartFailed("Discord rejected DISCORD_TOKEN (check the bot token in the developer portal)") from None
         except (OSError, aiohttp.ClientError, discord.HTTPException) as error:
             await self.client.close()
-            raise RuntimeError(f"Discord is unreachable: {error}") from None
+            raise StartFailed(f"Discord is unreachable: {error}") from None
         self._connection = asyncio.create_task(self.client.connect(reconnect=True), name="discord-gateway")
         ready = asyncio.create_task(self.client.wait_until_ready())
         done, _ = await asyncio.wait(
@@ -112,12 +117,12 @@ class DiscordFrontEnd:
             ready.cancel()
             reason = _failure(self._connection) or f"not ready after {self.ready_timeout:.0f}s"
             await self.close()
-            raise RuntimeError(f"Discord gateway: {reason}")
+            raise StartFailed(f"Discord gateway: {reason}")
         try:
             await self._sync_commands()
         except discord.HTTPException as error:
             await self.close()
-            raise RuntimeError(
+            raise StartFailed(
                 f"Discord refused the slash commands ({error.status} {error.text}). "
                 "Was the bot invited with the applications.commands scope?"
             ) from None
@@ -139,7 +144,7 @@ class DiscordFrontEnd:
 
     async def stop_taking_work(self) -> None:
         """From now on every command and button answers that the bot is restarting; jobs keep running."""
-        self.controller.accepting = False
+        self.handlers.accepting = False
 
     async def close(self) -> None:
         await self.early_acks.aclose()
@@ -148,6 +153,85 @@ class DiscordFrontEnd:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self._connection
             self._connection = None
+
+
+def register_commands(tree: app_commands.CommandTree[Any], handlers: DiscordHandlers) -> None:
+    """/imagine, /history, /balance, /models, /credits grant|revoke: usable in servers and in DMs with the bot."""
+    contexts = app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=False)
+    installs = app_commands.AppInstallationType(guild=True, user=False)
+
+    @app_commands.command(name="imagine", description="Make images from a text prompt")
+    @app_commands.describe(
+        prompt="What to draw. Inline options work too: --ar 16:9 --seed 7 --no text",
+        aspect_ratio="Shape of the image",
+        count=f"How many images (1–{MAX_COUNT})",
+        model="Which model (the cost per image is shown)",
+        seed="Same seed + same prompt = similar image",
+        negative="What to leave out",
+    )
+    @app_commands.choices(aspect_ratio=[app_commands.Choice(name=r, value=r) for r in ASPECT_RATIOS])
+    @app_commands.autocomplete(model=handlers.model_autocomplete)
+    async def imagine(
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, MAX_PROMPT_OPTION],
+        aspect_ratio: str | None = None,
+        count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
+        model: str | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        negative: str | None = None,
+    ) -> None:
+        await handlers.imagine(interaction, ImagineRequest(prompt, negative, model, aspect_ratio, count, seed))
+
+    @app_commands.command(name="history", description="Your earlier images, sent to you in a DM")
+    async def history(interaction: discord.Interaction) -> None:
+        await handlers.history(interaction)
+
+    @app_commands.command(name="balance", description="Your credits and what each model costs")
+    async def balance(interaction: discord.Interaction) -> None:
+        await handlers.balance(interaction)
+
+    @app_commands.command(name="models", description="The models you can use and what each costs per image")
+    async def models(interaction: discord.Interaction) -> None:
+        await handlers.models(interaction)
+
+    credits = app_commands.Group(
+        name="credits",
+        description="Change a user's credits (bot admins only)",
+        allowed_contexts=contexts,
+        allowed_installs=installs,
+    )
+
+    @credits.command(name="grant", description="Give a user credits")
+    @app_commands.describe(user="Who gets them", amount="How many")
+    async def grant(
+        interaction: discord.Interaction, user: discord.User, amount: app_commands.Range[int, 1, 1_000_000]
+    ) -> None:
+        await handlers.adjust_credits(interaction, user, amount)
+
+    @credits.command(name="revoke", description="Take credits away from a user (down to zero)")
+    @app_commands.describe(user="Whose credits", amount="How many")
+    async def revoke(
+        interaction: discord.Interaction, user: discord.User, amount: app_commands.Range[int, 1, 1_000_000]
+    ) -> None:
+        await handlers.adjust_credits(interaction, user, -amount)
+
+    command: app_commands.Command[Any, Any, None]
+    for command in (imagine, history, balance, models):
+        command.allowed_contexts = contexts
+        command.allowed_installs = installs
+        tree.add_command(command)
+    tree.add_command(credits)
+
+    @tree.error
+    async def on_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        # Reached only for errors before our handlers run (e.g. an option that fails conversion).
+        log.warning("command error in interaction %s: %r", interaction.id, error)
+        text = (
+            "One of the options isn't valid."
+            if isinstance(error, app_commands.TransformerError)
+            else GENERIC_ERROR
+        )
+        await handlers.say(interaction, text)
 
 
 def _failure(task: asyncio.Task[None]) -> str | None:

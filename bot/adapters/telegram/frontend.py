@@ -1,5 +1,5 @@
-"""The Telegram front end's composition root: the PTB Application, its handlers (all registered here, in
-one readable place), the job observer, and polling or webhook start-up.
+"""The Telegram front end: the PTB Application, its handlers (all registered here, in one readable
+place), the job observer, and polling or webhook start-up.
 
 Run inside the bot's own asyncio loop next to the other front ends, so only PTB's async lifecycle is
 used (initialize → start → updater.start_polling / our webhook server; stop → shutdown), never the
@@ -24,9 +24,11 @@ from telegram.ext import (
 )
 from telegram.request import HTTPXRequest
 
-from bot.adapters.telegram.handlers import Handlers
+from bot.adapters.frontend import StartFailed
+from bot.adapters.telegram.context import PLATFORM
+from bot.adapters.telegram.delivery import ProgressTiming, TelegramObserver
+from bot.adapters.telegram.handlers import TelegramHandlers
 from bot.adapters.telegram.history import HistorySender
-from bot.adapters.telegram.observer import PLATFORM, ProgressTiming, TelegramObserver
 from bot.adapters.telegram.ratelimit import FloodWaitLimiter
 from bot.adapters.telegram.sending import Sender
 from bot.adapters.telegram.webhook import WebhookServer, derived_secret, webhook_path
@@ -37,12 +39,12 @@ log = logging.getLogger(__name__)
 
 ALLOWED_UPDATES = ["message", "callback_query"]
 # Updates processed at once. Handlers only queue work (the worker makes the images), so this bounds the
-# replies in flight, not generation; Telegram takes ~30 messages a second from a bot anyway. Kept small
-# so that under a burst the event loop turns quickly for everything else (the Discord gateway above all;
-# see discord.commands.CONCURRENT_COMMANDS for what 4 against 8 measured).
+# replies in flight, not generation; Telegram limits how fast a bot may send anyway. Small, so that under
+# a burst the event loop turns quickly for everything else (the Discord gateway above all; as
+# discord.handlers.CONCURRENT_COMMANDS).
 CONCURRENT_UPDATES = 4
-# Updates asked for per getUpdates. PTB parses a whole batch in one go, ~0.25 ms per update: a full
-# batch of 100 holds the event loop for ~25 ms, while the Discord gateway and everything else wait.
+# Updates asked for per getUpdates. PTB parses a whole batch in one go, holding the event loop while the
+# Discord gateway and everything else wait: smaller batches than Telegram's 100 keep those pauses short.
 UPDATES_PER_POLL = 20
 START_ATTEMPTS = 4  # 1 + 2 + 4 s of waiting for a Bot API that is briefly unreachable
 
@@ -50,6 +52,7 @@ PRIVATE_COMMANDS = [
     BotCommand("imagine", "Make images: /imagine <prompt> --ar 16:9 --n 2"),
     BotCommand("history", "Your earlier images"),
     BotCommand("balance", "Your credits and the prices"),
+    BotCommand("models", "The models and what each costs"),
     BotCommand("help", "How to use this bot"),
     BotCommand("start", "Welcome and your balance"),
 ]
@@ -57,6 +60,7 @@ GROUP_COMMANDS = [
     BotCommand("imagine", "Make images: /imagine <prompt> --ar 16:9 --n 2"),
     BotCommand("history", "Your earlier images (sent privately)"),
     BotCommand("balance", "Your credits and the prices"),
+    BotCommand("models", "The models and what each costs"),
     BotCommand("help", "How to use this bot"),
 ]
 ADMIN_COMMANDS = [
@@ -66,7 +70,7 @@ ADMIN_COMMANDS = [
 ]
 
 
-class PagedBot(ExtBot[None]):
+class PagedBot(ExtBot[int]):
     """PTB's bot, whose long polling fetches at most UPDATES_PER_POLL updates at a time."""
 
     async def get_updates(
@@ -81,12 +85,12 @@ class TelegramFrontEnd:
         settings: Settings,
         service: GenerationService,
         *,
-        poll_timeout: float = 10.0,
+        poll_timeout: int = 10,
         history_page_size: int = 3,
         timing: ProgressTiming | None = None,
     ) -> None:
         if settings.telegram_token is None:
-            raise ValueError("TELEGRAM_TOKEN is not set")
+            raise StartFailed("TELEGRAM_TOKEN is not set")
         self.settings = settings
         self.service = service
         self.poll_timeout = poll_timeout
@@ -96,13 +100,16 @@ class TelegramFrontEnd:
             self._token,
             base_url=settings.telegram_base_url,
             base_file_url=settings.telegram_base_file_url,
-            # PTB's default pool of 256 connections costs CPU on every request (httpcore scans it); 16
-            # kept-alive connections carry a burst with less (measured in bench/burst.py). Under a burst,
-            # requests queue for a pooled connection longer than PTB's 1 s default; and a photo upload's
-            # answer can take a while. A timed-out send may have gone through, and retrying it would post
-            # twice, so these are generous.
+            # PTB's default pool of 256 connections costs CPU on every request (httpcore scans it); a few
+            # kept-alive connections carry a burst with less. Under a burst, requests queue for a pooled
+            # connection longer than PTB's default allows, and a photo upload's answer can take a while. A
+            # timed-out send may have gone through, and retrying it would post twice, so these are generous.
             request=HTTPXRequest(connection_pool_size=16, pool_timeout=10.0, read_timeout=15.0),
-            get_updates_request=HTTPXRequest(connection_pool_size=1),
+            # Two connections: stopping cancels the long poll in flight and at once asks getUpdates again
+            # to confirm what was fetched. PTB doesn't wait for the cancelled request to give its
+            # connection back, so with one connection the confirmation can time out waiting for it (an
+            # ERROR, and updates fetched twice after a restart).
+            get_updates_request=HTTPXRequest(connection_pool_size=2),
             # Every reply still goes out if the message it answers was deleted meanwhile.
             defaults=Defaults(allow_sending_without_reply=True),
             # Button state lives in callback_data and Postgres; PTB's in-memory cache would die on restart.
@@ -115,7 +122,7 @@ class TelegramFrontEnd:
         self.application = builder.build()
         self.sender = Sender(self.application.bot)
         self.observer = TelegramObserver(self.sender, service, timing)
-        self.handlers = Handlers(service, self.sender, HistorySender(self.sender, service, history_page_size))
+        self.handlers = TelegramHandlers(service, self.sender, HistorySender(self.sender, service, history_page_size))
         self._webhook: WebhookServer | None = None
         self._register()
         self._started = False
@@ -133,6 +140,7 @@ class TelegramFrontEnd:
         app.add_handler(CommandHandler("imagine", h.imagine, filters=new_messages))
         app.add_handler(CommandHandler("history", h.history, filters=new_messages))
         app.add_handler(CommandHandler("balance", h.balance, filters=new_messages))
+        app.add_handler(CommandHandler("models", h.models, filters=new_messages))
         app.add_handler(CommandHandler("grant", h.grant, filters=new_messages))
         app.add_handler(CommandHandler("revoke", h.revoke, filters=new_messages))
         app.add_handler(MessageHandler(new_messages & private & filters.COMMAND, h.unknown_command))
@@ -163,7 +171,10 @@ class TelegramFrontEnd:
         else:
             assert app.updater is not None
             await app.updater.start_polling(
-                timeout=self.poll_timeout, allowed_updates=ALLOWED_UPDATES, bootstrap_retries=3
+                timeout=self.poll_timeout,  # whole seconds: the Bot API documents an integer
+                allowed_updates=ALLOWED_UPDATES,
+                bootstrap_retries=3,
+                error_callback=_polling_failed,
             )
             log.info("telegram: @%s polling for updates", self.handlers.bot_username)
         self._started = True
@@ -176,10 +187,10 @@ class TelegramFrontEnd:
                 await self.application.initialize()
                 return
             except InvalidToken:
-                raise RuntimeError("Telegram rejected TELEGRAM_TOKEN (check it with @BotFather)") from None
+                raise StartFailed("Telegram rejected TELEGRAM_TOKEN (check it with @BotFather)") from None
             except NetworkError as error:  # includes TimedOut
                 if attempt == START_ATTEMPTS:
-                    raise RuntimeError(f"Telegram's Bot API is unreachable: {error.message}") from None
+                    raise StartFailed(f"Telegram's Bot API is unreachable: {error.message}") from None
                 log.warning("telegram: start-up failed (%s), retrying in %.0f s", error.message, delay)
                 await asyncio.sleep(delay)
                 delay *= 2
@@ -217,3 +228,8 @@ class TelegramFrontEnd:
         await self.stop_taking_work()
         await self.observer.close()
         await self.application.shutdown()
+
+
+def _polling_failed(error: TelegramError) -> None:
+    # PTB retries failed polls itself; a dropped connection or a Bot API hiccup is not a bug of ours.
+    log.warning("telegram: polling for updates failed, retrying: %s", error)

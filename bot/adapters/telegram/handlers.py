@@ -1,26 +1,29 @@
 """Commands, plain-text prompts and button presses: each turns a Telegram update into one core call.
 
 Idempotency keys come from the update itself (a message is (chat, message id); a press is its callback
-query id), so an update Telegram delivers twice never charges twice. What users may see of an error is
-BotError.user_message; anything else is logged and answered with a short apology (see on_error)."""
+query id), so an update Telegram delivers twice never charges twice. Every handler runs inside
+`_answering`, which turns a BotError into its plain words in the chat; anything else reaches on_error,
+which logs it and answers with a short apology. Tracebacks go to the log, never to a chat."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+from collections.abc import AsyncIterator
 
-from telegram import CallbackQuery, Chat, InlineKeyboardMarkup, Message, Update, User
+from telegram import CallbackQuery, InlineKeyboardMarkup, MaybeInaccessibleMessage, Message, Update, User
 from telegram.constants import ChatType, MessageEntityType
 from telegram.error import BadRequest, TelegramError
 from telegram.ext import ContextTypes
 
-from bot.adapters.telegram import callback_data as cd
-from bot.adapters.telegram import rendering as render
+from bot.adapters import wording
+from bot.adapters.telegram import buttons, render
+from bot.adapters.telegram.context import PLATFORM, destination
 from bot.adapters.telegram.history import HistorySender
-from bot.adapters.telegram.observer import PLATFORM
 from bot.adapters.telegram.sending import ChatGone, Sender
 from bot.core.errors import BotError, Forbidden, ImagesUnavailable, InvalidRequest
-from bot.core.models import Destination, UserIdentity
+from bot.core.models import UserIdentity
 from bot.core.prompt import parse_command_text
 from bot.core.service import GenerationService
 from bot.core.storage.base import EXTENSIONS
@@ -35,27 +38,9 @@ HISTORY_PAYLOAD = "history"
 # iOS and macOS turn a typed "--" into a dash: "—ar 16:9" means "--ar 16:9".
 _DASHED_FLAG = re.compile(r"(?:(?<=\s)|^)[—–]([A-Za-z])")
 
-SORRY = "Sorry, something went wrong on my side. Please try again in a moment."
-UNKNOWN_BUTTON = "This button isn't one I know (or it has expired)."
-NOT_YOURS_TO_CANCEL = "Only the person who asked for these images can cancel them."
-NO_MESSAGE = "This button can't be used here."
-
 
 def identity(user: User) -> UserIdentity:
     return UserIdentity(PLATFORM, str(user.id), user.full_name or user.username or "")
-
-
-def is_group(chat: Chat) -> bool:
-    return chat.type in (ChatType.GROUP, ChatType.SUPERGROUP)
-
-
-def destination(chat: Chat, message: Message | None, message_id: int | None) -> Destination:
-    """Where a job's messages go: this chat, as replies to `message_id`, in its forum topic if any."""
-    thread = message.message_thread_id if message is not None and message.is_topic_message else None
-    context: dict[str, object] = {"reply_to": message_id, "group": is_group(chat)}
-    if thread is not None:
-        context["thread"] = thread
-    return Destination(PLATFORM, str(chat.id), None, context)
 
 
 def command_argument(message: Message) -> str:
@@ -81,7 +66,7 @@ def message_key(message: Message) -> str:
     return f"m:{message.chat.id}:{message.message_id}"
 
 
-class Handlers:
+class TelegramHandlers:
     def __init__(self, service: GenerationService, sender: Sender, history: HistorySender) -> None:
         self.service = service
         self.sender = sender
@@ -90,12 +75,27 @@ class Handlers:
 
     # --- replies -------------------------------------------------------------------------------
 
-    async def _reply(self, message: Message, text: str, keyboard: InlineKeyboardMarkup | None = None) -> None:
-        thread = message.message_thread_id if message.is_topic_message else None
+    async def _reply(
+        self, message: Message | MaybeInaccessibleMessage, text: str, keyboard: InlineKeyboardMarkup | None = None
+    ) -> None:
+        thread = message.message_thread_id if isinstance(message, Message) and message.is_topic_message else None
         await self.sender.text(message.chat.id, text, reply_to=message.message_id, thread_id=thread, keyboard=keyboard)
 
     def _deep_link(self, payload: str) -> str:
         return f"https://t.me/{self.bot_username}?start={payload}"
+
+    @contextlib.asynccontextmanager
+    async def _answering(self, update: Update) -> AsyncIterator[None]:
+        """Where a BotError becomes words in the chat: as a reply to the command, or to the message whose
+        button was pressed. A chat we can no longer write to ends the update quietly."""
+        try:
+            yield
+        except ChatGone as gone:
+            log.info("telegram: chat %s is gone: %s", gone.chat_id, gone.reason)
+        except BotError as error:
+            message = update.effective_message  # the command, or the message whose button was pressed
+            if message is not None:
+                await self._reply(message, render.plain(error.user_message))
 
     # --- commands ------------------------------------------------------------------------------
 
@@ -103,26 +103,29 @@ class Handlers:
         message, user = update.effective_message, update.effective_user
         if message is None or user is None:
             return
-        payload = context.args[0] if context.args else ""
-        if payload and not START_PAYLOAD.match(payload):
-            log.info("telegram: ignoring a malformed /start payload")
-            payload = ""
-        if payload == HISTORY_PAYLOAD and message.chat.type == ChatType.PRIVATE:
-            await self.history_sender.send_page(identity(user), message.chat.id, 0)
-            return
-        balance = await self.service.balance(identity(user))
-        await self._reply(
-            message,
-            render.welcome_text(
-                user.first_name, balance, self.bot_username, self.service.model_choices(), self.service.default_model
-            ),
-        )
+        async with self._answering(update):
+            payload = context.args[0] if context.args else ""
+            if payload and not START_PAYLOAD.match(payload):
+                log.info("telegram: ignoring a malformed /start payload")
+                payload = ""
+            if payload == HISTORY_PAYLOAD and message.chat.type == ChatType.PRIVATE:
+                await self.history_sender.send_page(identity(user), message.chat.id, 0)
+                return
+            balance = await self.service.balance(identity(user))
+            await self._reply(
+                message,
+                render.welcome_text(
+                    user.first_name, balance, self.bot_username, self.service.model_choices(),
+                    self.service.default_model,
+                ),
+            )
 
     async def help(self, update: Update, context: Context) -> None:
         if update.effective_message is None:
             return
-        text = render.help_text(self.bot_username, self.service.model_choices(), self.service.default_model)
-        await self._reply(update.effective_message, text)
+        async with self._answering(update):
+            text = render.help_text(self.bot_username, self.service.model_choices(), self.service.default_model)
+            await self._reply(update.effective_message, text)
 
     async def imagine(self, update: Update, context: Context) -> None:
         message = update.effective_message
@@ -139,43 +142,55 @@ class Handlers:
         user = update.effective_user
         if user is None:
             return
-        try:
+        async with self._answering(update):
             request = parse_command_text(normalise_flags(text))
             await self.service.imagine(
                 identity(user), request, destination(message.chat, message, message.message_id), message_key(message)
             )
-        except BotError as error:
-            await self._reply(message, error.user_message)
         # Accepted: the observer's on_queued has posted the status message. A duplicate shows nothing new.
 
     async def history(self, update: Update, context: Context) -> None:
         message, user = update.effective_message, update.effective_user
         if message is None or user is None:
             return
-        page = _page_argument(context.args)
-        if message.chat.type == ChatType.PRIVATE:
-            await self.history_sender.send_page(identity(user), message.chat.id, page)
-            return
-        # In a group, one's history is nobody else's business: it goes to the private chat.
+        async with self._answering(update):
+            page = _page_argument(context.args)
+            if message.chat.type == ChatType.PRIVATE:
+                await self.history_sender.send_page(identity(user), message.chat.id, page)
+                return
+            # In a group, one's history is nobody else's business: it goes to the private chat.
+            if await self._history_in_private(user, message, page):
+                await self._reply(message, render.HISTORY_SENT)
+
+    async def _history_in_private(self, user: User, message: Message | MaybeInaccessibleMessage, page: int) -> bool:
+        """A history page sent to the user's private chat; if they never opened one, a link to open it
+        (as a reply to `message`) and False."""
         try:
             await self.history_sender.send_page(identity(user), user.id, page)
         except ChatGone:
             await self._reply(
                 message,
-                "I can only show your history in our private chat, and you haven't started one yet. "
-                "Tap below, press Start, and it's there.",
-                keyboard=render.deep_link_keyboard(self._deep_link(HISTORY_PAYLOAD)),
+                render.HISTORY_NEEDS_PRIVATE_CHAT,
+                keyboard=buttons.deep_link_keyboard(self._deep_link(HISTORY_PAYLOAD)),
             )
+            return False
+        return True
+
+    async def models(self, update: Update, context: Context) -> None:
+        if update.effective_message is None:
             return
-        await self._reply(message, "📬 Sent your history to our private chat.")
+        async with self._answering(update):
+            text = render.models_text(self.service.model_choices(), self.service.default_model)
+            await self._reply(update.effective_message, text)
 
     async def balance(self, update: Update, context: Context) -> None:
         message, user = update.effective_message, update.effective_user
         if message is None or user is None:
             return
-        text = render.balance_text(await self.service.balance(identity(user)))
-        # Admins grant credits by numeric id, which Telegram doesn't show users: tell them theirs.
-        await self._reply(message, f"{text}\n\nYour Telegram id: {user.id}")
+        async with self._answering(update):
+            text = render.balance_text(await self.service.balance(identity(user)))
+            # Admins grant credits by numeric id, which Telegram doesn't show users: tell them theirs.
+            await self._reply(message, f"{text}\n\nYour Telegram id: {user.id}")
 
     async def grant(self, update: Update, context: Context) -> None:
         await self._adjust(update, context, sign=1)
@@ -190,26 +205,17 @@ class Handlers:
             return
         admin = identity(user)
         command = "grant" if sign > 0 else "revoke"
-        try:
+        async with self._answering(update):
             if not self.service.is_admin(admin):
                 raise Forbidden("Only the bot's admins can change credits.")
             target, amount = _adjust_arguments(message, context.args or [], command)
             result = await self.service.grant(admin, target, sign * amount, message_key(message))
-        except BotError as error:
-            await self._reply(message, error.user_message)
-            return
-        name = target.display_name or target.platform_user_id
-        if sign > 0:
-            text = f"Added {result.applied} credits to {name}. Their balance is now {result.balance}."
-        else:
-            removed = -result.applied
-            short = f" (only {removed}: a balance stops at zero)" if removed < amount else ""
-            text = f"Removed {removed} credits from {name}{short}. Their balance is now {result.balance}."
-        await self._reply(message, text)
+            await self._reply(message, render.adjusted_text(target, amount, result.applied, result.balance))
 
     async def unknown_command(self, update: Update, context: Context) -> None:
         if update.effective_message is not None:
-            await self._reply(update.effective_message, "I don't know that command. Try /help.")
+            async with self._answering(update):
+                await self._reply(update.effective_message, render.UNKNOWN_COMMAND)
 
     # --- buttons -------------------------------------------------------------------------------
 
@@ -217,39 +223,39 @@ class Handlers:
         query = update.callback_query
         if query is None:
             return
-        action = cd.decode(query.data)
+        action = buttons.decode(query.data)
         message = query.message
         if action is None or message is None:
-            await _answer(query, UNKNOWN_BUTTON if action is None else NO_MESSAGE, alert=True)
+            await _answer(query, render.UNKNOWN_BUTTON if action is None else render.NO_MESSAGE, alert=True)
             return
-        if isinstance(action, cd.Cancel) and action.owner_id != str(query.from_user.id):
-            await _answer(query, NOT_YOURS_TO_CANCEL, alert=True)
+        if isinstance(action, buttons.Cancel) and action.owner_id != str(query.from_user.id):
+            await _answer(query, render.NOT_YOURS_TO_CANCEL, alert=True)
             return
         # Answer at once (the client spins until then, and late answers fail); the work follows.
-        await _answer(query, _toast(action))
+        await _answer(query, render.toast(action))
         full_message = message if isinstance(message, Message) else None
         where = destination(message.chat, full_message, message.message_id)
         who = identity(query.from_user)
         chat_id = str(message.chat.id)
         key = f"c:{query.id}"
-        try:
+        async with self._answering(update):
             match action:
-                case cd.Regenerate(generation_id):
+                case buttons.Regenerate(generation_id):
                     await self.service.regenerate(who, generation_id, where, key)
-                case cd.Vary(image_id):
+                case buttons.Vary(image_id):
                     await self.service.vary(who, image_id, where, key)
-                case cd.Cancel(generation_id, _):
+                case buttons.Cancel(generation_id, _):
                     await self.service.cancel(who, generation_id, chat_id)
-                case cd.Originals(generation_id):
+                case buttons.Originals(generation_id):
                     await self._send_originals(who, generation_id, message.chat.id, message.message_id, full_message)
-                case cd.HistoryPage(page):
+                case buttons.HistoryPage(page) if message.chat.type == ChatType.PRIVATE:
                     await self.sender.drop_keyboard(message.chat.id, message.message_id)
                     await self.history_sender.send_page(who, query.from_user.id, page)
-        except BotError as error:
-            thread = full_message.message_thread_id if full_message and full_message.is_topic_message else None
-            await self.sender.text(
-                message.chat.id, error.user_message, reply_to=message.message_id, thread_id=thread
-            )
+                case buttons.HistoryPage(page):
+                    # Pressed in a group: as /history there, the page goes to the private chat, or a link
+                    # to open one comes back.
+                    if await self._history_in_private(query.from_user, message, page):
+                        await self._reply(message, render.HISTORY_SENT)
 
     async def _send_originals(
         self, who: UserIdentity, generation_id: str, chat_id: int, message_id: int, message: Message | None
@@ -271,7 +277,7 @@ class Handlers:
     # --- errors --------------------------------------------------------------------------------
 
     async def on_error(self, update: object, context: Context) -> None:
-        """The last stop for anything a handler didn't handle: logged in full, never shown in a chat."""
+        """The last stop for anything a handler didn't expect: logged in full, never shown in a chat."""
         error = context.error
         if isinstance(error, ChatGone):
             log.info("telegram: chat %s is gone: %s", error.chat_id, error.reason)
@@ -282,9 +288,9 @@ class Handlers:
             return
         try:
             if update.callback_query is not None:
-                await _answer(update.callback_query, SORRY, alert=True)
+                await _answer(update.callback_query, wording.GENERIC_ERROR, alert=True)
             if update.effective_chat is not None and update.effective_message is not None:
-                await self._reply(update.effective_message, SORRY)
+                await self._reply(update.effective_message, wording.GENERIC_ERROR)
         except Exception:
             log.warning("telegram: could not tell the user about the error", exc_info=True)
 
@@ -299,21 +305,8 @@ async def _answer(query: CallbackQuery, text: str | None, alert: bool = False) -
         log.warning("telegram: answering callback query failed", exc_info=True)
 
 
-def _toast(action: cd.Action) -> str | None:
-    match action:
-        case cd.Regenerate():
-            return "🔄 On it: same prompt, new seed."
-        case cd.Vary():
-            return "Making a variation…"
-        case cd.Cancel():
-            return "Cancelling…"
-        case cd.Originals():
-            return "📎 Sending the original files…"
-    return None
-
-
 def _page_argument(args: list[str] | None) -> int:
-    if args and args[0].isdigit() and 0 < int(args[0]) <= cd.MAX_PAGE:
+    if args and args[0].isdigit() and 0 < int(args[0]) <= buttons.MAX_PAGE:
         return int(args[0]) - 1
     return 0
 

@@ -9,8 +9,8 @@ import logging
 from telegram import InlineKeyboardMarkup, Message
 from telegram.error import TelegramError
 
-from bot.adapters.telegram import rendering as render
-from bot.adapters.telegram.observer import PLATFORM
+from bot.adapters.telegram import buttons, render
+from bot.adapters.telegram.context import PLATFORM
 from bot.adapters.telegram.sending import PhotoSource, Sender, is_bad_file_id, largest_file_id
 from bot.core.errors import ImagesUnavailable
 from bot.core.models import HistoryItem, ImageRecord, UserIdentity
@@ -34,16 +34,16 @@ class HistorySender:
             return
         for item in page.items:
             await self._send_item(chat_id, item)
-        await self.sender.text(chat_id, render.history_footer(page), keyboard=render.history_keyboard(page))
+        await self.sender.text(chat_id, render.history_footer(page), keyboard=buttons.history_keyboard(page))
 
     async def _send_item(self, chat_id: int, item: HistoryItem) -> None:
         job = item.generation
         images = sorted(item.images, key=lambda image: image.index)
         if not images:
-            keyboard = render.retry_keyboard(job) if job.is_finished else None
+            keyboard = buttons.retry_keyboard(job) if job.is_finished else None
             await self.sender.text(chat_id, render.history_caption(item, render.TEXT_LIMIT), keyboard=keyboard)
             return
-        keyboard = render.result_keyboard(job, images)
+        keyboard = buttons.result_keyboard(job, images)
         caption = render.history_caption(item)
         sources = await self._sources(images, by_file_id=True)
         if sources is None:
@@ -83,7 +83,7 @@ class HistorySender:
                                             keyboard=keyboard)]
         messages = await self.sender.album(chat_id, sources, caption=caption, filenames=filenames)
         await self.sender.text(
-            chat_id, render.album_buttons_text(item.generation, len(images)),
+            chat_id, render.album_buttons_text(item.generation, images),
             reply_to=messages[0].message_id, keyboard=keyboard,
         )
         return list(messages)

@@ -28,7 +28,7 @@ from telegram.constants import ChatAction
 from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, TelegramError
 
 from bot.adapters.telegram import media
-from bot.adapters.telegram.rendering import CAPTION_LIMIT, TEXT_LIMIT, fit
+from bot.adapters.telegram.render import CAPTION_LIMIT, TEXT_LIMIT, fit
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,12 @@ class Sender:
 
     async def _prepared(self, photos: Sequence[PhotoSource]) -> list[PhotoSource]:
         """Uploads that can't be photos as they are (too big, extreme sides) are re-encoded up front."""
-        return [p if isinstance(p, str) else await asyncio.to_thread(media.prepare_photo, p) for p in photos]
+        prepared: list[PhotoSource] = []
+        for photo in photos:
+            if isinstance(photo, bytes):
+                photo = await asyncio.to_thread(media.prepare_photo, photo)
+            prepared.append(photo)
+        return prepared
 
     async def _with_photo_fixes(
         self,
@@ -302,10 +307,12 @@ class Sender:
             except TelegramError as error:
                 if is_photo_too_big(error) and step < 3 and any(isinstance(s, bytes) for s in sources):
                     log.info("telegram: photo refused as too big (%s), re-encoding (step %d)", error.message, step)
-                    sources = [
-                        s if isinstance(s, str) else await asyncio.to_thread(media.shrink_for_photo, s, step)
-                        for s in sources
-                    ]
+                    shrunk: list[PhotoSource] = []
+                    for source in sources:
+                        if isinstance(source, bytes):
+                            source = await asyncio.to_thread(media.shrink_for_photo, source, step)
+                        shrunk.append(source)
+                    sources = shrunk
                     step += 1
                 elif isinstance(error, BadRequest) and _says(error, _TOO_LONG) and len(caption) > 64:
                     caption = fit(caption, len(caption) // 2)

@@ -13,11 +13,12 @@ import asyncpg
 from PIL import Image
 
 from bot.core import generations
+from bot.core.aio import all_of
 from bot.core.catalogue import ModelSpec
 from bot.core.errors import ProviderError, ProviderUnavailable
 from bot.core.ids import new_id
 from bot.core.jobs.storing import STORAGE_FAILED_MESSAGE, StoredImages
-from bot.core.models import Generation, ImageFile, ImageRecord
+from bot.core.models import Generation, GenerationKind, ImageFile, ImageRecord
 from bot.core.providers.base import GeneratedImage, ImageProvider, InputImage, PreviewCallback
 from bot.core.providers.runner import GenerationSpec, ProviderRunner
 from bot.core.safety import safety_identifier
@@ -26,6 +27,7 @@ from bot.core.storage.base import StorageError, new_key
 log = logging.getLogger(__name__)
 
 DEADLINE_MESSAGE = "The image service took too long."
+INPUTS_UNAVAILABLE_MESSAGE = "The picture to start from could not be read back."
 
 @dataclass(frozen=True)
 class Made:
@@ -58,6 +60,10 @@ class JobRunner:
         if model is None or provider is None or not provider.available():
             return Made([], ProviderUnavailable(f"The model {generation.model} is no longer available."))
         try:
+            inputs = await self._input_images(generation, model)
+        except ProviderError as error:
+            return Made([], error)
+        try:
             async with asyncio.timeout(self.deadline_seconds):
                 spec = GenerationSpec(
                     prompt=generation.prompt,
@@ -65,7 +71,7 @@ class JobRunner:
                     count=generation.count,
                     aspect_ratio=generation.aspect_ratio,
                     seed=generation.seed,
-                    input_image=await self._input_image(generation, model),
+                    input_images=inputs,
                     safety_identifier=safety_identifier(generation.owner),
                 )
                 outcomes = await self.runner.run(provider, model, spec, preview)
@@ -75,18 +81,34 @@ class JobRunner:
         files = [p for p in prepared if isinstance(p, ImageFile)]
         return Made(files, next((p for p in prepared if isinstance(p, ProviderError)), None))
 
-    async def _input_image(self, generation: Generation, model: ModelSpec) -> InputImage | None:
-        if generation.parent_image_id is None or not model.supports_input_image:
-            return None
+    async def _input_images(self, generation: Generation, model: ModelSpec) -> tuple[InputImage, ...]:
+        """What the job starts from: the parent image (a variation, a remix), then the pictures the user
+        brought (an edit). Everything is read from Postgres and the store, so it survives a restart."""
         async with self.pool.acquire() as conn:
-            parent = await generations.get_image(conn, generation.parent_image_id)
-        if parent is None:
-            return None
+            parent = await generations.get_image(conn, generation.parent_image_id) if generation.parent_image_id \
+                else None
+            brought = (await generations.get_inputs(conn, [generation.id]))[generation.id]
+        needed = bool(brought) or generation.kind == GenerationKind.REMIX
+        if needed and not model.supports_input_image:
+            raise ProviderUnavailable(f"The model {model.name} can no longer start from a picture.")
+        if not model.supports_input_image:
+            return ()
+        images: list[InputImage] = []
+        if parent is not None:
+            try:
+                images.append(InputImage(await self.images.store.get(parent.storage_key), parent.mime_type))
+            except StorageError as error:
+                if needed:
+                    log.warning("job %s: the image to remix is unavailable: %s", generation.id, error)
+                    raise ProviderUnavailable(INPUTS_UNAVAILABLE_MESSAGE) from error
+                log.warning("job %s: parent image unavailable, varying by seed only: %s", generation.id, error)
         try:
-            return InputImage(await self.images.store.get(parent.storage_key), parent.mime_type)
+            contents = await all_of(*(self.images.store.get(i.storage_key) for i in brought))
         except StorageError as error:
-            log.warning("job %s: parent image unavailable, varying by seed only: %s", generation.id, error)
-            return None
+            log.warning("job %s: an input picture is unavailable: %s", generation.id, error)
+            raise ProviderUnavailable(INPUTS_UNAVAILABLE_MESSAGE) from error
+        images.extend(InputImage(data, i.mime_type) for i, data in zip(brought, contents, strict=True))
+        return tuple(images)
 
     async def _prepare(self, generation: Generation, index: int, image: GeneratedImage) -> ImageFile | ProviderError:
         """The record an image will be stored under, with its bytes (or why it cannot be stored)."""

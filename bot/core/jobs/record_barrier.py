@@ -133,6 +133,7 @@ class RecordBarrier:
 
             def dropped(_conn: object, lost: asyncio.Event = lost) -> None:
                 lost.set()
+                self._pending.set()
 
             try:
                 conn.add_termination_listener(dropped)
@@ -151,11 +152,7 @@ class RecordBarrier:
         while not lost.is_set():
             if not self._outbox:
                 self._pending.clear()
-                waiting = asyncio.ensure_future(self._pending.wait())
-                dropped = asyncio.ensure_future(lost.wait())
-                await asyncio.wait([waiting, dropped], return_when=asyncio.FIRST_COMPLETED)
-                waiting.cancel()
-                dropped.cancel()
+                await self._pending.wait()  # set by an announcement, or by the connection dropping
                 continue
             batch, self._outbox = self._outbox, []
             try:

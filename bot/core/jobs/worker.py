@@ -38,6 +38,7 @@ class Worker:
         limits: WorkerLimits,
     ) -> None:
         self.pool = pool
+        self.runner = runner
         self.lease = Lease(limits.lease_seconds)
         self.images = StoredImages(store)
         self.barrier = RecordBarrier(pool)
@@ -58,6 +59,7 @@ class Worker:
     async def stop(self, grace_seconds: float) -> None:
         await self.scheduler.stop(grace_seconds)
         await self.barrier.close()
+        await self.runner.limits.close()
 
     # --- for the service -----------------------------------------------------------------------
 

@@ -130,15 +130,15 @@ class Automatic1111Provider(HttpProvider):
             # Keep the checkpoint loaded afterwards: restoring would reload weights on every request.
             payload["override_settings"] = {"sd_model_checkpoint": call.model.provider_model}
             payload["override_settings_restore_afterwards"] = False
-        if call.input_image is None:
+        if not call.input_images:
             return "txt2img", payload
-        parent_seed = _infotext_seed(call.input_image) if options.get("variation") == "subseed" else None
+        parent_seed = _infotext_seed(call.input_images[0]) if options.get("variation") == "subseed" else None
         if parent_seed is not None:
             # The parent's own noise, nudged by a second seed: a close sibling of the parent image.
             strength = options.get("subseed_strength", DEFAULT_SUBSEED_STRENGTH)
             payload.update(seed=parent_seed, subseed=payload["seed"], subseed_strength=strength)
             return "txt2img", payload
-        payload["init_images"] = [base64.b64encode(call.input_image.data).decode()]
+        payload["init_images"] = [base64.b64encode(image.data).decode() for image in call.input_images]
         payload["denoising_strength"] = options.get("denoising_strength", self._denoising_strength)
         return "img2img", payload
 

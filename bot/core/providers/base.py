@@ -31,7 +31,7 @@ class ProviderCall:
     width: int
     height: int
     seed: int | None
-    input_image: InputImage | None
+    input_images: tuple[InputImage, ...]  # what to start from (an edit, a variation): empty for none
     safety_identifier: str  # a hash of the user, never the raw id
 
 

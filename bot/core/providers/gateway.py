@@ -103,9 +103,11 @@ class GatewayProvider(KeyedHttpProvider):
     def _body(self, call: ProviderCall, stream: bool) -> dict[str, Any]:
         options = call.model.options
         content: str | list[dict[str, Any]] = call.prompt
-        if call.input_image is not None:
-            url = data_url(call.input_image.data, call.input_image.mime_type)
-            content = [{"type": "text", "text": call.prompt}, {"type": "image_url", "image_url": {"url": url}}]
+        if call.input_images:
+            content = [{"type": "text", "text": call.prompt}] + [
+                {"type": "image_url", "image_url": {"url": data_url(image.data, image.mime_type)}}
+                for image in call.input_images
+            ]
         # Catalogue options go first so that they can never override the core fields.
         body: dict[str, Any] = {
             **{key: value for key, value in options.items() if key not in OWN_OPTIONS},

@@ -81,9 +81,9 @@ class GeminiProvider(KeyedHttpProvider):
     def _body(self, call: ProviderCall) -> dict[str, Any]:
         options = call.model.options
         parts: list[dict[str, Any]] = [{"text": call.prompt}]
-        if call.input_image is not None:
-            encoded = base64.b64encode(call.input_image.data).decode()
-            parts.append({"inlineData": {"mimeType": call.input_image.mime_type, "data": encoded}})
+        for image in call.input_images:
+            encoded = base64.b64encode(image.data).decode()
+            parts.append({"inlineData": {"mimeType": image.mime_type, "data": encoded}})
         image_config: dict[str, Any] = {"aspectRatio": call.aspect_ratio}
         if options.get("image_size"):
             image_config["imageSize"] = options["image_size"]  # "1K", "2K", "4K" on the models that take it

@@ -8,7 +8,7 @@ import hashlib
 import io
 import random
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from bot.core.catalogue import ModelSpec
 from bot.core.providers.base import (
@@ -47,24 +47,21 @@ class OfflineProvider(ImageProvider):
         images = []
         for i in range(call.n):
             seed = (base_seed + i) % 2**32
-            data = draw(call.prompt, call.negative_prompt, seed, call.width, call.height, call.input_image)
+            if call.input_images:
+                data = draw_edit(call.prompt, seed, call.width, call.height, call.input_images)
+            else:
+                data = draw(call.prompt, call.negative_prompt, seed, call.width, call.height)
             images.append(GeneratedImage(data, "image/png", call.width, call.height, seed, {"model": "offline-demo"}))
         return images
 
 
-def draw(
-    prompt: str, negative: str | None, seed: int, width: int, height: int, source: InputImage | None = None
-) -> bytes:
+def draw(prompt: str, negative: str | None, seed: int, width: int, height: int) -> bytes:
     digest = hashlib.sha256(f"{prompt}\x00{negative or ''}\x00{seed}".encode()).digest()
     rng = random.Random(digest)
     top = _colour(rng)
     bottom = _colour(rng)
     image = Image.linear_gradient("L").resize((width, height))
     canvas = Image.composite(Image.new("RGB", (width, height), bottom), Image.new("RGB", (width, height), top), image)
-    if source is not None:
-        # A variation keeps the look of its parent and adds new shapes on top.
-        with Image.open(io.BytesIO(source.data)) as parent:
-            canvas = Image.blend(canvas, parent.convert("RGB").resize((width, height)), 0.6)
     pen = ImageDraw.Draw(canvas, "RGBA")
     for _ in range(rng.randint(6, 14)):
         x, y = rng.randrange(width), rng.randrange(height)
@@ -74,6 +71,25 @@ def draw(
             pen.ellipse((x - r, y - r, x + r, y + r), fill=fill)
         else:
             pen.regular_polygon((x, y, r), rng.randint(3, 8), rotation=rng.randint(0, 359), fill=fill)
+    return _labelled(canvas, prompt, seed)
+
+
+def draw_edit(prompt: str, seed: int, width: int, height: int, sources: tuple[InputImage, ...]) -> bytes:
+    """An edit (or a variation, a remix): the pictures given, side by side, each cropped to fill its share
+    of the requested ratio, with the prompt in a band. Nothing random, so tests can see the input."""
+    canvas = Image.new("RGB", (width, height))
+    share = width // len(sources)
+    for index, source in enumerate(sources):
+        left = index * share
+        right = width if index == len(sources) - 1 else left + share
+        with Image.open(io.BytesIO(source.data)) as picture:
+            canvas.paste(ImageOps.fit(picture.convert("RGB"), (right - left, height)), (left, 0))
+    return _labelled(canvas, prompt, seed)
+
+
+def _labelled(canvas: Image.Image, prompt: str, seed: int) -> bytes:
+    width, height = canvas.size
+    pen = ImageDraw.Draw(canvas, "RGBA")
     font = ImageFont.load_default(size=max(14, height // 28))
     caption = prompt if len(prompt) <= 60 else prompt[:59] + "…"
     pen.rectangle((0, height - height // 9, width, height), fill=(0, 0, 0, 140))

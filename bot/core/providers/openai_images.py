@@ -85,13 +85,13 @@ class OpenAIImagesProvider(KeyedHttpProvider):
         if partial_images:
             fields.update(stream=True, partial_images=partial_images)
         http = self._client()
-        if call.input_image is None:
+        if not call.input_images:
             return http.build_request("POST", f"{self._base_url}/images/generations", json=fields, headers=headers)
         return http.build_request(
             "POST",
             f"{self._base_url}/images/edits",
             data={key: _form_value(value) for key, value in fields.items()},
-            files=[("image[]", _upload(call.input_image))],
+            files=[("image[]", _upload(image, index)) for index, image in enumerate(call.input_images)],
             headers=headers,
         )
 
@@ -238,6 +238,6 @@ def _form_value(value: object) -> str:
     return str(value)
 
 
-def _upload(image: InputImage) -> tuple[str, bytes, str]:
+def _upload(image: InputImage, index: int) -> tuple[str, bytes, str]:
     extension = image.mime_type.partition("/")[2] or "png"
-    return f"input.{extension}", image.data, image.mime_type
+    return f"input{index}.{extension}", image.data, image.mime_type

@@ -45,7 +45,7 @@ class GenerationSpec:
     count: int
     aspect_ratio: str
     seed: int
-    input_image: InputImage | None
+    input_images: tuple[InputImage, ...]
     safety_identifier: str
 
 
@@ -90,7 +90,7 @@ class ProviderRunner:
                 height=height,
                 # Seeds follow the A1111 convention: image i of a batch uses seed + i.
                 seed=(spec.seed + start) % 2**32 if model.supports_seed else None,
-                input_image=spec.input_image if model.supports_input_image else None,
+                input_images=spec.input_images if model.supports_input_image else (),
                 safety_identifier=spec.safety_identifier,
             )
             for start, size in chunks

@@ -1,21 +1,20 @@
-"""What the bot says and which buttons it shows. Plain text only (no parse mode): prompts are user text,
+"""What the bot says: texts and captions, pure functions. Plain text only (no parse mode): prompts are user text,
 and nothing a user types can then break a message's markup."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup
-
-from bot.adapters.telegram import callback_data as cd
-from bot.core.models import Balance, Generation, HistoryItem, HistoryPage, ImageRecord, ModelPrice
+from bot.adapters.telegram import buttons
+from bot.adapters.wording import plural, refund_text, seeds_text, source_text
+from bot.core.models import Balance, Generation, HistoryItem, HistoryPage, ImageRecord, ModelPrice, UserIdentity
 
 # Telegram's limits, counted in UTF-16 code units (how the Bot API measures text).
 CAPTION_LIMIT = 1024
 TEXT_LIMIT = 4096
 ELLIPSIS = "…"
-
-FAILED_NO_RETRY = frozenset({"content_refused"})  # retrying the same prompt would be refused again
+_CODE_SPAN = re.compile(r"`([^`\n]+)`")
 
 
 def utf16_len(text: str) -> int:
@@ -45,18 +44,18 @@ def quoted_prompt(prompt: str, rest: str, limit: int) -> str:
 
 
 def _refund_note(job: Generation) -> str:
-    if not job.credits_refunded:
-        return ""
-    unit = "credit" if job.credits_refunded == 1 else "credits"
-    return f" {job.credits_refunded} {unit} refunded."
+    refund = refund_text(job)
+    return f" {refund}" if refund else ""
 
 
 def _kind_note(job: Generation) -> str:
     return {"regenerate": " · 🔄 new seed", "variation": " · variation"}.get(job.kind, "")
 
 
-def details(job: Generation) -> str:
-    return f"{job.model} · {job.aspect_ratio} · seed {job.seed}{_kind_note(job)}"
+def details(job: Generation, images: Sequence[ImageRecord] = ()) -> str:
+    """Model, shape, and the seeds that made the images (none before there are images)."""
+    seeds = seeds_text(images)
+    return f"{job.model} · {job.aspect_ratio}{f' · {seeds}' if seeds else ''}{_kind_note(job)}"
 
 
 def owner_note(job: Generation, in_group: bool) -> str:
@@ -72,8 +71,7 @@ def queued_text(job: Generation, position: int) -> str:
     images = "1 image" if job.count == 1 else f"{job.count} images"
     lines = [f"⏳ Queued ({ahead}): {images}, {details(job)}"]
     if job.credits_reserved:
-        unit = "credit" if job.credits_reserved == 1 else "credits"
-        lines.append(f"{job.credits_reserved} {unit} reserved (refunded if it fails).")
+        lines.append(f"{plural(job.credits_reserved, 'credit')} reserved (refunded if it fails).")
     lines.extend(f"Note: {warning}" for warning in job.warnings)
     return quoted_prompt(job.prompt, "\n" + "\n".join(lines), TEXT_LIMIT)
 
@@ -84,16 +82,17 @@ def generating_text(job: Generation, elapsed: float | None = None) -> str:
     return quoted_prompt(job.prompt, f"\n🎨 Generating {images} with {job.model}…{took}", TEXT_LIMIT)
 
 
-def result_caption(job: Generation, in_group: bool = False) -> str:
-    rest = f"\n{details(job)}{owner_note(job, in_group)}"
+def result_caption(job: Generation, images: Sequence[ImageRecord], in_group: bool = False) -> str:
+    rest = f"\n{details(job, images)}{owner_note(job, in_group)}"
     if job.status == "partial":
         rest += f"\n⚠ {job.error_message or 'Some images could not be made.'}{_refund_note(job)}"
     return quoted_prompt(job.prompt, rest, CAPTION_LIMIT)
 
 
-def album_buttons_text(job: Generation, count: int) -> str:
+def album_buttons_text(job: Generation, images: Sequence[ImageRecord]) -> str:
     """The message under an album (albums can't carry buttons)."""
-    rest = f"\n{count} images · {details(job)}\n🔄 new seed · V1–V{count} vary one · 📎 original files"
+    count = len(images)
+    rest = f"\n{count} images · {details(job, images)}\n🔄 new seed · V1–V{count} vary one · 📎 original files"
     if job.status == "partial":
         rest += f"\n⚠ {job.error_message or 'Some images could not be made.'}{_refund_note(job)}"
     return quoted_prompt(job.prompt, rest, TEXT_LIMIT)
@@ -112,46 +111,6 @@ def done_text(job: Generation) -> str:
     return quoted_prompt(job.prompt, "\n✅ Done.", TEXT_LIMIT)
 
 
-# --- keyboards ------------------------------------------------------------------------------------
-
-
-def _button(text: str, action: cd.Action) -> InlineKeyboardButton:
-    return InlineKeyboardButton(text, callback_data=cd.encode(action))
-
-
-def cancel_keyboard(job: Generation) -> InlineKeyboardMarkup:
-    return InlineKeyboardMarkup([[_button("✖ Cancel", cd.Cancel(job.id, job.owner.platform_user_id))]])
-
-
-def result_keyboard(job: Generation, images: Sequence[ImageRecord]) -> InlineKeyboardMarkup:
-    originals = "📎 Original" if len(images) == 1 else "📎 Originals"
-    rows = [[_button("🔄", cd.Regenerate(job.id)), _button(originals, cd.Originals(job.id))]]
-    ordered = sorted(images, key=lambda image: image.index)
-    # At most 4 images per job today; 5 per row keeps a future larger count readable.
-    variations = [_button(f"V{position}", cd.Vary(image.id)) for position, image in enumerate(ordered, start=1)]
-    rows.extend(variations[i : i + 5] for i in range(0, len(variations), 5))
-    return InlineKeyboardMarkup(rows)
-
-
-def retry_keyboard(job: Generation) -> InlineKeyboardMarkup | None:
-    if job.error_code in FAILED_NO_RETRY:
-        return None
-    return InlineKeyboardMarkup([[_button("🔄 Try again", cd.Regenerate(job.id))]])
-
-
-def history_keyboard(page: HistoryPage) -> InlineKeyboardMarkup | None:
-    row = []
-    if page.has_previous:
-        row.append(_button("◀ Newer", cd.HistoryPage(page.page - 1)))
-    if page.has_next:
-        row.append(_button("Older ▶", cd.HistoryPage(page.page + 1)))
-    return InlineKeyboardMarkup([row]) if row else None
-
-
-def deep_link_keyboard(url: str) -> InlineKeyboardMarkup:
-    return InlineKeyboardMarkup([[InlineKeyboardButton("Open a private chat", url=url)]])
-
-
 # --- history ----------------------------------------------------------------------------------------
 
 
@@ -165,7 +124,8 @@ def history_caption(item: HistoryItem, limit: int = CAPTION_LIMIT) -> str:
         "queued": " · ⏳ queued",
         "running": " · 🎨 generating",
     }.get(job.status, "")
-    return quoted_prompt(job.prompt, f"\n{details(job)}\n{when}{status}", limit)
+    source = f" · {source_text(item.inputs)}" if item.inputs else ""
+    return quoted_prompt(job.prompt, f"\n{details(job, item.images)}{source}\n{when}{status}", limit)
 
 
 def history_footer(page: HistoryPage) -> str:
@@ -176,21 +136,71 @@ def history_footer(page: HistoryPage) -> str:
 EMPTY_HISTORY = "No images yet. Try /imagine a lighthouse at dusk"
 
 
+# --- commands and buttons -------------------------------------------------------------------------
+
+UNKNOWN_COMMAND = "I don't know that command. Try /help."
+UNKNOWN_BUTTON = "This button isn't one I know (or it has expired)."
+NOT_YOURS_TO_CANCEL = "Only the person who asked for these images can cancel them."
+NO_MESSAGE = "This button can't be used here."
+HISTORY_SENT = "📬 Sent your history to our private chat."
+HISTORY_NEEDS_PRIVATE_CHAT = (
+    "I can only show your history in our private chat, and you haven't started one yet. "
+    "Tap below, press Start, and it's there."
+)
+
+
+def plain(text: str) -> str:
+    """A core message as it reads without markup (no parse mode here): `code` loses its backticks."""
+    return _CODE_SPAN.sub(r"\1", text)
+
+
+def toast(action: buttons.Action) -> str | None:
+    """The short notice a button press gets at once."""
+    match action:
+        case buttons.Regenerate():
+            return "🔄 On it: same prompt, new seed."
+        case buttons.Vary():
+            return "Making a variation…"
+        case buttons.Cancel():
+            return "Cancelling…"
+        case buttons.Originals():
+            return "📎 Sending the original files…"
+    return None
+
+
+def adjusted_text(target: UserIdentity, amount: int, applied: int, balance: int) -> str:
+    """What an admin is told after /grant (applied > 0) or /revoke."""
+    name = target.display_name or target.platform_user_id
+    if applied > 0:
+        return f"Added {plural(applied, 'credit')} to {name}. Their balance is now {balance}."
+    removed = -applied
+    short = f" (only {removed}: a balance stops at zero)" if removed < amount else ""
+    return f"Removed {plural(removed, 'credit')} from {name}{short}. Their balance is now {balance}."
+
+
 # --- commands ---------------------------------------------------------------------------------------
 
 
 def _prices(models: Sequence[ModelPrice], credits_enabled: bool) -> str:
     lines = []
     for model in models:
-        cost = f": {model.cost} credit{'s' if model.cost != 1 else ''} per image" if credits_enabled else ""
+        cost = f": {plural(model.cost, 'credit')} per image" if credits_enabled else ""
         lines.append(f"• {model.name} ({model.label}){cost}")
     return "\n".join(lines)
+
+
+def models_text(models: Sequence[ModelPrice], default: str) -> str:
+    lines = [
+        f"• {m.name} ({m.label}): {plural(m.cost, 'credit')} per image{' · the default' if m.name == default else ''}"
+        for m in models
+    ]
+    return "Models you can use (pick one with --model name):\n" + "\n".join(lines)
 
 
 def balance_text(balance: Balance) -> str:
     if not balance.credits_enabled:
         return "Credits are off here: make as many images as you like.\nModels:\n" + _prices(balance.models, False)
-    return f"You have {balance.balance} credits.\nPrices:\n" + _prices(balance.models, True)
+    return f"You have {plural(balance.balance, 'credit')}.\nPrices:\n" + _prices(balance.models, True)
 
 
 def help_text(bot_username: str, models: Sequence[ModelPrice], default_model: str) -> str:
@@ -210,12 +220,13 @@ def help_text(bot_username: str, models: Sequence[ModelPrice], default_model: st
         "Under each result: 🔄 the same prompt with a new seed, V1… a variation of that image, "
         "📎 the original files (Telegram compresses photos).\n\n"
         "/history  your earlier images (in our private chat)\n"
-        "/balance  your credits and the prices\n\n"
+        "/balance  your credits and the prices\n"
+        "/models  the models and what each costs\n\n"
         "Models:\n" + _prices(models, False)
     )
 
 
 def welcome_text(name: str, balance: Balance, bot_username: str, models: Sequence[ModelPrice], default: str) -> str:
     greeting = f"Hi {name}! " if name else "Hi! "
-    credits = f"You have {balance.balance} credits.\n\n" if balance.credits_enabled else ""
+    credits = f"You have {plural(balance.balance, 'credit')}.\n\n" if balance.credits_enabled else ""
     return f"{greeting}{credits}" + help_text(bot_username, models, default)

@@ -1,17 +1,19 @@
-"""The composition root: everything the bot needs, built once from the settings, in one readable place."""
+"""The composition root: the whole bot built from the settings, in one readable place. Every entry point
+(bot.launcher's `run`, the CLI's console and operator commands, the tests) calls `bootstrap`."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
-import signal
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import asyncpg
 
+from bot.adapters.frontend import FrontEnd, FrontEndFactory
 from bot.config import Settings
 from bot.core import database
 from bot.core.catalogue import available_models, choose_default
@@ -37,29 +39,60 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Runtime:
+    """The bot, built: the core's parts and the front ends that show its jobs."""
+
     settings: Settings
     pool: asyncpg.Pool
     store: ImageStore
     providers: dict[str, ImageProvider]
     worker: Worker
     service: GenerationService
-    observers: dict[str, JobObserver] = field(default_factory=dict)
+    front_ends: list[FrontEnd]
+    observers: dict[str, JobObserver]
     health: HealthServer | None = None
+    _started: list[FrontEnd] = field(default_factory=list)
 
     def register(self, observer: JobObserver) -> None:
-        """A front end registers before start(): the worker then takes jobs for its platform."""
+        """An observer that is not a front end (tests, benchmarks), before start(): the worker then takes
+        jobs for its platform."""
         self.observers[observer.platform] = observer
 
+    async def start_front_ends(self) -> None:
+        """Each front end connects; a StartFailed (e.g. a token the platform rejects) propagates."""
+        for front_end in self.front_ends:
+            if front_end not in self._started:
+                await front_end.start()
+                self._started.append(front_end)
+
     async def start(self) -> None:
-        if self.settings.metrics_port is not None:
+        """The front ends, then the health endpoint and the worker."""
+        await self.start_front_ends()
+        if self.settings.metrics_port is not None and self.health is None:
             self.health = HealthServer(self.pool, self.settings.metrics_host, self.settings.metrics_port)
             await self.health.start()
         await self.worker.recover()
         self.worker.start()
         # What start-up built lives as long as the process: move it out of the garbage collector's sight,
-        # so full collections under a burst stay short (a 150 ms pause was measured without this).
+        # so full collections under a burst stay short.
         gc.collect()
         gc.freeze()
+
+    async def stop_taking_work(self) -> None:
+        """No new requests anywhere; running jobs get their grace period, the rest are refunded."""
+        for front_end in self._started:
+            await front_end.stop_taking_work()
+        await self.worker.stop(self.settings.shutdown_grace_seconds)
+
+    async def close(self) -> None:
+        await self.stop_taking_work()
+        for front_end in self._started:
+            await front_end.close()
+        self._started.clear()
+        if self.health is not None:
+            await self.health.close()
+        for provider in self.providers.values():
+            await provider.aclose()
+        await self.store.aclose()
 
 
 def build_providers(settings: Settings) -> dict[str, ImageProvider]:
@@ -127,41 +160,24 @@ async def open_database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
             await pool.close()
 
 
-@asynccontextmanager
-async def open_runtime(
+def build_core(
     settings: Settings,
-    pool: asyncpg.Pool | None = None,
-    extra_providers: Mapping[str, ImageProvider] | None = None,
-    worker_pool: asyncpg.Pool | None = None,
-) -> AsyncIterator[Runtime]:
-    """Build the runtime. With `pool` given (tests), the caller owns the database (and the worker shares
-    that pool unless `worker_pool` is given). `extra_providers` adds or replaces providers by name (tests
-    and the benchmark plug in stand-ins this way)."""
-    if pool is None:
-        async with database_dsn(settings) as dsn:
-            own_pool = await database.create_pool(dsn, settings.db_pool_max_size)
-            own_worker_pool = await database.create_pool(dsn, WORKER_POOL_SIZE)
-            try:
-                await database.migrate(own_pool)
-                async with open_runtime(settings, own_pool, extra_providers, own_worker_pool) as runtime:
-                    yield runtime
-            finally:
-                await own_worker_pool.close()
-                await own_pool.close()
-        return
-
-    store = build_store(settings)
-    providers = {**build_providers(settings), **(extra_providers or {})}
+    pool: asyncpg.Pool,
+    worker_pool: asyncpg.Pool,
+    store: ImageStore,
+    providers: Mapping[str, ImageProvider],
+    observers: Mapping[str, JobObserver],
+) -> tuple[Worker, GenerationService]:
+    """The core's services, from the settings."""
     models = available_models(settings.models, providers)
-    observers: dict[str, JobObserver] = {}
-    limits = ProviderLimits(settings.max_provider_calls, settings.provider_ceilings, worker_pool or pool)
+    limits = ProviderLimits(settings.max_provider_calls, settings.provider_ceilings, worker_pool)
     runner = ProviderRunner(
         settings.max_provider_calls,
         RetryPolicy(max_retries=settings.provider_max_retries, timeout=settings.provider_timeout_seconds),
         limits,
     )
     worker = Worker(
-        worker_pool or pool,
+        worker_pool,
         store,
         providers,
         models,
@@ -188,24 +204,56 @@ async def open_runtime(
             per_user_queued_limit=settings.per_user_queued_limit,
             requests_per_minute=settings.requests_per_minute,
         ),
+        store=store,
     )
-    runtime = Runtime(settings, pool, store, providers, worker, service, observers)
-    try:
-        yield runtime
-    finally:
-        await worker.stop(settings.shutdown_grace_seconds)
-        await limits.close()
-        if runtime.health is not None:
-            await runtime.health.close()
-        for provider in providers.values():
-            await provider.aclose()
-        await store.aclose()
+    return worker, service
 
 
-def stop_on_sigterm() -> asyncio.Event:
-    """SIGTERM (what process managers send) and SIGINT set the event: stop taking work, then shut down."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    return stop
+@asynccontextmanager
+async def open_pools(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, asyncpg.Pool]]:
+    """A migrated pool for requests, and the worker's own (see WORKER_POOL_SIZE)."""
+    async with database_dsn(settings) as dsn:
+        pool = await database.create_pool(dsn, settings.db_pool_max_size)
+        try:
+            worker_pool = await database.create_pool(dsn, WORKER_POOL_SIZE)
+            try:
+                await database.migrate(pool)
+                yield pool, worker_pool
+            finally:
+                await worker_pool.close()
+        finally:
+            await pool.close()
+
+
+@asynccontextmanager
+async def bootstrap(
+    settings: Settings,
+    front_ends: Sequence[FrontEndFactory] = (),
+    *,
+    pool: asyncpg.Pool | None = None,
+    extra_providers: Mapping[str, ImageProvider] | None = None,
+) -> AsyncIterator[Runtime]:
+    """The whole bot, built from the settings; every entry point starts here. With `pool` given (tests),
+    the caller owns the database and the worker shares that pool. `extra_providers` adds or replaces
+    providers by name (tests and the benchmark plug in stand-ins this way). Closed on exit: front ends
+    stop taking work, running jobs get their grace period, then everything is released."""
+    async with contextlib.AsyncExitStack() as stack:
+        worker_pool = pool
+        if pool is None:
+            pool, worker_pool = await stack.enter_async_context(open_pools(settings))
+        assert pool is not None and worker_pool is not None
+        store = build_store(settings)
+        providers = {**build_providers(settings), **(extra_providers or {})}
+        # The core and the front ends need each other: the core is built with the observers' mapping, the
+        # front ends with the core's service, and the mapping is filled here, before anything runs.
+        observers: dict[str, JobObserver] = {}
+        worker, service = build_core(settings, pool, worker_pool, store, providers, observers)
+        built = [make(settings, service) for make in front_ends]
+        observers.update({front_end.observer.platform: front_end.observer for front_end in built})
+        runtime = Runtime(settings, pool, store, providers, worker, service, built, observers)
+        try:
+            yield runtime
+        finally:
+            await runtime.close()
+
+

@@ -16,34 +16,29 @@ from discord import app_commands
 
 from bot.adapters.discord import render
 from bot.adapters.discord.acks import ALREADY_ACKNOWLEDGED, UNKNOWN_INTERACTION, AckRefused, EarlyAcks, mark_deferred
-from bot.adapters.discord.buttons import Action, ButtonPayload, decode, history_view
-from bot.adapters.discord.context import DEFAULT_UPLOAD_LIMIT, PLATFORM, destination_for
-from bot.config import ASPECT_RATIOS
+from bot.adapters.discord.buttons import Action, ButtonPayload, decode
+from bot.adapters.discord.context import PLATFORM, destination_for
+from bot.adapters.discord.history import HistorySender
+from bot.adapters.wording import GENERIC_ERROR, RESTARTING, plural, refund_text
 from bot.core.errors import BotError
-from bot.core.models import Accepted, Destination, HistoryPage, ImagineRequest, UserIdentity
-from bot.core.prompt import MAX_COUNT, MAX_SEED, parse_command_text
+from bot.core.models import Accepted, Destination, ImagineRequest, UserIdentity
+from bot.core.prompt import parse_command_text
 from bot.core.service import GenerationService
 
 log = logging.getLogger(__name__)
 
 MAX_PROMPT_OPTION = 4000  # the /imagine prompt option's length limit, as registered with Discord
-# Commands doing their work (core calls, replies) at once. Bounded so that under a burst the event loop
+# Commands doing their work (core calls, replies) at once. Small, so that under a burst the event loop
 # keeps turning quickly: the gateway is read and new interactions acknowledged between their steps (the
-# deferral itself never waits for this). 4 against 8: ack p99 35-57 ms against 52-101 ms in the burst.
-# At a ~100 ms round trip to Discord, 4 slots still settle ~40 commands a second.
+# deferral itself never waits for this). bench/burst.py measures the choice.
 CONCURRENT_COMMANDS = 4
 
-HISTORY_PAGE_SIZE = 1  # one generation per page: its images and buttons fit one message
 # Discord's codes for an interaction that can't be answered: already acknowledged (a redelivered event
 # another handler took), or unknown (we were later than 3 seconds).
 _UNANSWERABLE = (ALREADY_ACKNOWLEDGED, UNKNOWN_INTERACTION)
 _APPLICATION_COMMAND = discord.InteractionType.application_command.value
 _COMPONENT = discord.InteractionType.component.value
 _JOB_BUTTONS = frozenset({Action.REGENERATE, Action.VARY})
-DM_CLOSED_NOTE = (
-    "I couldn't send you a DM: your DMs are closed for me (Privacy Settings → Direct Messages). "
-    "Here is your history instead; only you can see it."
-)
 
 
 class _Unanswerable(Exception):
@@ -54,11 +49,12 @@ def identity(user: discord.abc.User) -> UserIdentity:
     return UserIdentity(PLATFORM, str(user.id), user.display_name)
 
 
-class DiscordController:
+class DiscordHandlers:
     """What each command and button asks of the core. Thin: parse, acknowledge, call, reply."""
 
     def __init__(self, service: GenerationService) -> None:
         self.service = service
+        self.history_sender = HistorySender(service)
         self.accepting = True
         self.early_acks: EarlyAcks | None = None
         self._working = asyncio.Semaphore(CONCURRENT_COMMANDS)
@@ -109,23 +105,8 @@ class DiscordController:
         async with self._answering(interaction):
             if not await self._accepting(interaction):
                 return
-            in_dm = interaction.guild_id is None
-            await self._defer(interaction, thinking=True, ephemeral=not in_dm)
-            page = await self.service.history(identity(interaction.user), 0, HISTORY_PAGE_SIZE)
-            if in_dm or not page.items:
-                await self._send_page(interaction.followup, page, interaction.filesize_limit, ephemeral=not in_dm)
-                return
-            try:
-                dm = await interaction.user.create_dm()
-                message = await self._send_page(dm, page, DEFAULT_UPLOAD_LIMIT)
-            except discord.Forbidden as error:
-                # 50007: the user doesn't accept DMs from us. Show the first page here, privately.
-                log.info("history: DM to %s refused (%s)", interaction.user.id, error.code)
-                await self._send_page(
-                    interaction.followup, page, interaction.filesize_limit, ephemeral=True, intro=DM_CLOSED_NOTE
-                )
-                return
-            await interaction.followup.send(f"I sent your history to your DMs: {message.jump_url}", ephemeral=True)
+            await self._defer(interaction, thinking=True, ephemeral=interaction.guild_id is not None)
+            await self.history_sender.show(interaction, identity(interaction.user))
 
     async def balance(self, interaction: discord.Interaction) -> None:
         async with self._answering(interaction):
@@ -133,6 +114,12 @@ class DiscordController:
             balance = await self.service.balance(identity(interaction.user))
             # The id is what an operator puts in ADMIN_IDS (discord:<id>).
             text = f"{render.balance_text(balance)}\n-# Your user id: {interaction.user.id}"
+            await interaction.followup.send(text, ephemeral=True)
+
+    async def models(self, interaction: discord.Interaction) -> None:
+        async with self._answering(interaction):
+            await self._defer(interaction, thinking=True, ephemeral=True)
+            text = render.models_text(self.service.model_choices(), self.service.default_model)
             await interaction.followup.send(text, ephemeral=True)
 
     async def adjust_credits(self, interaction: discord.Interaction, target: discord.abc.User, amount: int) -> None:
@@ -144,9 +131,9 @@ class DiscordController:
             )
             name = render.clean(target.display_name, 80)
             if amount > 0:
-                text = f"Added {render.plural(result.applied, 'credit')} to {name}."
+                text = f"Added {plural(result.applied, 'credit')} to {name}."
             else:
-                text = f"Removed {render.plural(-result.applied, 'credit')} from {name}."
+                text = f"Removed {plural(-result.applied, 'credit')} from {name}."
             await interaction.followup.send(f"{text} Their balance is now {result.balance}.", ephemeral=True)
 
     async def model_autocomplete(
@@ -157,7 +144,7 @@ class DiscordController:
         for model in self.service.model_choices():
             if typed and typed not in model.name.lower() and typed not in model.label.lower():
                 continue
-            label = f"{model.label} — {render.plural(model.cost, 'credit')} per image"
+            label = f"{model.label} — {plural(model.cost, 'credit')} per image"
             choices.append(app_commands.Choice(name=label[:100], value=model.name))
         return choices[:25]  # Discord's maximum
 
@@ -180,7 +167,7 @@ class DiscordController:
             elif payload.action is Action.CANCEL:
                 await self._defer(interaction, thinking=True, ephemeral=True)
                 job = await self.service.cancel(who, payload.target, chat)
-                await interaction.followup.send(f"Cancelled. {render.refund_text(job)}".strip(), ephemeral=True)
+                await interaction.followup.send(f"Cancelled. {refund_text(job)}".strip(), ephemeral=True)
             elif payload.action is Action.DELETE:
                 await self._defer(interaction)
                 await self.service.delete(who, payload.target, chat)
@@ -188,12 +175,7 @@ class DiscordController:
                 await interaction.delete_original_response()
             elif payload.action is Action.PAGE:
                 await self._defer(interaction)
-                # Always the presser's own history: a page button can't show anyone else's.
-                page = await self.service.history(who, payload.page, HISTORY_PAGE_SIZE)
-                uploads, content, view = await self._page(page, interaction.filesize_limit)
-                await interaction.edit_original_response(
-                    content=content, attachments=[u.file() for u in uploads], view=view
-                )
+                await self.history_sender.turn(interaction, who, payload.page)
             else:
                 await self._defer(interaction)  # the page indicator: nothing to do
 
@@ -223,7 +205,7 @@ class DiscordController:
 
     async def _accepting(self, interaction: discord.Interaction) -> bool:
         if not self.accepting:
-            await self.say(interaction, render.RESTARTING)
+            await self.say(interaction, RESTARTING)
         return self.accepting
 
     async def _defer(
@@ -262,35 +244,6 @@ class DiscordController:
             interaction.extras["deferral"] = deferral
             interaction.extras["public_thinking"] = True
 
-    async def _page(self, page: HistoryPage, limit: int) -> tuple[list[render.Upload], str, discord.ui.View]:
-        uploads: list[render.Upload] = []
-        notes: list[str] = []
-        if page.items and page.items[0].images:
-            images = await self.service.load_files(page.items[0].images)
-            # One message per page: every image gets an equal share of the upload limit.
-            fitted = await asyncio.to_thread(render.fit_images, images, max(1, limit // len(images)))
-            uploads = [u for group in fitted.messages for u in group]
-            notes = fitted.notes()
-        content = render.history_text(page) + "".join(f"\n-# {note}" for note in notes)
-        return uploads, content, history_view(page)
-
-    async def _send_page(
-        self,
-        target: discord.abc.Messageable | discord.Webhook,
-        page: HistoryPage,
-        limit: int,
-        *,
-        ephemeral: bool = False,
-        intro: str = "",
-    ) -> discord.Message:
-        uploads, content, view = await self._page(page, limit)
-        if intro:
-            content = f"{intro}\n\n{content}"[: render.MESSAGE_LIMIT]
-        files = [u.file() for u in uploads]
-        if isinstance(target, discord.Webhook):
-            return await target.send(content, files=files, view=view, ephemeral=ephemeral, wait=True)
-        return await target.send(content, files=files, view=view)
-
     async def say(self, interaction: discord.Interaction, text: str) -> None:
         """Something only this user sees, whatever state the interaction is in."""
         await self._adopt_early_ack(interaction)  # when an error came before the command ran
@@ -320,78 +273,4 @@ class DiscordController:
             await self.say(interaction, error.user_message)
         except Exception:
             log.exception("interaction %s failed", interaction.id)
-            await self.say(interaction, render.GENERIC_ERROR)
-
-
-def register_commands(tree: app_commands.CommandTree[Any], controller: DiscordController) -> None:
-    """/imagine, /history, /balance, /credits grant|revoke: usable in servers and in DMs with the bot."""
-    contexts = app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=False)
-    installs = app_commands.AppInstallationType(guild=True, user=False)
-
-    @app_commands.command(name="imagine", description="Make images from a text prompt")
-    @app_commands.describe(
-        prompt="What to draw. Inline options work too: --ar 16:9 --seed 7 --no text",
-        aspect_ratio="Shape of the image",
-        count=f"How many images (1–{MAX_COUNT})",
-        model="Which model (the cost per image is shown)",
-        seed="Same seed + same prompt = similar image",
-        negative="What to leave out",
-    )
-    @app_commands.choices(aspect_ratio=[app_commands.Choice(name=r, value=r) for r in ASPECT_RATIOS])
-    @app_commands.autocomplete(model=controller.model_autocomplete)
-    async def imagine(
-        interaction: discord.Interaction,
-        prompt: app_commands.Range[str, 1, MAX_PROMPT_OPTION],
-        aspect_ratio: str | None = None,
-        count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
-        model: str | None = None,
-        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
-        negative: str | None = None,
-    ) -> None:
-        await controller.imagine(interaction, ImagineRequest(prompt, negative, model, aspect_ratio, count, seed))
-
-    @app_commands.command(name="history", description="Your earlier images, sent to you in a DM")
-    async def history(interaction: discord.Interaction) -> None:
-        await controller.history(interaction)
-
-    @app_commands.command(name="balance", description="Your credits and what each model costs")
-    async def balance(interaction: discord.Interaction) -> None:
-        await controller.balance(interaction)
-
-    credits = app_commands.Group(
-        name="credits",
-        description="Change a user's credits (bot admins only)",
-        allowed_contexts=contexts,
-        allowed_installs=installs,
-    )
-
-    @credits.command(name="grant", description="Give a user credits")
-    @app_commands.describe(user="Who gets them", amount="How many")
-    async def grant(
-        interaction: discord.Interaction, user: discord.User, amount: app_commands.Range[int, 1, 1_000_000]
-    ) -> None:
-        await controller.adjust_credits(interaction, user, amount)
-
-    @credits.command(name="revoke", description="Take credits away from a user (down to zero)")
-    @app_commands.describe(user="Whose credits", amount="How many")
-    async def revoke(
-        interaction: discord.Interaction, user: discord.User, amount: app_commands.Range[int, 1, 1_000_000]
-    ) -> None:
-        await controller.adjust_credits(interaction, user, -amount)
-
-    for command in (imagine, history, balance):
-        command.allowed_contexts = contexts
-        command.allowed_installs = installs
-        tree.add_command(command)
-    tree.add_command(credits)
-
-    @tree.error
-    async def on_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-        # Reached only for errors before our handlers run (e.g. an option that fails conversion).
-        log.warning("command error in interaction %s: %r", interaction.id, error)
-        text = (
-            "One of the options isn't valid."
-            if isinstance(error, app_commands.TransformerError)
-            else render.GENERIC_ERROR
-        )
-        await controller.say(interaction, text)
+            await self.say(interaction, GENERIC_ERROR)

@@ -20,7 +20,7 @@ from typing import Any
 
 import discord
 
-from bot.adapters.discord import buttons, render
+from bot.adapters.discord import buttons, media, render
 from bot.adapters.discord.context import DEFAULT_UPLOAD_LIMIT, PLATFORM, ReplyContext
 from bot.core.events import DeliveryReceipt
 from bot.core.models import Generation, ImageFile, ImageRecord
@@ -81,7 +81,7 @@ class DiscordObserver:
         context = ReplyContext.from_destination(job.destination)
         limit = context.upload_limit if context else DEFAULT_UPLOAD_LIMIT
         preview = ImageFile(_preview_record(job, mime_type), image)
-        fitted = await asyncio.to_thread(render.fit_images, [preview], limit, "preview")
+        fitted = await asyncio.to_thread(media.fit_images, [preview], limit, "preview")
         files = [u.file() for group in fitted.messages for u in group][:1]
         await self._progress(job, _PREVIEW, render.started_text(job), attachments=files)
 
@@ -111,7 +111,7 @@ class DiscordObserver:
             context = ReplyContext.from_destination(job.destination)
             limit = context.upload_limit if context else DEFAULT_UPLOAD_LIMIT
             for attempt in range(_FIT_ATTEMPTS):
-                fitted = await asyncio.to_thread(render.fit_images, images, limit)
+                fitted = await asyncio.to_thread(media.fit_images, images, limit)
                 try:
                     message_id = await self._post_result(job, context, images, fitted)
                 except discord.HTTPException as error:
@@ -142,11 +142,12 @@ class DiscordObserver:
         job: Generation,
         context: ReplyContext | None,
         images: Sequence[ImageFile],
-        fitted: render.FittedImages,
+        fitted: media.FittedImages,
     ) -> str | None:
-        caption = render.result_caption(job, fitted.notes())
         shown = {u.index for group in fitted.messages for u in group}
-        view = buttons.result_view(job, [i.record for i in images if i.record.index in shown])
+        records = [i.record for i in images if i.record.index in shown]
+        caption = render.result_caption(job, records, fitted.notes())
+        view = buttons.result_view(job, records)
         groups = fitted.messages or [[]]  # nothing uploadable: still say so (the note explains)
         if context is not None and job.destination.message_id and context.token_alive(self.clock()):
             try:
@@ -160,7 +161,7 @@ class DiscordObserver:
         job: Generation,
         context: ReplyContext,
         caption: str,
-        groups: list[list[render.Upload]],
+        groups: list[list[media.Upload]],
         view: discord.ui.View,
     ) -> str:
         assert job.destination.message_id is not None
@@ -182,7 +183,7 @@ class DiscordObserver:
         job: Generation,
         context: ReplyContext | None,
         caption: str,
-        groups: list[list[render.Upload]],
+        groups: list[list[media.Upload]],
         view: discord.ui.View,
     ) -> str | None:
         channel = self.client.get_partial_messageable(int(job.destination.chat_id))
@@ -202,7 +203,7 @@ class DiscordObserver:
         return str(first.id)
 
     async def _post_in_dm(
-        self, job: Generation, caption: str, groups: list[list[render.Upload]], view: discord.ui.View
+        self, job: Generation, caption: str, groups: list[list[media.Upload]], view: discord.ui.View
     ) -> str | None:
         note = f"I couldn't post in <#{job.destination.chat_id}> (missing permission there), so here they are.\n"
         try:
@@ -306,7 +307,7 @@ class DiscordObserver:
                 self._last_preview.pop(job.id, None)
 
 
-def _continued(group: Sequence[render.Upload]) -> str:
+def _continued(group: Sequence[media.Upload]) -> str:
     numbers = ", ".join(str(u.index + 1) for u in group)
     return f"-# continued: image {numbers}"
 

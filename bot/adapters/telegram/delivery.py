@@ -18,7 +18,8 @@ from typing import Any
 from telegram import InputMediaPhoto
 from telegram.error import TelegramError
 
-from bot.adapters.telegram import rendering as render
+from bot.adapters.telegram import buttons, render
+from bot.adapters.telegram.context import PLATFORM, ReplyContext
 from bot.adapters.telegram.sending import ChatGone, PhotoSource, Sender, largest_file_id
 from bot.core.events import DeliveryReceipt
 from bot.core.models import Generation, ImageFile
@@ -26,8 +27,6 @@ from bot.core.service import GenerationService
 from bot.core.storage.base import EXTENSIONS
 
 log = logging.getLogger(__name__)
-
-PLATFORM = "telegram"
 
 
 @dataclass(frozen=True)
@@ -45,35 +44,10 @@ class ProgressTiming:
 
 
 @dataclass(frozen=True)
-class Where:
-    chat_id: int
-    reply_to: int | None
-    thread_id: int | None
-    in_group: bool
-
-
-@dataclass(frozen=True)
 class _Preview:
     chat_id: int
     message_id: int
     shown_at: float
-
-
-def where(job: Generation) -> Where:
-    context = job.destination.context
-    return Where(
-        chat_id=int(job.destination.chat_id),
-        reply_to=_int(context.get("reply_to")),
-        thread_id=_int(context.get("thread")),
-        in_group=bool(context.get("group")),
-    )
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
 
 
 def photo_filename(job: Generation, image: ImageFile) -> str:
@@ -109,13 +83,13 @@ class TelegramObserver:
         handshake = self._handshake(job.id)
         message_id: int | None = None
         try:
-            at = where(job)
+            at = ReplyContext.from_job(job)
             message = await self.sender.text(
                 at.chat_id,
                 render.queued_text(job, position),
                 reply_to=at.reply_to,
                 thread_id=at.thread_id,
-                keyboard=render.cancel_keyboard(job),
+                keyboard=buttons.cancel_keyboard(job),
             )
             message_id = message.message_id
         except ChatGone as gone:
@@ -127,14 +101,14 @@ class TelegramObserver:
 
     async def on_started(self, job: Generation) -> None:
         # Never makes the worker wait: the status edit and the chat action run in their own task.
-        self._start_activity(job, where(job))
+        self._start_activity(job, ReplyContext.from_job(job))
 
     async def on_preview(self, job: Generation, image: bytes, mime_type: str) -> None:
         now = asyncio.get_running_loop().time()
         shown = self._previews.get(job.id)
         if shown is not None and now - shown.shown_at < self.timing.preview_every:
             return  # sparingly: most previews are skipped
-        at = where(job)
+        at = ReplyContext.from_job(job)
         filename = f"{job.id}-preview.{EXTENSIONS.get(mime_type, 'png')}"
         try:
             if shown is None:
@@ -155,41 +129,42 @@ class TelegramObserver:
 
     async def on_completed(self, job: Generation, images: Sequence[ImageFile]) -> DeliveryReceipt | None:
         self._stop_activity(job.id)
-        at = where(job)
+        at = ReplyContext.from_job(job)
         status_id = await self._status_id(job)
         ordered = sorted(images, key=lambda image: image.record.index)
         if not ordered:  # cannot happen for succeeded/partial; show something rather than nothing
             await self._final_text(job, at, status_id, render.failed_text(job), None)
             return DeliveryReceipt()
-        keyboard = render.result_keyboard(job, [image.record for image in ordered])
+        records = [image.record for image in ordered]
+        keyboard = buttons.result_keyboard(job, records)
         refs: dict[str, str] = {}
         try:
             if len(ordered) == 1:
                 message = await self.sender.photo(
-                    at.chat_id, photo_source(ordered[0]), caption=render.result_caption(job, at.in_group),
+                    at.chat_id, photo_source(ordered[0]), caption=render.result_caption(job, records, at.in_group),
                     filename=photo_filename(job, ordered[0]), reply_to=at.reply_to, thread_id=at.thread_id,
                     keyboard=keyboard,
                 )
                 refs.update(_refs(ordered, [message]))
                 result_id = message.message_id
             else:
-                album_id = _int(job.destination.context.get("album"))
-                refs.update(job.destination.context.get("album_refs", {}))
+                album_id = at.album_id
+                refs.update(at.album_refs)
                 if album_id is None:
                     messages = await self.sender.album(
                         at.chat_id, [photo_source(image) for image in ordered],
-                        caption=render.result_caption(job, at.in_group),
+                        caption=render.result_caption(job, records, at.in_group),
                         filenames=[photo_filename(job, image) for image in ordered],
                         reply_to=at.reply_to, thread_id=at.thread_id,
                     )
                     refs.update(_refs(ordered, messages))
                     album_id = messages[0].message_id
                     await self._remember_album(job, status_id, album_id, refs)
-                buttons = await self.sender.text(
-                    at.chat_id, render.album_buttons_text(job, len(ordered)),
+                under_album = await self.sender.text(
+                    at.chat_id, render.album_buttons_text(job, records),
                     reply_to=album_id, thread_id=at.thread_id, keyboard=keyboard,
                 )
-                result_id = buttons.message_id
+                result_id = under_album.message_id
         except ChatGone as gone:
             # Permanent: the images are in the user's history; retrying would only fail again.
             log.info("job %s: not delivered, chat %s is gone (%s)", job.id, at.chat_id, gone.reason)
@@ -201,13 +176,14 @@ class TelegramObserver:
 
     async def on_failed(self, job: Generation) -> None:
         self._stop_activity(job.id)
-        at = where(job)
-        await self._final_text(job, at, await self._status_id(job), render.failed_text(job), render.retry_keyboard(job))
+        at = ReplyContext.from_job(job)
+        keyboard = buttons.retry_keyboard(job)
+        await self._final_text(job, at, await self._status_id(job), render.failed_text(job), keyboard)
         await self._forget(job.id)
 
     async def on_cancelled(self, job: Generation) -> None:
         self._stop_activity(job.id)
-        at = where(job)
+        at = ReplyContext.from_job(job)
         await self._final_text(job, at, await self._status_id(job), render.cancelled_text(job), None)
         await self._forget(job.id)
 
@@ -220,25 +196,25 @@ class TelegramObserver:
         """The status message's id: stored with the job, or about to be (on_queued still sending it).
         A job queued before a restart, or by another process, has none to wait for; `expect_announcement`
         waits anyway (the worker may have started the job before on_queued even began)."""
-        context = job.destination.context
-        if "status" in context:  # set when an album was delivered: destination.message_id moved on
-            return _int(context["status"])
+        at = ReplyContext.from_job(job)
+        if at.album_id is not None:  # an album was delivered: destination.message_id moved on
+            return at.status_id
         if job.destination.message_id is not None:
-            return _int(job.destination.message_id)
+            return int(job.destination.message_id)
         if job.id not in self._announced and not expect_announcement:
             return None
         with contextlib.suppress(TimeoutError):
             return await asyncio.wait_for(asyncio.shield(self._handshake(job.id)), self.timing.status_wait)
         return None
 
-    async def _edit_or_forget(self, at: Where, status_id: int, text: str, keyboard: Any) -> bool:
+    async def _edit_or_forget(self, at: ReplyContext, status_id: int, text: str, keyboard: Any) -> bool:
         try:
             return await self.sender.edit_text(at.chat_id, status_id, text, keyboard)
         except ChatGone:
             return False
 
     async def _final_text(
-        self, job: Generation, at: Where, status_id: int | None, text: str, keyboard: Any
+        self, job: Generation, at: ReplyContext, status_id: int | None, text: str, keyboard: Any
     ) -> None:
         """The status message becomes the outcome; if it is gone, the outcome is a new message."""
         try:
@@ -248,7 +224,7 @@ class TelegramObserver:
         except ChatGone as gone:
             log.info("job %s: outcome not shown, chat %s is gone (%s)", job.id, at.chat_id, gone.reason)
 
-    async def _retire_status(self, job: Generation, at: Where, status_id: int | None) -> None:
+    async def _retire_status(self, job: Generation, at: ReplyContext, status_id: int | None) -> None:
         """The result is posted: the status message (with its cancel button) goes away, or, if Telegram
         won't delete it (too old), says it is done."""
         if status_id is None:
@@ -267,14 +243,13 @@ class TelegramObserver:
         are recorded only once the delivery and the storing are both done."""
         try:
             message_id = str(status_id) if status_id is not None else str(album_id)
-            context = {"album": album_id, "status": status_id, "album_refs": refs}
-            await self.service.attach_message(job.id, message_id, context)
+            await self.service.attach_message(job.id, message_id, ReplyContext.album_json(album_id, status_id, refs))
         except Exception:
             log.warning("job %s: could not record the album's delivery", job.id, exc_info=True)
 
     # --- working indicators --------------------------------------------------------------------
 
-    def _start_activity(self, job: Generation, at: Where) -> None:
+    def _start_activity(self, job: Generation, at: ReplyContext) -> None:
         if self._closed or job.id in self._activity:
             return
         task = asyncio.create_task(self._keep_busy(job, at), name=f"telegram-activity-{job.id}")
@@ -290,7 +265,7 @@ class TelegramObserver:
         if task is not None:
             task.cancel()
 
-    async def _keep_busy(self, job: Generation, at: Where) -> None:
+    async def _keep_busy(self, job: Generation, at: ReplyContext) -> None:
         """While the job runs: the upload_photo action every few seconds, and the status message says
         "generating", then rarely how long it has taken."""
         loop = asyncio.get_running_loop()
@@ -299,7 +274,7 @@ class TelegramObserver:
             await self.sender.action(at.chat_id, at.thread_id)
             status_id = await self._status_id(job, expect_announcement=True)
             if status_id is not None:
-                await self._edit_or_forget(at, status_id, render.generating_text(job), render.cancel_keyboard(job))
+                await self._edit_or_forget(at, status_id, render.generating_text(job), buttons.cancel_keyboard(job))
             last_edit = loop.time()
             while loop.time() - started < self.timing.give_up_after:
                 await asyncio.sleep(self.timing.chat_action_every)
@@ -308,7 +283,7 @@ class TelegramObserver:
                 if status_id is not None and now - last_edit >= self.timing.status_edit_every:
                     last_edit = now
                     text = render.generating_text(job, now - started)
-                    await self._edit_or_forget(at, status_id, text, render.cancel_keyboard(job))
+                    await self._edit_or_forget(at, status_id, text, buttons.cancel_keyboard(job))
         except ChatGone:
             return
         except asyncio.CancelledError:

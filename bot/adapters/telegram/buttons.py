@@ -1,18 +1,25 @@
-"""Button payloads. Telegram allows 1–64 bytes of callback_data and gives it back verbatim when a button
+"""Buttons: the callback_data codec and the keyboards that carry it.
+
+Telegram allows 1–64 bytes of callback_data and gives it back verbatim when a button
 is pressed, so each payload carries an action letter and short core ids: nothing is kept in memory, and
 a button works after a restart. Payloads come back from clients, so decoding trusts nothing."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup
+
+from bot.core import models
 from bot.core.ids import is_valid_id
 
 MAX_BYTES = 64
 MAX_PAGE = 99_999
 _USER_ID = re.compile(r"^[0-9]{1,20}$")
-_PAGE = re.compile(r"^[0-9]{1,5}$")
+_PAGE = re.compile(r"^(0|[1-9][0-9]{0,4})$")  # canonical: no leading zeros
+FAILED_NO_RETRY = frozenset({"content_refused"})  # retrying the same prompt would be refused again
 
 
 @dataclass(frozen=True)
@@ -80,3 +87,43 @@ def decode(data: str | None) -> Action | None:
     if kind == "h" and len(parts) == 1 and _PAGE.match(parts[0]) and int(parts[0]) <= MAX_PAGE:
         return HistoryPage(int(parts[0]))
     return None
+
+
+# --- keyboards ------------------------------------------------------------------------------------
+
+
+def _button(text: str, action: Action) -> InlineKeyboardButton:
+    return InlineKeyboardButton(text, callback_data=encode(action))
+
+
+def cancel_keyboard(job: models.Generation) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup([[_button("✖ Cancel", Cancel(job.id, job.owner.platform_user_id))]])
+
+
+def result_keyboard(job: models.Generation, images: Sequence[models.ImageRecord]) -> InlineKeyboardMarkup:
+    originals = "📎 Original" if len(images) == 1 else "📎 Originals"
+    rows = [[_button("🔄", Regenerate(job.id)), _button(originals, Originals(job.id))]]
+    ordered = sorted(images, key=lambda image: image.index)
+    # At most 4 images per job today; 5 per row keeps a future larger count readable.
+    variations = [_button(f"V{position}", Vary(image.id)) for position, image in enumerate(ordered, start=1)]
+    rows.extend(variations[i : i + 5] for i in range(0, len(variations), 5))
+    return InlineKeyboardMarkup(rows)
+
+
+def retry_keyboard(job: models.Generation) -> InlineKeyboardMarkup | None:
+    if job.error_code in FAILED_NO_RETRY:
+        return None
+    return InlineKeyboardMarkup([[_button("🔄 Try again", Regenerate(job.id))]])
+
+
+def history_keyboard(page: models.HistoryPage) -> InlineKeyboardMarkup | None:
+    row = []
+    if page.has_previous:
+        row.append(_button("◀ Newer", HistoryPage(page.page - 1)))
+    if page.has_next:
+        row.append(_button("Older ▶", HistoryPage(page.page + 1)))
+    return InlineKeyboardMarkup([row]) if row else None
+
+
+def deep_link_keyboard(url: str) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup([[InlineKeyboardButton("Open a private chat", url=url)]])
