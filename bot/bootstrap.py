@@ -19,7 +19,8 @@ from bot.core import database
 from bot.core.catalogue import available_models, choose_default
 from bot.core.credits import CreditPolicy
 from bot.core.events import JobObserver
-from bot.core.jobs.worker import Worker, WorkerLimits
+from bot.core.jobs.scheduler import WorkerLimits
+from bot.core.jobs.worker import Worker
 from bot.core.providers.automatic1111 import Automatic1111Provider
 from bot.core.providers.base import ImageProvider
 from bot.core.providers.gateway import GatewayProvider

@@ -29,7 +29,7 @@ telegram_actions = st.one_of(
     ids.map(callback_data.Vary),
     ids.map(callback_data.Originals),
     st.tuples(ids, st.integers(1, 2**63).map(str)).map(lambda t: callback_data.Cancel(*t)),
-    st.integers(0, callback_data.MAX_PAGE).map(callback_data.HistoryPage),
+    st.integers(0, callback_data.MAX_PAGE).map(callback_data.PageButton),
 )
 
 
@@ -104,4 +104,4 @@ def test_payloads_already_on_users_messages_still_decode() -> None:
     assert callback_data.decode(f"v:{image}") == callback_data.Vary(image)
     assert callback_data.decode(f"o:{job}") == callback_data.Originals(job)
     assert callback_data.decode(f"x:{job}:123456789") == callback_data.Cancel(job, "123456789")
-    assert callback_data.decode("h:4") == callback_data.HistoryPage(4)
+    assert callback_data.decode("h:4") == callback_data.PageButton(4)

@@ -28,7 +28,7 @@ ACTIONS = [
     cd.Vary(new_id()),
     cd.Originals(new_id()),
     cd.Cancel(new_id(), "9223372036854775807"),
-    cd.HistoryPage(cd.MAX_PAGE),
+    cd.PageButton(cd.MAX_PAGE),
 ]
 
 

@@ -46,11 +46,11 @@ class Cancel:
 
 
 @dataclass(frozen=True)
-class HistoryPage:
+class PageButton:
     page: int  # 0-based
 
 
-Action = Regenerate | Vary | Originals | Cancel | HistoryPage
+Action = Regenerate | Vary | Originals | Cancel | PageButton
 
 
 def encode(action: Action) -> str:
@@ -63,7 +63,7 @@ def encode(action: Action) -> str:
             data = f"o:{generation_id}"
         case Cancel(generation_id, owner_id):
             data = f"x:{generation_id}:{owner_id}"
-        case HistoryPage(page):
+        case PageButton(page):
             data = f"h:{page}"
     if len(data.encode()) > MAX_BYTES:  # cannot happen with 12-char ids; a guard for future actions
         raise ValueError(f"callback_data too long: {data!r}")
@@ -85,7 +85,7 @@ def decode(data: str | None) -> Action | None:
     if kind == "x" and len(parts) == 2 and is_valid_id(parts[0]) and _USER_ID.match(parts[1]):
         return Cancel(parts[0], parts[1])
     if kind == "h" and len(parts) == 1 and _PAGE.match(parts[0]) and int(parts[0]) <= MAX_PAGE:
-        return HistoryPage(int(parts[0]))
+        return PageButton(int(parts[0]))
     return None
 
 
@@ -119,9 +119,9 @@ def retry_keyboard(job: models.Generation) -> InlineKeyboardMarkup | None:
 def history_keyboard(page: models.HistoryPage) -> InlineKeyboardMarkup | None:
     row = []
     if page.has_previous:
-        row.append(_button("◀ Newer", HistoryPage(page.page - 1)))
+        row.append(_button("◀ Newer", PageButton(page.page - 1)))
     if page.has_next:
-        row.append(_button("Older ▶", HistoryPage(page.page + 1)))
+        row.append(_button("Older ▶", PageButton(page.page + 1)))
     return InlineKeyboardMarkup([row]) if row else None
 
 

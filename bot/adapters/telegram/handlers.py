@@ -248,10 +248,10 @@ class TelegramHandlers:
                     await self.service.cancel(who, generation_id, chat_id)
                 case buttons.Originals(generation_id):
                     await self._send_originals(who, generation_id, message.chat.id, message.message_id, full_message)
-                case buttons.HistoryPage(page) if message.chat.type == ChatType.PRIVATE:
+                case buttons.PageButton(page) if message.chat.type == ChatType.PRIVATE:
                     await self.sender.drop_keyboard(message.chat.id, message.message_id)
                     await self.history_sender.send_page(who, query.from_user.id, page)
-                case buttons.HistoryPage(page):
+                case buttons.PageButton(page):
                     # Pressed in a group: as /history there, the page goes to the private chat, or a link
                     # to open one comes back.
                     if await self._history_in_private(query.from_user, message, page):

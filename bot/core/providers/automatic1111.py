@@ -83,7 +83,11 @@ class Automatic1111Provider(HttpProvider):
             max_keepalive_connections=max(DEFAULT_KEEPALIVE, 2 * max_concurrency),
         )
         super().__init__(base_url or "", http, limits)
-        self._auth = httpx.BasicAuth(username, password.get_secret_value() if password else "") if username else None
+        # No username: requests go without auth (the client has none of its own).
+        self._auth = (
+            httpx.BasicAuth(username, password.get_secret_value() if password else "")
+            if username else httpx.USE_CLIENT_DEFAULT
+        )
         self._password = password
         # The runner holds calls beyond this outside their timeout: one web UI runs one job at a time, a
         # farm behind one URL as many as it has GPUs.
@@ -209,7 +213,8 @@ class Automatic1111Provider(HttpProvider):
         info = _info(body.get("info"))
         # With a grid returned (an "return grid" server option) the batch starts after it; extensions
         # such as ControlNet may append their own maps after the batch: keep exactly our n.
-        first = info.get("index_of_first_image") if isinstance(info.get("index_of_first_image"), int) else 0
+        first_index = info.get("index_of_first_image")
+        first = first_index if isinstance(first_index, int) else 0
         encoded = body["images"][first : first + call.n]
         if not encoded:
             raise malformed("response has no images")
@@ -239,7 +244,8 @@ class Automatic1111Provider(HttpProvider):
         status = response.status_code
         body = json_body(response)
         body = body if isinstance(body, dict) else {}
-        name = body.get("error") if isinstance(body.get("error"), str) else ""
+        error_name = body.get("error")
+        name = error_name if isinstance(error_name, str) else ""
         message = body.get("errors") or body.get("detail") or response.text
         detail = self._redact(f"HTTP {status} {name or '-'}: {message}")
         if "OutOfMemory" in name or "out of memory" in str(message).lower():
@@ -268,7 +274,8 @@ def _batch_seeds(info: dict[str, Any], payload: dict[str, Any], count: int) -> l
     """The seeds of a batch whose answer has no `all_seeds` (a fork, a proxy): from the one seed the answer
     or the request gives, counting up per image as the web UI does (a subseed batch shares its seed).
     None known (a random -1 that the answer doesn't report) means no seeds: better none than a wrong one."""
-    first = info.get("seed") if isinstance(info.get("seed"), int) else payload["seed"]
+    reported = info.get("seed")
+    first = reported if isinstance(reported, int) else payload["seed"]
     if isinstance(first, bool) or not isinstance(first, int) or first < 0:
         return []
     step = 0 if "subseed_strength" in payload else 1

@@ -23,6 +23,7 @@ from bot.core.providers.http import (
     NO_IMAGE_MESSAGE,
     DecodedImage,
     KeyedHttpProvider,
+    as_object,
     data_url,
     decode_data_url,
     error_for_status,
@@ -175,7 +176,7 @@ class GatewayProvider(KeyedHttpProvider):
                 if not isinstance(choice, dict):
                     continue
                 reply.add_finish(choice)
-                delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+                delta = as_object(choice.get("delta"))
                 if isinstance(delta.get("content"), str) and delta["content"]:
                     reply.text.append(delta["content"])
                 reply.images.extend(_decode_images(delta.get("images"), "delta.images"))
@@ -224,7 +225,7 @@ class GatewayProvider(KeyedHttpProvider):
         if status is None:
             status = code if isinstance(code, int) and 400 <= code < 600 else default_status
         message = _text(error.get("message")) or "-"
-        metadata = error.get("metadata") if isinstance(error.get("metadata"), dict) else {}
+        metadata = as_object(error.get("metadata"))
         # Only these metadata fields: `raw` may hold the upstream's whole answer.
         extra = {key: metadata[key] for key in ("reasons", "provider_name", "model_slug") if key in metadata}
         detail = self._redact(f"HTTP {status} code={code if code is not None else '-'}: {message} {extra or ''}")

@@ -21,6 +21,8 @@ from bot.core.providers.http import (
     NO_IMAGE_MESSAGE,
     DecodedImage,
     KeyedHttpProvider,
+    as_list,
+    as_object,
     decode_base64_image,
     error_for_status,
     json_body,
@@ -103,11 +105,11 @@ class GeminiProvider(KeyedHttpProvider):
         body = json_body(response)
         if not isinstance(body, dict):
             raise malformed("response is not a JSON object")
-        feedback = body.get("promptFeedback") if isinstance(body.get("promptFeedback"), dict) else {}
+        feedback = as_object(body.get("promptFeedback"))
         if feedback.get("blockReason"):
             # The prompt itself was blocked: no candidates at all.
             raise refused(self._redact(f"prompt blocked: {feedback['blockReason']}"))
-        candidates = body.get("candidates") if isinstance(body.get("candidates"), list) else []
+        candidates = as_list(body.get("candidates"))
         images: list[DecodedImage] = []
         texts: list[str] = []
         reasons: list[str] = []
@@ -116,7 +118,7 @@ class GeminiProvider(KeyedHttpProvider):
                 raise malformed(f"candidates[{index}] is not an object")
             if isinstance(candidate.get("finishReason"), str):
                 reasons.append(candidate["finishReason"])
-            content = candidate.get("content") if isinstance(candidate.get("content"), dict) else {}
+            content = as_object(candidate.get("content"))
             for number, part in enumerate(content.get("parts") or []):
                 if not isinstance(part, dict) or part.get("thought"):
                     # Thinking models draw interim "thought" images; only the final ones are the answer.

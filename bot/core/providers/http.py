@@ -68,8 +68,10 @@ class HttpProvider(ImageProvider):
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
-            limits = {"limits": self._limits} if self._limits else {}
-            self._http = httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, **limits)
+            if self._limits is None:
+                self._http = httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
+            else:
+                self._http = httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=self._limits)
         return self._http
 
     async def aclose(self) -> None:
@@ -133,6 +135,16 @@ def malformed(why: str) -> ProviderUnavailable:
     return ProviderUnavailable(UNAVAILABLE_MESSAGE, detail=f"malformed response: {why}")
 
 
+def as_object(value: object) -> dict[str, Any]:
+    """A JSON object from an answer, or an empty one when the field is missing or of another type."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: object) -> list[Any]:
+    """A JSON array from an answer, or an empty one when the field is missing or of another type."""
+    return value if isinstance(value, list) else []
+
+
 def json_body(response: httpx.Response) -> Any:
     """The parsed body, or None when it isn't JSON (an HTML error page from a proxy, say)."""
     try:
@@ -157,7 +169,7 @@ def retry_after(headers: httpx.Headers) -> float | None:
     except ValueError:
         pass
     try:
-        when = parsedate_to_datetime(value)
+        when: datetime = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:

@@ -151,7 +151,7 @@ class ProviderRunner:
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(max(retry_after, 0.0), MAX_BACKOFF_SECONDS)
-        backoff = self.policy.base_delay * 2**attempt
+        backoff = self.policy.base_delay * 2.0**attempt
         return min(backoff * (0.5 + random.random() / 2), MAX_BACKOFF_SECONDS)
 
 
