@@ -31,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="./dev bench")
     parser.add_argument("--quick", action="store_true", help="fewer samples, for a smoke run")
     parser.add_argument("--only", nargs="*", default=None,
-                        help="scenarios: overhead throughput burst startup (default: all)")
+                        help="scenarios: overhead throughput burst burst30 startup (default: all)")
     parser.add_argument("--profile", action="store_true",
                         help="write pyinstrument profiles of the throughput run and of the bot in the burst")
     parser.add_argument("--json", type=Path, default=RESULTS / "latest.json")
@@ -54,7 +54,7 @@ def machine() -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    wanted = set(args.only or ["overhead", "throughput", "burst", "startup"])
+    wanted = set(args.only or ["overhead", "throughput", "burst", "burst30", "startup"])
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="imagebot-bench-") as root_name:
         root = Path(root_name)
@@ -111,6 +111,10 @@ async def _scenarios(root: Path, dsn: str, wanted: set[str], args: argparse.Name
         took = concurrent["time_to_last_s"]
         budget = max(took * 1.1, took + 2.0) if isinstance(took, float) else None
         rows.append(await burst.burst(root / "bfifo", await fresh_db(), fifo=True, quick=args.quick, budget_s=budget))
+    if "burst30" in wanted:
+        from bench import burst30
+
+        rows.append(await burst30.burst30(root / "b30", await fresh_db()))
     if "startup" in wanted:
         rows.append(await asyncio.to_thread(core_scenarios.startup_and_idle, root / "s", await fresh_db()))
     return rows

@@ -306,13 +306,14 @@ async def _warm_up(discord: FakeDiscord, telegram: FakeTelegram) -> None:
 
 
 async def _emit(
-    discord: FakeDiscord, telegram: FakeTelegram, users_per_platform: int, platforms: tuple[str, ...]
+    discord: FakeDiscord, telegram: FakeTelegram, users_per_platform: int, platforms: tuple[str, ...],
+    per_user: int = PER_USER,
 ) -> list[Event]:
     """Every user's requests at once, the two platforms interleaved, one user's requests spread out."""
     discord_users = [discord.user(f"d{i}") for i in range(users_per_platform)]
     telegram_users = [telegram.user(10_000 + i, f"T{i}") for i in range(users_per_platform)]
     events: list[Event] = []
-    for round_ in range(PER_USER):
+    for round_ in range(per_user):
         for i in range(users_per_platform):
             if "telegram" in platforms:
                 update = telegram.message_update(telegram_users[i], f"/imagine a lighthouse, take {round_} by T{i}")

@@ -25,6 +25,7 @@ from bot.core.providers.automatic1111 import Automatic1111Provider
 from bot.core.providers.base import ImageProvider
 from bot.core.providers.gateway import GatewayProvider
 from bot.core.providers.gemini import GeminiProvider
+from bot.core.providers.limits import ProviderLimits
 from bot.core.providers.offline import OfflineProvider
 from bot.core.providers.openai_images import OpenAIImagesProvider
 from bot.core.providers.runner import ProviderRunner, RetryPolicy
@@ -129,8 +130,9 @@ def build_store(settings: Settings) -> ImageStore:
     return LocalStore(settings.local_images_dir)
 
 
-# The worker's own connections: its claims and results never queue behind a burst of incoming requests.
-WORKER_POOL_SIZE = 4
+# The worker's own connections: its claims and results never queue behind a burst of incoming requests
+# (two of them held for good: the record barrier's LISTEN and, with a provider ceiling, the provider slots).
+WORKER_POOL_SIZE = 6
 
 
 @asynccontextmanager
@@ -169,9 +171,11 @@ def build_core(
 ) -> tuple[Worker, GenerationService]:
     """The core's services, from the settings."""
     models = available_models(settings.models, providers)
+    limits = ProviderLimits(settings.max_provider_calls, settings.provider_ceilings, worker_pool)
     runner = ProviderRunner(
         settings.max_provider_calls,
         RetryPolicy(max_retries=settings.provider_max_retries, timeout=settings.provider_timeout_seconds),
+        limits,
     )
     worker = Worker(
         worker_pool,

@@ -52,17 +52,24 @@ class Settings(BaseSettings):
     a1111_base_url: str | None = None
     a1111_username: str | None = None  # for a server started with --api-auth user:password
     a1111_password: SecretStr | None = None
-    # Requests in flight to A1111_BASE_URL. One web UI renders one job at a time (more only queue there and
-    # time out here); a farm of GPUs behind one URL takes one per GPU.
+    # Requests in flight to A1111_BASE_URL, across every process of the deployment. One web UI renders one
+    # job at a time (more only queue there and time out here); a farm of GPUs behind one URL takes one per GPU.
     a1111_max_concurrency: int = Field(default=1, ge=1, le=256)
+    # Calls in flight to each hosted provider across the deployment (unset: no ceiling of its own, only
+    # MAX_PROVIDER_CALLS per process). OpenAI limits images per minute by usage tier; the README says
+    # which tier the default fits. Below any ceiling, 429s and Retry-After lower the pace adaptively.
+    openai_max_concurrency: int | None = Field(default=32, ge=1, le=4096)
+    gateway_max_concurrency: int | None = Field(default=None, ge=1, le=4096)
+    gemini_max_concurrency: int | None = Field(default=None, ge=1, le=4096)
     # How far an img2img variation may move from its parent (0 = identical, 1 = ignore the parent).
     a1111_denoising_strength: float = Field(default=0.55, gt=0, le=1)
     provider_timeout_seconds: float = Field(default=180.0, gt=0)
     provider_max_retries: int = Field(default=4, ge=0, le=10)
 
-    # Jobs
-    max_provider_calls: int = Field(default=8, ge=1, le=1024)
-    max_jobs_in_flight: int = Field(default=8, ge=1, le=1024)
+    # Jobs. In flight per process: enough that a crowd arriving at once is not queued by the bot while the
+    # providers could take it (their own ceilings are above).
+    max_provider_calls: int = Field(default=64, ge=1, le=1024)
+    max_jobs_in_flight: int = Field(default=64, ge=1, le=1024)
     per_user_jobs_in_flight: int = Field(default=2, ge=1, le=100)
     per_user_queued_limit: int = Field(default=10, ge=1, le=1000)
     job_lease_seconds: float = Field(default=60.0, ge=1)
@@ -138,6 +145,16 @@ class Settings(BaseSettings):
         if self.storage_backend == "s3" and not self.s3_bucket:
             raise ValueError("S3_BUCKET: required when STORAGE_BACKEND=s3")
         return self
+
+    @property
+    def provider_ceilings(self) -> dict[str, int | None]:
+        """Each provider's calls in flight across the deployment (None: no ceiling of its own)."""
+        return {
+            "automatic1111": self.a1111_max_concurrency,
+            "openai": self.openai_max_concurrency,
+            "gateway": self.gateway_max_concurrency,
+            "gemini": self.gemini_max_concurrency,
+        }
 
     @property
     def pg_data_dir(self) -> Path:

@@ -38,9 +38,10 @@ class Worker:
         limits: WorkerLimits,
     ) -> None:
         self.pool = pool
+        self.runner = runner
         self.lease = Lease(limits.lease_seconds)
         self.images = StoredImages(store)
-        self.barrier = RecordBarrier()
+        self.barrier = RecordBarrier(pool)
         self.delivery = Delivery(pool, self.images, observers)
         job_runner = JobRunner(pool, self.images, providers, models, runner, limits.job_deadline_seconds)
         self.lifecycle = JobLifecycle(pool, job_runner, self.images, self.delivery, self.barrier, self.lease)
@@ -49,6 +50,7 @@ class Worker:
     # --- for the runtime -----------------------------------------------------------------------
 
     def start(self) -> None:
+        self.barrier.start()
         self.scheduler.start()
 
     async def recover(self) -> None:
@@ -56,6 +58,8 @@ class Worker:
 
     async def stop(self, grace_seconds: float) -> None:
         await self.scheduler.stop(grace_seconds)
+        await self.barrier.close()
+        await self.runner.limits.close()
 
     # --- for the service -----------------------------------------------------------------------
 

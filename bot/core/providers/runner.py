@@ -1,10 +1,10 @@
 """Running one generation on a provider: split n across calls in parallel, retry what is retryable
-with exponential backoff (honouring Retry-After), bound the calls in flight, and say what was ignored."""
+with exponential backoff (honouring Retry-After), bound the calls in flight (per provider, adaptively and
+across processes: limits.py), and say what was ignored."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from bot.core.aio import all_of
 from bot.core.catalogue import ModelSpec
-from bot.core.errors import ProviderError, ProviderUnavailable
+from bot.core.errors import ProviderError, ProviderUnavailable, RateLimited
 from bot.core.metrics import PROVIDER_ERRORS, PROVIDER_LATENCY
 from bot.core.providers.base import GeneratedImage, ImageProvider, InputImage, PreviewCallback, ProviderCall
+from bot.core.providers.limits import ProviderLimits
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +64,11 @@ def warnings_for(model: ModelSpec, *, seed_given: bool, negative: bool, variatio
 
 
 class ProviderRunner:
-    def __init__(self, max_calls_in_flight: int, policy: RetryPolicy) -> None:
+    def __init__(self, max_calls_in_flight: int, policy: RetryPolicy, limits: ProviderLimits | None = None) -> None:
         self._calls = asyncio.Semaphore(max_calls_in_flight)
-        self._per_provider: dict[str, asyncio.Semaphore] = {}
+        # Without limits given (tests of one provider): per process only, each provider under its own limit.
+        self.limits = limits or ProviderLimits(max_calls_in_flight)
         self.policy = policy
-
-    def _slots(self, provider: ImageProvider) -> asyncio.Semaphore | contextlib.nullcontext[None]:
-        if provider.concurrency_limit is None:
-            return contextlib.nullcontext()
-        if provider.name not in self._per_provider:
-            self._per_provider[provider.name] = asyncio.Semaphore(provider.concurrency_limit)
-        return self._per_provider[provider.name]
 
     async def run(
         self,
@@ -121,10 +116,17 @@ class ProviderRunner:
         while True:
             started = time.monotonic()
             try:
-                async with self._slots(provider), self._calls:
+                # The provider's own limit first: a call waiting for it holds none of the process's calls.
+                async with self.limits.slot(provider.name, provider.concurrency_limit) as slot, self._calls:
                     started = time.monotonic()
-                    async with asyncio.timeout(self.policy.timeout):
-                        images = await provider.generate(call, on_preview)
+                    try:
+                        async with asyncio.timeout(self.policy.timeout):
+                            images = await provider.generate(call, on_preview)
+                    except ProviderError as overload:
+                        if isinstance(overload, RateLimited) or overload.retry_after is not None:
+                            slot.overloaded(overload.retry_after)
+                        raise
+                    slot.succeeded()
                 PROVIDER_LATENCY.labels(provider.name, "ok").observe(time.monotonic() - started)
                 return images
             except TimeoutError:
