@@ -16,7 +16,7 @@ import pytest
 from bot.bootstrap import build_providers
 from bot.core.providers.limits import ProviderLimits
 from bot.core.providers.runner import ProviderRunner, RetryPolicy
-from tests.conftest import make_settings
+from tests.conftest import make_settings, wait_for
 from tests.fakes.a1111_server import FakeA1111, fake_a1111_server, proxy_rate_limited, slow
 from tests.fakes.telegram_server import fake_telegram_server
 from tests.plugins.providers import spec
@@ -200,6 +200,10 @@ async def test_a_ceiling_of_two_holds_across_three_bot_processes(fake: FakeA1111
                 telegram.send(telegram.user(600 + i, f"U{i}"), f"/imagine a lighthouse number {i}")
             for i in range(6):
                 await telegram.wait_sent("sendPhoto", 600 + i, within=60)
+            # A photo goes out while its image is stored; the job is recorded just after.
+            await wait_for(lambda: pool.fetchval(
+                "SELECT count(*) = 6 FROM image.generations WHERE status = 'succeeded'"
+            ))
         finally:
             for bot in bots:
                 bot.kill()

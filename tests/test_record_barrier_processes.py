@@ -51,11 +51,19 @@ async def process(dsn: str, tmp_path: Path, name: str, provider: ScriptedProvide
         await pool.close()
 
 
-async def listening(pool: asyncpg.Pool, count: int) -> None:
-    await wait_for(lambda: pool.fetchval(
-        "SELECT count(*) = $1 FROM pg_stat_activity WHERE datname = current_database()"
-        " AND query LIKE 'LISTEN%'", count
-    ))
+async def listening(pool: asyncpg.Pool, count: int, besides: Sequence[int] = ()) -> list[int]:
+    """The server pids of `count` listening connections, none of them in `besides` (connections that were
+    terminated may still be listed for a moment)."""
+    query = (
+        "SELECT array_agg(pid) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND query LIKE 'LISTEN%' AND NOT pid = ANY($1::int[])"
+    )
+
+    async def found() -> list[int] | None:
+        pids = await pool.fetchval(query, list(besides))
+        return pids if pids is not None and len(pids) == count else None
+
+    return await wait_for(found)
 
 
 async def test_a_button_on_process_b_finds_a_result_shown_by_process_a(db_dsn, pool, tmp_path) -> None:
@@ -112,12 +120,9 @@ async def test_the_listening_connection_comes_back_after_a_drop(db_dsn, pool) ->
     shower.start()
     reader.start()
     try:
-        await listening(pool, 2)
-        await pool.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()"
-        )
-        await listening(pool, 2)
+        first = await listening(pool, 2)
+        await pool.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", first)
+        await listening(pool, 2, besides=first)
         await asyncio.sleep(0.2)
         with shower.hold("job-1", ALICE, ["image-1"]):
             await asyncio.sleep(0.3)
