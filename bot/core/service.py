@@ -14,7 +14,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 import asyncpg
 
-from bot.core import credits, generations, input_images, queue
+from bot.core import credits, generations, input_images, prompt_questions, queue
 from bot.core.catalogue import ModelSpec
 from bot.core.credits import AcceptOutcome, CreditPolicy
 from bot.core.database import Connection
@@ -51,6 +51,7 @@ from bot.core.models import (
     UserIdentity,
 )
 from bot.core.prompt import MAX_SEED, random_seed, validate_request
+from bot.core.prompt_questions import PromptQuestion
 from bot.core.providers.runner import warnings_for
 from bot.core.storage.base import ImageStore, StorageError
 
@@ -207,6 +208,26 @@ class GenerationService:
         """The generation an image belongs to, if the caller may see it: its prompt prefills a remix."""
         image = await self._visible_image(who, image_id, chat_id)
         return await self.visible_generation(who, image.generation_id, chat_id)
+
+    @translates_connection_errors
+    async def remember_question(self, question: PromptQuestion) -> None:
+        """A front end asked for a prompt (a ForceReply): the reply will find this, even after a restart."""
+        async with self.pool.acquire() as conn:
+            await prompt_questions.remember(conn, question)
+
+    @translates_connection_errors
+    async def question(self, platform: str, chat_id: str, message_id: str) -> PromptQuestion | None:
+        """The question a reply answers, if the bot asked one with that message."""
+        async with self.pool.acquire() as conn:
+            return await prompt_questions.find(conn, platform, chat_id, message_id)
+
+    def refuse_edit_unless_possible(self, request: ImagineRequest, count: int) -> None:
+        """Before a front end downloads anything: the model asked for (or the default) must take this many
+        pictures. An unknown model is left for validation to name."""
+        name = (request.model or self.default_model).strip()
+        model = self.models.get(name) or self.models.get(name.lower())
+        if model is not None:
+            input_images.refuse_unless_model_takes(model, count, list(self.models.values()))
 
     def edit_models(self) -> list[ModelSpec]:
         """The models that can start from a picture, for front ends to offer."""
