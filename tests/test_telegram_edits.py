@@ -211,3 +211,17 @@ async def test_pictures_not_meant_for_the_bot_are_left_alone(
         await fake.wait_sent("sendMessage", group["id"])
     assert fake.downloads == [] and await generations(pool) == []
     assert len(fake.sent("sendMessage", group["id"])) == 1
+
+
+async def test_in_a_private_chat_a_plain_reply_to_a_photo_is_an_edit_of_it(
+    runtime_factory: RuntimeFactory, fake: FakeTelegram, pool: asyncpg.Pool
+) -> None:
+    ann = fake.user(ANN, "Ann")
+    async with running_bot(runtime_factory, fake):
+        shared = fake.send_photo(ann, picture((200, 0, 0)), "our holiday")
+        await fake.wait_sent("sendPhoto", ANN)  # its caption was a prompt too: an edit
+        fake.send(ann, "the same, at night", reply_to=shared["message"])
+        await fake.wait_sent("sendPhoto", ANN, count=2)
+    prompts = [job["prompt"] for job in await generations(pool)]
+    assert prompts == ["our holiday", "the same, at night"]
+    assert await pool.fetchval("SELECT count(*) FROM image.input_images") == 2

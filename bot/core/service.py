@@ -205,9 +205,13 @@ class GenerationService:
 
     @translates_connection_errors
     async def remix_source(self, who: UserIdentity, image_id: str, chat_id: str) -> Generation:
-        """The generation an image belongs to, if the caller may see it: its prompt prefills a remix."""
+        """The generation an image belongs to, if the caller may see it: its prompt prefills a remix. A
+        model that can't start from a picture is refused here, before the user types a new prompt."""
         image = await self._visible_image(who, image_id, chat_id)
-        return await self.visible_generation(who, image.generation_id, chat_id)
+        source = await self.visible_generation(who, image.generation_id, chat_id)
+        self._replay(source, source.seed)  # refuses a model that is gone
+        input_images.refuse_unless_model_takes(self.models[source.model], 1, list(self.models.values()))
+        return source
 
     @translates_connection_errors
     async def remember_question(self, question: PromptQuestion) -> None:

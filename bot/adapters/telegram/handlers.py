@@ -270,7 +270,12 @@ class TelegramHandlers:
             if replied is not None and replied.from_user is not None and replied.from_user.is_bot:
                 question = await self.service.question(PLATFORM, str(message.chat.id), str(replied.message_id))
             if question is None:
-                if message.chat.type == ChatType.PRIVATE:
+                if message.chat.type != ChatType.PRIVATE:
+                    return
+                picture = picture_of(replied)
+                if picture is not None:  # in the private chat, a reply to a picture is an edit of it
+                    await self._edit(user, message, message.text, [picture])
+                else:
                     await self._imagine(update, message, message.text)
                 return
             if question.kind == QuestionKind.REMIX:
