@@ -65,7 +65,7 @@ def megabytes(size: int) -> str:
 
 
 def refuse_if_too_large(size: int, limit: int = MAX_INPUT_BYTES) -> None:
-    """For front ends that know a file's size before downloading it."""
+    """Refuse a file over the limit; front ends call it with the size the platform reports, before downloading."""
     if size > limit:
         raise InvalidRequest(TOO_LARGE_MESSAGE.format(size=megabytes(size), limit=megabytes(limit)))
 
@@ -135,7 +135,7 @@ def _normalised(image: Image.Image) -> CheckedImage:
     rgb = _eight_bit(upright)
     if max(rgb.size) > MAX_SIDE:
         rgb.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BICUBIC)
-    bare = rgb if rgb is not image else rgb.copy()
+    bare = rgb  # always a new image: _eight_bit converts
     # Nothing of the file but its pixels is written: no EXIF (location!), no ICC profile, no text chunks.
     bare.info = {}
     out = io.BytesIO()

@@ -187,11 +187,7 @@ class GenerationService:
         idempotency_key: str | None = None,
     ) -> Accepted:
         """A new generation starting from one result image, with a new prompt; charged like any request."""
-        image = await self._visible_image(who, image_id, destination.chat_id)
-        parent = await self.visible_generation(who, image.generation_id, destination.chat_id)
-        self._replay(parent, parent.seed)  # refuses a model that is gone
-        model = self.models[parent.model]
-        input_images.refuse_unless_model_takes(model, 1, list(self.models.values()))
+        image, parent = await self._remixable(who, image_id, destination.chat_id)
         policy = self.request_policy
         asked = ImagineRequest(
             prompt=prompt, negative_prompt=parent.negative_prompt, model=parent.model,
@@ -207,11 +203,15 @@ class GenerationService:
     async def remix_source(self, who: UserIdentity, image_id: str, chat_id: str) -> Generation:
         """The generation an image belongs to, if the caller may see it: its prompt prefills a remix. A
         model that can't start from a picture is refused here, before the user types a new prompt."""
+        _, source = await self._remixable(who, image_id, chat_id)
+        return source
+
+    async def _remixable(self, who: UserIdentity, image_id: str, chat_id: str) -> tuple[ImageRecord, Generation]:
         image = await self._visible_image(who, image_id, chat_id)
         source = await self.visible_generation(who, image.generation_id, chat_id)
         self._replay(source, source.seed)  # refuses a model that is gone
         input_images.refuse_unless_model_takes(self.models[source.model], 1, list(self.models.values()))
-        return source
+        return image, source
 
     @translates_connection_errors
     async def remember_question(self, question: PromptQuestion) -> None:
@@ -232,10 +232,6 @@ class GenerationService:
         model = self.models.get(name) or self.models.get(name.lower())
         if model is not None:
             input_images.refuse_unless_model_takes(model, count, list(self.models.values()))
-
-    def edit_models(self) -> list[ModelSpec]:
-        """The models that can start from a picture, for front ends to offer."""
-        return [m for m in self.models.values() if m.supports_input_image]
 
     async def _edit(
         self,

@@ -82,7 +82,7 @@ class TelegramHandlers:
         self.sender = sender
         self.history_sender = history
         self.bot_username = ""  # known once the bot has called getMe (frontend.start)
-        self.albums = Albums(self._album)
+        self.albums = Albums(self._pictures)
 
     # --- replies -------------------------------------------------------------------------------
 
@@ -186,9 +186,6 @@ class TelegramHandlers:
             return
         await self._pictures([message])
 
-    async def _album(self, messages: list[Message]) -> None:
-        await self._pictures(messages)
-
     async def _pictures(self, messages: list[Message]) -> None:
         first = messages[0]
         user = first.from_user
@@ -198,7 +195,7 @@ class TelegramHandlers:
         async with self._answering_to(first):
             prompt = self._caption_prompt(captioned) if captioned is not None else None
             if prompt is not None:
-                explicit = captioned is not None and captioned.caption is not None and captioned.caption.startswith("/")
+                explicit = captioned is not None and (captioned.caption or "").startswith("/")
                 pictures = [p for m in messages if (p := picture_of(m, any_document=explicit)) is not None]
                 await self._edit(user, captioned or first, prompt, pictures)
             elif captioned is None and first.chat.type == ChatType.PRIVATE:
