@@ -15,6 +15,7 @@ from tests.conftest import wait_for
 from tests.fakes.core import ScriptedProvider, scripted_model
 from tests.fakes.telegram_harness import RuntimeFactory, running_bot
 from tests.fakes.telegram_server import BOT_USERNAME, ApiCall, FakeTelegram, fake_telegram_server
+from tests.test_input_images import png_declaring
 
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
 
@@ -31,6 +32,13 @@ async def fake() -> Any:
 def picture(colour: tuple[int, int, int] = GREEN, size: tuple[int, int] = (320, 240), format: str = "JPEG") -> bytes:
     out = io.BytesIO()
     Image.new("RGB", size, colour).save(out, format=format)
+    return out.getvalue()
+
+
+def animated() -> bytes:
+    frames = [Image.new("RGB", (40, 30), c) for c in ((255, 0, 0), (0, 0, 255))]
+    out = io.BytesIO()
+    frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:], duration=100)
     return out.getvalue()
 
 
@@ -157,6 +165,8 @@ async def test_an_album_larger_than_the_model_takes_is_refused_before_downloadin
         (dict(data=b"%PDF-1.4 not a picture", document=("cv.pdf", "application/pdf")), "isn't a picture"),
         (dict(data=b"", document=("empty.png", "image/png")), "empty"),
         (dict(data=picture()[:200], document=("cut.jpg", "image/jpeg")), "damaged"),
+        (dict(data=animated(), document=("dance.gif", "image/gif")), "animated"),
+        (dict(data=png_declaring(20_000, 20_000), document=("bomb.png", "image/png")), "too big"),
     ],
 )
 async def test_a_bad_picture_gets_a_short_answer_and_changes_nothing(
@@ -225,3 +235,17 @@ async def test_in_a_private_chat_a_plain_reply_to_a_photo_is_an_edit_of_it(
     prompts = [job["prompt"] for job in await generations(pool)]
     assert prompts == ["our holiday", "the same, at night"]
     assert await pool.fetchval("SELECT count(*) FROM image.input_images") == 2
+
+
+async def test_a_cmyk_photo_is_converted_and_edited(
+    runtime_factory: RuntimeFactory, fake: FakeTelegram, pool: asyncpg.Pool
+) -> None:
+    ann = fake.user(ANN, "Ann")
+    out = io.BytesIO()
+    Image.new("CMYK", (200, 150), (0, 255, 255, 0)).save(out, format="JPEG")  # red, as printers say it
+    async with running_bot(runtime_factory, fake):
+        fake.send_photo(ann, out.getvalue(), "/imagine make it snowy", document=("print.jpg", "image/jpeg"))
+        [photo] = await fake.wait_sent("sendPhoto", ANN)
+    red, green, blue = centre_colour(photo, fake)
+    assert red > 200 and green < 60 and blue < 60
+    assert await pool.fetchval("SELECT mime_type FROM image.input_images") == "image/jpeg"
