@@ -103,7 +103,7 @@ async def test_imagine_shows_status_chat_action_then_photo_with_buttons(
     assert "photo" in photo.files  # uploaded once
     caption = photo.params["caption"]
     assert "a lighthouse at dusk" in caption and "offline" in caption and "seed 7" in caption and "16:9" in caption
-    assert photo.button_texts() == ["🔄", "📎 Original", "V1"]
+    assert photo.button_texts() == ["🔄", "📎 Original", "V1", "✏️ Remix"]
     # The status message (and its cancel button) is gone once the result is there.
     assert fake.sent("deleteMessage", ANN)[0].params["message_id"] == status.result["message_id"]
     # The photo's file_id is stored next to the image, for /history.
@@ -125,7 +125,7 @@ async def test_album_then_one_button_message_and_v2_varies_image_two(
         assert len(album.params["media"]) == 2 and "reply_markup" not in album.params
         assert len(album.files) == 2
         assert "two foxes" in album.params["media"][0]["caption"]
-        assert buttons.button_texts() == ["🔄", "📎 Originals", "V1", "V2"]
+        assert buttons.button_texts() == ["🔄", "📎 Originals", "V1", "V2", "✏️1", "✏️2"]
         # The buttons message follows the album and points at it.
         assert buttons.params["reply_parameters"]["message_id"] == album.result[0]["message_id"]
 

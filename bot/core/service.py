@@ -14,7 +14,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 import asyncpg
 
-from bot.core import credits, generations, input_images, queue
+from bot.core import credits, generations, input_images, prompt_questions, queue
 from bot.core.catalogue import ModelSpec
 from bot.core.credits import AcceptOutcome, CreditPolicy
 from bot.core.database import Connection
@@ -51,6 +51,7 @@ from bot.core.models import (
     UserIdentity,
 )
 from bot.core.prompt import MAX_SEED, random_seed, validate_request
+from bot.core.prompt_questions import PromptQuestion
 from bot.core.providers.runner import warnings_for
 from bot.core.storage.base import ImageStore, StorageError
 
@@ -186,11 +187,7 @@ class GenerationService:
         idempotency_key: str | None = None,
     ) -> Accepted:
         """A new generation starting from one result image, with a new prompt; charged like any request."""
-        image = await self._visible_image(who, image_id, destination.chat_id)
-        parent = await self.visible_generation(who, image.generation_id, destination.chat_id)
-        self._replay(parent, parent.seed)  # refuses a model that is gone
-        model = self.models[parent.model]
-        input_images.refuse_unless_model_takes(model, 1, list(self.models.values()))
+        image, parent = await self._remixable(who, image_id, destination.chat_id)
         policy = self.request_policy
         asked = ImagineRequest(
             prompt=prompt, negative_prompt=parent.negative_prompt, model=parent.model,
@@ -204,13 +201,37 @@ class GenerationService:
 
     @translates_connection_errors
     async def remix_source(self, who: UserIdentity, image_id: str, chat_id: str) -> Generation:
-        """The generation an image belongs to, if the caller may see it: its prompt prefills a remix."""
-        image = await self._visible_image(who, image_id, chat_id)
-        return await self.visible_generation(who, image.generation_id, chat_id)
+        """The generation an image belongs to, if the caller may see it: its prompt prefills a remix. A
+        model that can't start from a picture is refused here, before the user types a new prompt."""
+        _, source = await self._remixable(who, image_id, chat_id)
+        return source
 
-    def edit_models(self) -> list[ModelSpec]:
-        """The models that can start from a picture, for front ends to offer."""
-        return [m for m in self.models.values() if m.supports_input_image]
+    async def _remixable(self, who: UserIdentity, image_id: str, chat_id: str) -> tuple[ImageRecord, Generation]:
+        image = await self._visible_image(who, image_id, chat_id)
+        source = await self.visible_generation(who, image.generation_id, chat_id)
+        self._replay(source, source.seed)  # refuses a model that is gone
+        input_images.refuse_unless_model_takes(self.models[source.model], 1, list(self.models.values()))
+        return image, source
+
+    @translates_connection_errors
+    async def remember_question(self, question: PromptQuestion) -> None:
+        """A front end asked for a prompt (a ForceReply): the reply will find this, even after a restart."""
+        async with self.pool.acquire() as conn:
+            await prompt_questions.remember(conn, question)
+
+    @translates_connection_errors
+    async def question(self, platform: str, chat_id: str, message_id: str) -> PromptQuestion | None:
+        """The question a reply answers, if the bot asked one with that message."""
+        async with self.pool.acquire() as conn:
+            return await prompt_questions.find(conn, platform, chat_id, message_id)
+
+    def refuse_edit_unless_possible(self, request: ImagineRequest, count: int) -> None:
+        """Before a front end downloads anything: the model asked for (or the default) must take this many
+        pictures. An unknown model is left for validation to name."""
+        name = (request.model or self.default_model).strip()
+        model = self.models.get(name) or self.models.get(name.lower())
+        if model is not None:
+            input_images.refuse_unless_model_takes(model, count, list(self.models.values()))
 
     async def _edit(
         self,

@@ -58,8 +58,11 @@ EPHEMERAL = 1 << 6
 LOADING = 1 << 7
 
 # Interaction and callback types.
-APPLICATION_COMMAND, MESSAGE_COMPONENT, AUTOCOMPLETE = 2, 3, 4
+APPLICATION_COMMAND, MESSAGE_COMPONENT, AUTOCOMPLETE, MODAL_SUBMIT = 2, 3, 4, 5
 CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, DEFERRED_UPDATE, UPDATE_MESSAGE, AUTOCOMPLETE_RESULT = 4, 5, 6, 7, 8
+MODAL = 9
+ATTACHMENT_OPTION = 11
+MESSAGE_COMMAND = 3  # an application command's type: a message context-menu command
 
 
 def point_discord_py_at(fake: FakeDiscord, monkeypatch: Any) -> None:
@@ -185,6 +188,7 @@ class FakeInteraction:
     ephemeral: bool = False
     message_ids: set[int] = field(default_factory=set)
     choices: list[dict[str, Any]] | None = None  # an autocomplete answer
+    modal: dict[str, Any] | None = None  # the modal opened as the response (callback type 9)
 
 
 @dataclass
@@ -224,6 +228,8 @@ class FakeDiscord:
         self.dm_channels: dict[int, int] = {}  # user id -> DM channel id
         self.closed_dms: set[int] = set()
         self.channel_errors: dict[int, tuple[int, int, str]] = {}
+        self.attachment_files: dict[str, bytes] = {}  # "<id>/<filename>" -> bytes, served under /attachments
+        self.downloads: list[str] = []
         self.commands: dict[str, list[dict[str, Any]]] = {}  # "global" or a guild id -> synced commands
         self.identifies: list[dict[str, Any]] = []
         self.heartbeats = 0
@@ -256,6 +262,7 @@ class FakeDiscord:
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_get("/gateway", self._gateway)
         app.router.add_route("*", API_PREFIX + "/{tail:.*}", self._rest)
+        app.router.add_get("/attachments/{path:.+}", self._attachment_file)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -357,6 +364,62 @@ class FakeDiscord:
         self._sequence += 1
         await self._socket.send_json({"op": 0, "t": event, "s": self._sequence, "d": data})
 
+    # --- pictures users bring ---------------------------------------------------------------------
+
+    def attachment(
+        self, data: bytes, filename: str = "photo.png", content_type: str | None = "image/png",
+        *, declared_size: int | None = None,
+    ) -> dict[str, Any]:
+        """A file a user uploads, as Discord describes it (served here at its url). Give it as an option
+        value to `slash`, or in `user_message`."""
+        attachment_id = str(self.snowflake())
+        self.attachment_files[f"{attachment_id}/{filename}"] = data
+        url = f"http://127.0.0.1:{self.port}/attachments/{attachment_id}/{filename}"
+        attachment: dict[str, Any] = {
+            "id": attachment_id, "filename": filename, "size": declared_size or len(data), "url": url,
+            "proxy_url": url,
+        }
+        if content_type:
+            attachment["content_type"] = content_type
+        return attachment
+
+    def user_message(self, user: dict[str, Any], attachments: list[dict[str, Any]], content: str = "") -> FakeMessage:
+        """A message a user posted in the guild channel, with files."""
+        message = self._new_message(self.channel_id)
+        message.author, message.content, message.attachments = user, content, attachments
+        return message
+
+    async def message_command(self, name: str, target: FakeMessage, *, user: dict[str, Any]) -> FakeInteraction:
+        """Apps → `name` on `target`, as the Discord client sends it (the message in resolved data)."""
+        data = {
+            "id": self._command_id(name), "name": name, "type": MESSAGE_COMMAND, "target_id": str(target.id),
+            "resolved": {"messages": {str(target.id): target.to_json()}},
+        }
+        return await self._interact(APPLICATION_COMMAND, data, user=user, dm=False, channel_id=target.channel_id)
+
+    async def submit_modal(
+        self, opened_by: FakeInteraction, values: dict[str, str], *, user: dict[str, Any] | None = None
+    ) -> FakeInteraction:
+        """The user fills in the modal `opened_by` opened and submits it."""
+        assert opened_by.modal is not None, "no modal was opened"
+        rows = [
+            {"type": 1, "components": [{"type": 4, "custom_id": key, "value": value}]} for key, value in values.items()
+        ]
+        data = {"custom_id": opened_by.modal["custom_id"], "components": rows}
+        submitter = user or self.users[opened_by.user_id]
+        message_json = opened_by.payload.get("message")
+        message = self.messages.get(int(message_json["id"])) if message_json else None
+        return await self._interact(
+            MODAL_SUBMIT, data, user=submitter, dm=False, channel_id=opened_by.channel_id, message=message
+        )
+
+    async def _attachment_file(self, request: web.Request) -> web.Response:
+        path = request.match_info["path"]
+        if path not in self.attachment_files:
+            return web.Response(status=404)
+        self.downloads.append(path)
+        return web.Response(body=self.attachment_files[path], content_type="application/octet-stream")
+
     async def slash(
         self,
         name: str,
@@ -373,7 +436,10 @@ class FakeDiscord:
         resolved: dict[str, Any] = {}
         typed = []
         for key, value in (options or {}).items():
-            if isinstance(value, dict):
+            if isinstance(value, dict) and "filename" in value:
+                typed.append({"name": key, "type": ATTACHMENT_OPTION, "value": value["id"]})
+                resolved.setdefault("attachments", {})[value["id"]] = value
+            elif isinstance(value, dict):
                 typed.append({"name": key, "type": 6, "value": value["id"]})
                 resolved.setdefault("users", {})[value["id"]] = value
                 if not dm:
@@ -709,6 +775,7 @@ class FakeDiscord:
                     "default_member_permissions": command.get("default_member_permissions"),
                     "nsfw": command.get("nsfw", False),
                     "options": command.get("options", []),
+                    "description": command.get("description", ""),  # context-menu commands have none
                     **({"guild_id": guild} if guild else {}),
                     **command,
                 }
@@ -759,6 +826,13 @@ class FakeDiscord:
                 self._apply(target, data, files)
         elif kind == AUTOCOMPLETE_RESULT:
             interaction.choices = list(data.get("choices", []))
+        elif kind == MODAL:
+            if interaction.type not in (APPLICATION_COMMAND, MESSAGE_COMPONENT):
+                return _error(400, 50035, "Invalid Form Body")
+            problem = _modal_problem(data)
+            if problem is not None:
+                return problem
+            interaction.modal = data
         else:
             return _error(400, 50035, "Invalid Form Body")
         interaction.response_type = kind
@@ -983,6 +1057,23 @@ async def _read_body(request: web.Request) -> tuple[Any, list[Upload]]:
         return body, files
     raw = await request.read()
     return (json.loads(raw) if raw else None), []
+
+
+def _modal_problem(data: dict[str, Any]) -> web.Response | None:
+    """Discord's limits on a modal: a title of 1-45 characters, a custom_id of at most 100, 1-5 rows of
+    text inputs whose prefilled value is at most 4000 characters."""
+    if not 1 <= len(data.get("title") or "") <= 45:
+        return _form_error("title", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 45 in length.")
+    if not 1 <= len(data.get("custom_id") or "") <= 100:
+        return _form_error("custom_id", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
+    rows = data.get("components") or []
+    if not 1 <= len(rows) <= 5:
+        return _form_error("components", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 5 in length.")
+    for row in rows:
+        for item in row.get("components", []):
+            if item.get("type") != 4 or len(item.get("value") or "") > 4000 or not item.get("custom_id"):
+                return _form_error("components", "BASE_TYPE_BAD_LENGTH", "Invalid text input.")
+    return None
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

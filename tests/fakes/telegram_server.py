@@ -41,6 +41,7 @@ BOT_USER = {
 DEFAULT_TOKEN = f"{BOT_ID}:TEST-token_abcdefghijklmnop"
 
 PHOTO_MAX_BYTES = 10 * 1024 * 1024
+DOWNLOAD_MAX_BYTES = 20 * 1024 * 1024  # getFile on the public Bot API
 UPLOAD_MAX_BYTES = 50 * 1024 * 1024
 CAPTION_LIMIT = 1024
 TEXT_LIMIT = 4096
@@ -149,6 +150,8 @@ class FakeTelegram:
         self.groups: dict[int, dict[str, Any]] = {}
         self.messages: dict[tuple[int, int], dict[str, Any]] = {}
         self.files: dict[str, bytes] = {}
+        self.file_paths: dict[str, str] = {}  # getFile's file_path -> file_id
+        self.downloads: list[str] = []  # file_paths the bot downloaded
         self.queries: dict[str, bool] = {}  # callback query id -> answered
         self._message_ids: dict[int, itertools.count[int]] = {}
         self._update_ids = itertools.count(10_000)
@@ -218,6 +221,38 @@ class FakeTelegram:
         self.messages[(chat["id"], message["message_id"])] = message
         return {"update_id": next(self._update_ids), "message": message}
 
+    def send_photo(
+        self, user: dict[str, Any], data: bytes, caption: str | None = None, chat: dict[str, Any] | None = None,
+        *, reply_to: dict[str, Any] | None = None, media_group_id: str | None = None,
+        document: tuple[str, str] | None = None, declared_size: int | None = None,
+    ) -> dict[str, Any]:
+        """The user sends a picture: a photo (in sizes, as Telegram makes them), or with `document`
+        (file name, MIME type) as a file. `declared_size` is the size Telegram reports, if not the real one."""
+        update = self.message_update(user, caption or "", chat, reply_to)
+        message = update["message"]
+        del message["text"]
+        message.pop("entities", None)
+        if caption:
+            message["caption"] = caption
+            if caption.startswith("/"):
+                command = caption.split()[0]
+                message["caption_entities"] = [{"type": "bot_command", "offset": 0, "length": _utf16_len(command)}]
+        if media_group_id:
+            message["media_group_id"] = media_group_id
+        if document is not None:
+            file_id = f"BQAC{secrets.token_urlsafe(24)}"
+            self.files[file_id] = data
+            message["document"] = {
+                "file_id": file_id, "file_unique_id": file_id[-12:], "file_name": document[0],
+                "mime_type": document[1], "file_size": declared_size or len(data),
+            }
+        else:
+            message["photo"] = self._photo(None, Upload("photo.jpg", "image/jpeg", data), ignore_limit=True)
+            if declared_size is not None:
+                message["photo"][-1]["file_size"] = declared_size
+        self.push(update)
+        return update
+
     def press(self, user: dict[str, Any], message: dict[str, Any], data: str) -> str:
         """The user presses an inline button with `data` on the bot's `message`. Returns the query id."""
         query_id = str(secrets.randbits(63))
@@ -282,7 +317,15 @@ class FakeTelegram:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=UPLOAD_MAX_BYTES + 10 * 1024 * 1024)
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._download)
         return app
+
+    async def _download(self, request: web.Request) -> web.Response:
+        path = request.match_info["path"]
+        if request.match_info["token"] != self.token or path not in self.file_paths:
+            return web.Response(status=404)
+        self.downloads.append(path)
+        return web.Response(body=self.files[self.file_paths[path]], content_type="application/octet-stream")
 
     async def _handle(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
@@ -500,6 +543,17 @@ class FakeTelegram:
         del self.messages[key]
         return True
 
+    def _api_getFile(self, call: ApiCall) -> dict[str, Any]:
+        file_id = call.params.get("file_id")
+        if file_id not in self.files:
+            raise bad_request("wrong file_id or the file is temporarily unavailable")
+        data = self.files[file_id]
+        if len(data) > DOWNLOAD_MAX_BYTES:
+            raise bad_request("file is too big")
+        path = f"files/{file_id[-12:]}"
+        self.file_paths[path] = file_id
+        return {"file_id": file_id, "file_unique_id": file_id[-12:], "file_size": len(data), "file_path": path}
+
     def _api_answerCallbackQuery(self, call: ApiCall) -> bool:
         query_id = call.params.get("callback_query_id")
         if query_id not in self.queries or self.queries[query_id]:
@@ -588,14 +642,14 @@ class FakeTelegram:
                 if data is not None and not 1 <= len(data.encode()) <= 64:
                     raise bad_request("BUTTON_DATA_INVALID")
 
-    def _photo(self, ref: str | None, upload: Upload | None) -> list[dict[str, Any]]:
+    def _photo(self, ref: str | None, upload: Upload | None, ignore_limit: bool = False) -> list[dict[str, Any]]:
         if upload is None:
             if not ref or ref not in self.files:
                 raise bad_request("wrong file identifier/HTTP URL specified")
             data, file_id = self.files[ref], ref
         else:
             data = upload.data
-            if len(data) > self.photo_max_bytes:
+            if len(data) > self.photo_max_bytes and not ignore_limit:
                 raise bad_request("PHOTO_SAVE_FILE_INVALID")
             file_id = f"AgAC{secrets.token_urlsafe(24)}"
             self.files[file_id] = data

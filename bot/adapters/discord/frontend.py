@@ -40,6 +40,12 @@ class ImageBotClient(discord.Client):
         # Matches our buttons on every message, including those sent before a restart.
         self.add_dynamic_items(ActionButton)
 
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        # A submitted modal, from its custom_id alone: it may have been opened before a restart.
+        handler = self.button_handler
+        if interaction.type is discord.InteractionType.modal_submit and isinstance(handler, DiscordHandlers):
+            await handler.on_modal(interaction)
+
 
 def count_http_errors() -> aiohttp.TraceConfig:
     """For discord.py (`http_trace`): counts every error answer from Discord's REST API for the operator's
@@ -169,6 +175,9 @@ def register_commands(tree: app_commands.CommandTree[Any], handlers: DiscordHand
         model="Which model (the cost per image is shown)",
         seed="Same seed + same prompt = similar image",
         negative="What to leave out",
+        image="A picture to start from: the prompt says what to make of it",
+        image2="Another picture, for models that take several",
+        image3="A third picture, for models that take several",
     )
     @app_commands.choices(aspect_ratio=[app_commands.Choice(name=r, value=r) for r in ASPECT_RATIOS])
     @app_commands.autocomplete(model=handlers.model_autocomplete)
@@ -180,8 +189,18 @@ def register_commands(tree: app_commands.CommandTree[Any], handlers: DiscordHand
         model: str | None = None,
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         negative: str | None = None,
+        image: discord.Attachment | None = None,
+        image2: discord.Attachment | None = None,
+        image3: discord.Attachment | None = None,
     ) -> None:
-        await handlers.imagine(interaction, ImagineRequest(prompt, negative, model, aspect_ratio, count, seed))
+        attachments = [a for a in (image, image2, image3) if a is not None]
+        await handlers.imagine(
+            interaction, ImagineRequest(prompt, negative, model, aspect_ratio, count, seed), attachments
+        )
+
+    @app_commands.context_menu(name="Imagine from this image")
+    async def imagine_from_message(interaction: discord.Interaction, message: discord.Message) -> None:
+        await handlers.imagine_from_message(interaction, message)
 
     @app_commands.command(name="history", description="Your earlier images, sent to you in a DM")
     async def history(interaction: discord.Interaction) -> None:
@@ -216,8 +235,8 @@ def register_commands(tree: app_commands.CommandTree[Any], handlers: DiscordHand
     ) -> None:
         await handlers.adjust_credits(interaction, user, -amount)
 
-    command: app_commands.Command[Any, Any, None]
-    for command in (imagine, history, balance, models):
+    command: app_commands.Command[Any, Any, None] | app_commands.ContextMenu
+    for command in (imagine, history, balance, models, imagine_from_message):
         command.allowed_contexts = contexts
         command.allowed_installs = installs
         tree.add_command(command)

@@ -144,6 +144,10 @@ class TelegramFrontEnd:
         app.add_handler(CommandHandler("grant", h.grant, filters=new_messages))
         app.add_handler(CommandHandler("revoke", h.revoke, filters=new_messages))
         app.add_handler(MessageHandler(new_messages & private & filters.COMMAND, h.unknown_command))
+        # A photo or a file: an edit when captioned (see handlers.picture), a question when not.
+        app.add_handler(MessageHandler(new_messages & (filters.PHOTO | filters.Document.ALL), h.picture))
+        # A reply to one of the bot's questions is its answer; in groups, replies to the bot reach it too.
+        app.add_handler(MessageHandler(new_messages & filters.REPLY & filters.TEXT & ~filters.COMMAND, h.reply))
         # Privacy mode means groups only send us commands; in a private chat any text is a prompt.
         app.add_handler(MessageHandler(new_messages & private & filters.TEXT, h.prompt))
         app.add_handler(CallbackQueryHandler(h.button))
@@ -226,6 +230,7 @@ class TelegramFrontEnd:
 
     async def close(self) -> None:
         await self.stop_taking_work()
+        await self.handlers.albums.close()
         await self.observer.close()
         await self.application.shutdown()
 
