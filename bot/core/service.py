@@ -335,7 +335,8 @@ class GenerationService:
     async def balance(self, who: UserIdentity) -> Balance:
         async with self.pool.acquire() as conn:
             user = await credits.ensure_user(conn, who, self.credit_policy.welcome)
-        return Balance(self.credit_policy.enabled, user.balance, tuple(self.model_choices()))
+            bought = await credits.bought(conn, user.id)
+        return Balance(self.credit_policy.enabled, user.balance, tuple(self.model_choices()), bought)
 
     def model_choices(self) -> list[ModelPrice]:
         return [ModelPrice(m.name, m.label or m.name, m.cost) for m in self.models.values()]
