@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from bot.bootstrap import Runtime, bootstrap, open_database
 from bot.config import Settings, load_settings
-from bot.core import database
+from bot.core import accounts, database
 from bot.core.credits import PurchaseRecord
 from bot.core.errors import BotError
 from bot.core.models import UserIdentity
@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     totals = actions.add_parser("totals", help="purchases per day and platform")
     totals.add_argument("--days", type=int, default=30)
     actions.add_parser("shortfalls", help="refunded purchases whose credits had already been spent")
+    unlink = actions.add_parser("unlink", help="undo a link: the identity leaves its account for a new one")
+    unlink.add_argument("user", help="platform:user_id")
     return parser
 
 
@@ -112,6 +114,15 @@ async def _credits(settings: Settings, args: argparse.Namespace) -> int:
     target = UserIdentity(platform, user_id)
     async with bootstrap(settings) as runtime:
         try:
+            if args.action == "unlink":
+                async with runtime.pool.acquire() as conn:
+                    account = await accounts.unlink(conn, platform, user_id)
+                if account is None:
+                    print(f"{args.user} is not linked to another identity", file=sys.stderr)
+                    return 1
+                print(f"{args.user} now has an account of its own ({account}), with 0 credits; "
+                      "move credits with credits revoke / grant")
+                return 0
             if args.action == "purchases":
                 for p in await _shop(runtime).purchases(target, args.limit):
                     print(_purchase_line(p))

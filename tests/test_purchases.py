@@ -32,9 +32,9 @@ async def user_id(pool: asyncpg.Pool, who: UserIdentity, welcome: int = 20) -> i
 async def balance_and_ledger(pool: asyncpg.Pool) -> list[tuple[int, int]]:
     """Every balance holder's cached balance and the sum of its ledger."""
     rows = await pool.fetch(
-        """SELECT u.balance,
-                  coalesce((SELECT sum(l.delta) FROM image.credit_ledger l WHERE l.user_id = u.id), 0) AS total
-           FROM image.users u ORDER BY u.id"""
+        """SELECT a.balance,
+                  coalesce((SELECT sum(l.delta) FROM image.credit_ledger l WHERE l.account_id = a.id), 0) AS total
+           FROM image.accounts a ORDER BY a.id"""
     )
     return [(r["balance"], r["total"]) for r in rows]
 
@@ -138,16 +138,17 @@ def test_operator_lists_purchases_and_daily_totals(db_dsn: str, tmp_path: Path) 
 
 # --- the ledger's invariant ----------------------------------------------------------------------
 
-OPERATIONS = st.sampled_from(["buy", "buy-again", "imagine", "cancel", "refund-purchase", "revoke"])
+OPERATIONS = st.sampled_from(["buy", "buy-again", "imagine", "cancel", "refund-purchase", "revoke", "link"])
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(st.tuples(OPERATIONS, st.integers(0, 2), st.integers(1, 4)), min_size=1, max_size=16))
 async def test_cached_balance_is_the_ledger_sum_and_never_negative(runtime_factory, pool, steps) -> None:
-    """Any sequence of purchases, reservations, job refunds, purchase refunds and revokes, run with real
-    interleavings (in concurrent batches) by three people, keeps every balance equal to its ledger."""
+    """Any sequence of purchases, reservations, job refunds, purchase refunds, revokes and links, run with
+    real interleavings (in concurrent batches) by three people on three platforms, keeps every account's
+    balance equal to its ledger."""
     run = secrets.token_hex(4)
-    people = [UserIdentity("test", f"{run}-{i}") for i in range(3)]
+    people = [UserIdentity(f"platform{i}", run) for i in range(3)]
     charges: list[str] = []
     jobs: list[tuple[UserIdentity, str]] = []
     async with runtime_factory(starting_credits=2, per_user_queued_limit=1000) as rt:
@@ -170,6 +171,12 @@ async def test_cached_balance_is_the_ledger_sum_and_never_negative(runtime_facto
                     jobs.append((people[who], accepted.generation.id))
                 except BotError:
                     pass  # not enough credits: refused, nothing written
+            elif op == "link":
+                try:
+                    code = await rt.service.link_code(people[who])
+                    await rt.service.link(people[(who + n) % 3], code)
+                except BotError:
+                    pass  # its own code, or already one account
             elif op == "cancel" and jobs:
                 owner, job_id = jobs[n % len(jobs)]
                 try:

@@ -21,7 +21,7 @@ from bot.core.errors import TemporarilyUnavailable
 from bot.core.metrics import PLATFORM_ERRORS
 from bot.core.models import UserIdentity
 from bot.core.providers.base import GeneratedImage, PreviewCallback, ProviderCall
-from tests.conftest import make_settings, wait_for
+from tests.conftest import USER_BALANCE, make_settings, wait_for
 from tests.fakes.core import ScriptedProvider, scripted_model
 from tests.fakes.openai_server import fake_openai_server, moderation_blocked, png_bytes, slow
 from tests.fakes.tcp_proxy import CuttableProxy
@@ -59,7 +59,7 @@ def texts(fake: FakeTelegram, chat_id: int) -> list[str]:
 
 async def balance_of(pool: asyncpg.Pool, user_id: int) -> int:
     return await pool.fetchval(
-        "SELECT balance FROM image.users WHERE platform = 'telegram' AND platform_user_id = $1", str(user_id)
+        f"{USER_BALANCE} WHERE platform = 'telegram' AND platform_user_id = $1", str(user_id)
     )
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from bot.adapters.wording import plural, refund_text, seeds_text
+from bot.adapters.wording import link_code_text, linked_text, plural, refund_text, seeds_text
 from bot.core.errors import BotError, InvalidRequest
 from bot.core.events import DeliveryReceipt
 from bot.core.models import Destination, Generation, HistoryPage, ImageFile, UserIdentity
@@ -33,6 +33,7 @@ HELP = """Commands:
   /history [page]   your earlier generations
   /balance          your credits and what each model costs
   /models           the models you can use
+  /link [code]      a code to join another platform's account, or join one with its code
   wait              wait until every generation you started has finished
   /help, /quit"""
 
@@ -167,6 +168,11 @@ class Console:
             self.write(f"Balance: {credits}" if balance.credits_enabled else "Credits are off.")
         elif command == "models":
             self._show_models()
+        elif command == "link":
+            if rest.strip():
+                self.write(linked_text(await self.service.link(self.user, rest.strip())))
+            else:
+                self.write(link_code_text(await self.service.link_code(self.user)))
         elif command == "wait":
             await self.wait_all()
         elif line.startswith("/"):

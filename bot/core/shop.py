@@ -168,7 +168,7 @@ class Shop:
             user = await credits.find_user(conn, who.platform, who.platform_user_id)
             if user is None:
                 raise NotFound("That user")
-            return await credits.purchases(conn, user.id, limit)
+            return await credits.purchases(conn, user.account_id, limit)
 
     @translates_connection_errors
     async def daily_totals(self, days: int) -> list[DayTotal]:
