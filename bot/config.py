@@ -20,6 +20,12 @@ DEFAULT_CREDIT_PACKS = (
     CreditPack("medium", credits=120, stars=50),
     CreditPack("large", credits=300, stars=100),
 )
+DEFAULT_TERMS = (
+    "Credits pay for images made with this bot: each model's price per image is shown by /models. "
+    "Credits are reserved when you ask and given back for any image that isn't made. Bought credits don't "
+    "expire and can't be exchanged for money; a refunded payment takes its credits back (those not yet "
+    "spent). For help with a payment, use /paysupport."
+)
 MAX_STARS = 10_000  # Telegram's limit on one invoice's price
 
 
@@ -49,6 +55,10 @@ class Settings(BaseSettings):
     # Packs of credits for sale (JSON): a price in Telegram Stars, a Discord SKU id, or both. A pack
     # without a price on a platform is not offered there. The default sells on Telegram out of the box.
     credit_packs: tuple[CreditPack, ...] = DEFAULT_CREDIT_PACKS
+    # Who answers payment questions (/paysupport): a handle, an address or a link.
+    payment_support: str = "the operator of this bot"
+    # What /terms says (Telegram requires sellers to show their terms).
+    terms_text: str = DEFAULT_TERMS
     # Users who may not buy credits (platform:user_id, comma-separated).
     banned_users: Annotated[list[str], NoDecode] = Field(default_factory=list)
 

@@ -611,7 +611,7 @@ async def test_webhook_accepts_the_secret_token_and_rejects_requests_without_it(
         assert fake.webhook is not None
         assert fake.webhook["url"] == settings["telegram_webhook_url"]
         assert fake.webhook["secret_token"] == "s3cret-Token_1"
-        assert fake.webhook["allowed_updates"] == ["message", "callback_query"]
+        assert fake.webhook["allowed_updates"] == ["message", "callback_query", "pre_checkout_query"]
         assert not [c for c in fake.calls if c.method == "getUpdates"]
 
         forged = fake.message_update(ann, "/balance")
