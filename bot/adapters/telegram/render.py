@@ -221,7 +221,9 @@ def help_text(bot_username: str, models: Sequence[ModelPrice], default_model: st
         "📎 the original files (Telegram compresses photos).\n\n"
         "/history  your earlier images (in our private chat)\n"
         "/balance  your credits and the prices\n"
-        "/models  the models and what each costs\n\n"
+        "/models  the models and what each costs\n"
+        "/buy  buy credits with Telegram Stars (/terms, /paysupport)\n"
+        "/link  one account with your Discord\n\n"
         "Models:\n" + _prices(models, False)
     )
 
