@@ -9,7 +9,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from bot.core import credits
@@ -141,7 +141,7 @@ def test_operator_lists_purchases_and_daily_totals(db_dsn: str, tmp_path: Path) 
 OPERATIONS = st.sampled_from(["buy", "buy-again", "imagine", "cancel", "refund-purchase", "revoke", "link"])
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(st.tuples(OPERATIONS, st.integers(0, 2), st.integers(1, 4)), min_size=1, max_size=16))
 async def test_cached_balance_is_the_ledger_sum_and_never_negative(runtime_factory, pool, steps) -> None:
     """Any sequence of purchases, reservations, job refunds, purchase refunds, revokes and links, run with
@@ -175,6 +175,7 @@ async def test_cached_balance_is_the_ledger_sum_and_never_negative(runtime_facto
                 try:
                     code = await rt.service.link_code(people[who])
                     await rt.service.link(people[(who + n) % 3], code)
+                    event("linked")
                 except BotError:
                     pass  # its own code, or already one account
             elif op == "cancel" and jobs:

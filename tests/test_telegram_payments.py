@@ -193,3 +193,12 @@ async def test_paysupport_terms_and_link(runtime_factory, fake, pool) -> None:
 
 def _dest(chat: int) -> Destination:
     return Destination("telegram", str(chat), None, {"reply_to": None, "group": False})
+
+
+async def test_a_payment_naming_no_order_is_sent_to_support(runtime_factory, fake, pool) -> None:
+    ann = fake.user(ANN, "Ann")
+    async with running_bot(runtime_factory, fake, credit_packs=PACKS):
+        fake.push(fake.payment_update(ann, "order-never-issued", 25, charge_id="stxch_lost"))
+        [told] = await fake.wait_sent("sendMessage", ANN)
+    assert "/paysupport" in told.params["text"] and "stxch_lost" in told.params["text"]
+    assert await pool.fetchval("SELECT count(*) FROM image.purchases") == 0

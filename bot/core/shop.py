@@ -124,7 +124,9 @@ class Shop:
                 # Never issued, yet paid: pre-checkout refuses these, so this is for the operator to look at.
                 log.error("shop: payment %s by %s:%s names no order (%r)", charge_id, who.platform,
                           who.platform_user_id, payload[:64])
-                raise NotFound("That order")
+                raise InvalidRequest(
+                    f"I couldn't match this payment to an order. Please send /paysupport this payment id: {charge_id}"
+                )
             pack = CreditPack(order.pack, order.credits)
             return await credits.purchase(conn, user.id, who.platform, charge_id, pack, total, currency, order.id)
 

@@ -258,6 +258,7 @@ class FakeTelegram:
         pushing it twice is Telegram delivering it twice)."""
         charge_id = charge_id or f"stxch_{secrets.token_hex(12)}"
         self.charges[charge_id] = (user["id"], False)
+        self.started.add(user["id"])  # paying happens in a chat with the bot
         chat = self.private_chat(user)
         message = {
             "message_id": self._next_message_id(chat["id"]), "from": user, "chat": chat, "date": int(time.time()),

@@ -14,7 +14,7 @@ from telegram.ext import ContextTypes
 from bot.adapters import wording
 from bot.adapters.telegram.handlers import TelegramHandlers, _answer, identity
 from bot.adapters.telegram.history import HistorySender
-from bot.adapters.telegram.sending import Sender
+from bot.adapters.telegram.sending import ChatGone, Sender
 from bot.core.credits import CreditPack
 from bot.core.errors import BotError, Forbidden, InvalidRequest, NotFound
 from bot.core.service import GenerationService
@@ -200,6 +200,10 @@ class ShopHandlers(TelegramHandlers):
             else:
                 # A code is as good as the account: in a group, it goes to the private chat.
                 code = await self.service.link_code(identity(user))
-                await self.sender.text(user.id, wording.link_code_text(code))
+                try:
+                    await self.sender.text(user.id, wording.link_code_text(code))
+                except ChatGone:  # never opened a private chat with the bot
+                    await self._reply(message, "Please start a private chat with me first, then send /link there.")
+                    return
                 if message.chat.id != user.id:
                     await self._reply(message, "📬 Sent your link code to our private chat.")
