@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bot.core import accounts, database
+from bot.core import accounts, credits, database
 from bot.core.errors import InvalidRequest, NotFound
 from bot.core.models import Destination, ImagineRequest, UserIdentity
 from tests.conftest import USER_BALANCE, with_database
@@ -192,13 +192,18 @@ async def test_console_links_both_ways(runtime_factory, tmp_path: Path) -> None:
         await console.handle(f"/link {mine}")
         assert said[-1].startswith("Linked: Console, Discord and Telegram are now one account.")
         assert "balance is 60" in said[-1]
+        # What the linked Telegram identity bought shows in the console's balance: one account.
+        async with rt.pool.acquire() as conn:
+            telegram = await credits.find_user(conn, "telegram", TG.platform_user_id)
+            await credits.purchase(conn, telegram.id, "telegram", "stxch_console", credits.CreditPack("s", 5))
+        await console.handle("/balance")
+        assert said[-1] == "Balance: 65 credits (5 credits bought)"
 
 
 def test_operator_unlinks_from_the_command_line(db_dsn: str, tmp_path: Path) -> None:
     from tests.test_cli import bot_command
 
     async def seed() -> None:
-        from bot.core import credits
 
         conn = await asyncpg.connect(db_dsn)
         try:

@@ -165,7 +165,8 @@ class Console:
             self._show_models()
             balance = await self.service.balance(self.user)
             credits = plural(balance.balance, "credit")
-            self.write(f"Balance: {credits}" if balance.credits_enabled else "Credits are off.")
+            bought = f" ({plural(balance.bought, 'credit')} bought)" if balance.bought else ""
+            self.write(f"Balance: {credits}{bought}" if balance.credits_enabled else "Credits are off.")
         elif command == "models":
             self._show_models()
         elif command == "link":
