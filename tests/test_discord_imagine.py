@@ -39,7 +39,9 @@ async def test_start_up_identifies_heartbeats_and_syncs_commands_for_guilds_and_
     [identify] = fake.identifies
     assert identify["token"] == fake.token and identify["intents"] == 1  # guilds only, nothing privileged
     commands = {c["name"]: c for c in fake.commands["global"]}
-    assert set(commands) == {"imagine", "history", "balance", "models", "credits", "Imagine from this image"}
+    assert set(commands) == {
+        "imagine", "history", "balance", "models", "credits", "buy", "link", "Imagine from this image"
+    }
     assert commands["Imagine from this image"]["type"] == 3  # a message context-menu command
     for command in commands.values():
         assert command["contexts"] == [0, 1] and command["integration_types"] == [0]  # servers and bot DMs
@@ -57,7 +59,7 @@ async def test_guild_sync_when_guild_ids_are_configured(runtime_factory: Runtime
         pass
     assert "global" not in fake.commands
     synced = {c["name"] for c in fake.commands[str(fake.guild_id)]}
-    assert synced == {"imagine", "history", "balance", "models", "credits", "Imagine from this image"}
+    assert synced == {"imagine", "history", "balance", "models", "credits", "buy", "link", "Imagine from this image"}
 
 
 async def test_a_guild_that_refuses_the_commands_fails_start_clearly(

@@ -14,7 +14,7 @@ from bot.core.input_images import UploadedImage
 from bot.core.models import Destination, ImagineRequest, UserIdentity
 from bot.core.providers.base import InputImage, ProviderCall
 from bot.core.providers.offline import OfflineProvider
-from tests.conftest import wait_for
+from tests.conftest import USER_BALANCE, wait_for
 from tests.fakes.core import RecordingObserver, ScriptedProvider, scripted_model
 from tests.plugins.s3 import make_store
 from tests.test_storage_jobs import s3_settings
@@ -61,7 +61,7 @@ async def test_an_edit_is_recorded_sent_stripped_and_shown_in_history(runtime_fa
     assert sorted(p.name for p in inputs_dir.iterdir()) == sorted(f"{r['sha256']}.jpg" for r in rows)
     [item] = page.items
     assert [i.sha256 for i in item.inputs] == [r["sha256"] for r in rows]
-    assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = 'alice'") == 20 - 1
+    assert await pool.fetchval(f"{USER_BALANCE} WHERE platform_user_id = 'alice'") == 20 - 1
 
 
 @pytest.mark.parametrize(
@@ -131,7 +131,7 @@ async def test_remix_regenerate_and_vary_of_an_edit_survive_a_restart(runtime_fa
     regenerated = [c for c in provider.calls[1:] if c.prompt == "snowy" and c.input_images == first_input]
     assert regenerated, "a regenerated edit starts from the same picture"
     assert await pool.fetchval("SELECT count(*) FROM image.input_images") == 2
-    assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = 'bob'") == 20 - 2
+    assert await pool.fetchval(f"{USER_BALANCE} WHERE platform_user_id = 'bob'") == 20 - 2
 
 
 async def test_remix_refuses_an_empty_prompt_and_charges_nothing(runtime_factory, pool) -> None:

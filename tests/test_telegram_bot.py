@@ -21,7 +21,7 @@ from bot.core.errors import TemporarilyUnavailable
 from bot.core.metrics import PLATFORM_ERRORS
 from bot.core.models import UserIdentity
 from bot.core.providers.base import GeneratedImage, PreviewCallback, ProviderCall
-from tests.conftest import make_settings, wait_for
+from tests.conftest import USER_BALANCE, make_settings, wait_for
 from tests.fakes.core import ScriptedProvider, scripted_model
 from tests.fakes.openai_server import fake_openai_server, moderation_blocked, png_bytes, slow
 from tests.fakes.tcp_proxy import CuttableProxy
@@ -59,7 +59,7 @@ def texts(fake: FakeTelegram, chat_id: int) -> list[str]:
 
 async def balance_of(pool: asyncpg.Pool, user_id: int) -> int:
     return await pool.fetchval(
-        "SELECT balance FROM image.users WHERE platform = 'telegram' AND platform_user_id = $1", str(user_id)
+        f"{USER_BALANCE} WHERE platform = 'telegram' AND platform_user_id = $1", str(user_id)
     )
 
 
@@ -611,7 +611,7 @@ async def test_webhook_accepts_the_secret_token_and_rejects_requests_without_it(
         assert fake.webhook is not None
         assert fake.webhook["url"] == settings["telegram_webhook_url"]
         assert fake.webhook["secret_token"] == "s3cret-Token_1"
-        assert fake.webhook["allowed_updates"] == ["message", "callback_query"]
+        assert fake.webhook["allowed_updates"] == ["message", "callback_query", "pre_checkout_query"]
         assert not [c for c in fake.calls if c.method == "getUpdates"]
 
         forged = fake.message_update(ann, "/balance")

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from PIL import Image
 
-from tests.conftest import wait_for
+from tests.conftest import USER_BALANCE, wait_for
 from tests.fakes.core import ScriptedProvider, scripted_model
 from tests.fakes.telegram_harness import RuntimeFactory, running_bot
 from tests.fakes.telegram_server import BOT_USERNAME, ApiCall, FakeTelegram, fake_telegram_server
@@ -63,7 +63,7 @@ async def generations(pool: asyncpg.Pool) -> list[asyncpg.Record]:
 
 async def balance_of(pool: asyncpg.Pool, user_id: int) -> int:
     return await pool.fetchval(
-        "SELECT balance FROM image.users WHERE platform = 'telegram' AND platform_user_id = $1", str(user_id)
+        f"{USER_BALANCE} WHERE platform = 'telegram' AND platform_user_id = $1", str(user_id)
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 import asyncpg
 
-from bot.core import credits, generations, input_images, prompt_questions, queue
+from bot.core import accounts, credits, generations, input_images, prompt_questions, queue
 from bot.core.catalogue import ModelSpec
 from bot.core.credits import AcceptOutcome, CreditPolicy
 from bot.core.database import Connection
@@ -426,7 +426,8 @@ class GenerationService:
 
     @translates_connection_errors
     async def history(self, who: UserIdentity, page: int = 0, page_size: int = 5) -> HistoryPage:
-        """The caller's own generations, newest first. Nobody else's, ever."""
+        """The caller's own generations (their account's, from every linked platform), newest first. Nobody
+        else's, ever."""
         page_size = max(1, min(page_size, MAX_HISTORY_PAGE_SIZE))
         page = max(0, page)
         await self.jobs.wait_for_records(owner=who)
@@ -434,11 +435,11 @@ class GenerationService:
             user = await credits.find_user(conn, who.platform, who.platform_user_id)
             if user is None:
                 return HistoryPage((), 0, page_size, 0)
-            rows, total = await generations.history(conn, user.id, page * page_size, page_size)
+            rows, total = await generations.history(conn, user.account_id, page * page_size, page_size)
             if not rows and total and page > 0:
                 # Asked past the end (an old button): show the last page instead.
                 page = (total - 1) // page_size
-                rows, total = await generations.history(conn, user.id, page * page_size, page_size)
+                rows, total = await generations.history(conn, user.account_id, page * page_size, page_size)
             images = await generations.get_images(conn, [g.id for g in rows])
             inputs = await generations.get_inputs(conn, [g.id for g in rows])
         items = tuple(HistoryItem(g, tuple(images[g.id]), tuple(inputs[g.id])) for g in rows)
@@ -472,7 +473,8 @@ class GenerationService:
     async def balance(self, who: UserIdentity) -> Balance:
         async with self.pool.acquire() as conn:
             user = await credits.ensure_user(conn, who, self.credit_policy.welcome)
-        return Balance(self.credit_policy.enabled, user.balance, tuple(self.model_choices()))
+            bought = await credits.bought(conn, user.account_id)
+        return Balance(self.credit_policy.enabled, user.balance, tuple(self.model_choices()), bought)
 
     def model_choices(self) -> list[ModelPrice]:
         return [ModelPrice(m.name, m.label or m.name, m.cost) for m in self.models.values()]
@@ -516,7 +518,25 @@ class GenerationService:
             row = await credits.find_user(conn, target.platform, target.platform_user_id)
             if row is None:
                 raise NotFound("That user")
-            return row.balance, await credits.ledger(conn, row.id, limit)
+            return row.balance, await credits.ledger(conn, row.account_id, limit)
+
+    # --- one account across platforms ---------------------------------------------------------
+
+    @translates_connection_errors
+    async def link_code(self, who: UserIdentity) -> str:
+        """A one-time code that joins another platform's identity to the caller's account."""
+        async with self.pool.acquire() as conn:
+            user = await credits.ensure_user(conn, who, self.credit_policy.welcome)
+            return await accounts.issue_code(conn, user.id)
+
+    @translates_connection_errors
+    async def link(self, who: UserIdentity, code: str) -> accounts.Linked:
+        """Join the caller to the account whose identity made `code`: balances add up, histories join."""
+        async with self.pool.acquire() as conn:
+            user = await credits.ensure_user(conn, who, self.credit_policy.welcome)
+            linked = await accounts.use_code(conn, user.id, code)
+        log.info("accounts: %s:%s linked (%s)", who.platform, who.platform_user_id, ", ".join(linked.platforms))
+        return linked
 
     # --- visibility ----------------------------------------------------------------------------
 
@@ -531,11 +551,17 @@ class GenerationService:
             generation = await generations.get_generation(conn, generation_id)
         if generation is None:
             raise NotFound()
-        own = generation.owner.platform == who.platform and generation.owner.platform_user_id == who.platform_user_id
         same_chat = generation.destination.platform == who.platform and generation.destination.chat_id == chat_id
-        if not (own or same_chat):
+        if not (same_chat or await self._is_own(who, generation)):
             raise NotFound()
         return generation
+
+    async def _is_own(self, who: UserIdentity, generation: Generation) -> bool:
+        """The caller's own: asked for by them, or by another identity of their account (a linked platform)."""
+        if generation.owner.platform == who.platform and generation.owner.platform_user_id == who.platform_user_id:
+            return True
+        async with self.pool.acquire() as conn:
+            return await accounts.same_account(conn, generation.user_id, who.platform, who.platform_user_id)
 
     async def _visible_image(self, who: UserIdentity, image_id: str, chat_id: str) -> ImageRecord:
         if not is_valid_id(image_id):
@@ -550,7 +576,7 @@ class GenerationService:
 
     async def _owned(self, who: UserIdentity, generation_id: str, chat_id: str) -> Generation:
         generation = await self.visible_generation(who, generation_id, chat_id)
-        if generation.owner.platform_user_id != who.platform_user_id or generation.owner.platform != who.platform:
+        if not await self._is_own(who, generation):
             raise Forbidden("Only the person who asked for these images can do that.")
         return generation
 

@@ -230,6 +230,8 @@ class FakeDiscord:
         self.channel_errors: dict[int, tuple[int, int, str]] = {}
         self.attachment_files: dict[str, bytes] = {}  # "<id>/<filename>" -> bytes, served under /attachments
         self.downloads: list[str] = []
+        self.entitlements: dict[str, dict[str, Any]] = {}  # by id: the application's, as Discord keeps them
+        self.consumed: list[str] = []  # entitlement ids, once per consume call
         self.commands: dict[str, list[dict[str, Any]]] = {}  # "global" or a guild id -> synced commands
         self.identifies: list[dict[str, Any]] = []
         self.heartbeats = 0
@@ -254,6 +256,8 @@ class FakeDiscord:
             ("POST", re.compile(r"/channels/(\d+)/messages"), self._channel_post),
             ("PATCH", re.compile(r"/channels/(\d+)/messages/(\d+)"), self._channel_message),
             ("DELETE", re.compile(r"/channels/(\d+)/messages/(\d+)"), self._channel_message),
+            ("GET", re.compile(r"/applications/(\d+)/entitlements"), self._list_entitlements),
+            ("POST", re.compile(r"/applications/(\d+)/entitlements/(\d+)/consume"), self._consume),
         ]
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -499,6 +503,23 @@ class FakeDiscord:
             upload_limit=upload_limit,
         )
 
+    def entitle(self, user: dict[str, Any], sku_id: int | str, *, test: bool = False) -> dict[str, Any]:
+        """The user bought a (consumable) SKU: the entitlement Discord keeps. Dispatch it with
+        `entitlement_event`, or leave it for the bot to find at start-up."""
+        entitlement = {
+            "id": str(self.snowflake()), "sku_id": str(sku_id), "application_id": str(self.application_id),
+            "user_id": user["id"], "type": 4 if test else 1, "deleted": False, "consumed": False,
+            "starts_at": None, "ends_at": None,
+        }
+        self.entitlements[entitlement["id"]] = entitlement
+        return entitlement
+
+    async def entitlement_event(self, event: str, entitlement: dict[str, Any]) -> None:
+        """ENTITLEMENT_CREATE, or ENTITLEMENT_DELETE (Discord refunded it: it is then deleted)."""
+        if event == "ENTITLEMENT_DELETE":
+            entitlement["deleted"] = True
+        await self.dispatch(event, dict(entitlement))
+
     async def redeliver(self, interaction: FakeInteraction) -> None:
         """The same event once more (gateways do redeliver, e.g. after a resume)."""
         await self.dispatch("INTERACTION_CREATE", interaction.payload)
@@ -722,6 +743,38 @@ class FakeDiscord:
             if match and method == request.method:
                 return await handler(request, body, files, *match.groups())
         return _error(404, 0, "404: Not Found")
+
+    # --- REST: entitlements ------------------------------------------------------------------------
+
+    async def _list_entitlements(self, request: web.Request, body: Any, files: list[Upload], app: str) -> web.Response:
+        if int(app) != self.application_id:
+            return _error(403, 50001, "Missing Access")
+        query = request.query
+        found = sorted(self.entitlements.values(), key=lambda e: int(e["id"]))
+        if query.get("user_id"):
+            found = [e for e in found if e["user_id"] == query["user_id"]]
+        if query.get("sku_ids"):
+            found = [e for e in found if e["sku_id"] in query["sku_ids"].split(",")]
+        if query.get("exclude_deleted", "true") == "true":
+            found = [e for e in found if not e["deleted"]]
+        limit = min(int(query.get("limit", 100)), 100)
+        if query.get("after"):
+            found = [e for e in found if int(e["id"]) > int(query["after"])][:limit]
+        else:
+            if query.get("before"):
+                found = [e for e in found if int(e["id"]) < int(query["before"])]
+            found = found[-limit:]
+        return _json(found)
+
+    async def _consume(self, request: web.Request, body: Any, files: list[Upload], app: str, eid: str) -> web.Response:
+        entitlement = self.entitlements.get(eid)
+        if int(app) != self.application_id or entitlement is None:
+            return _error(404, 10068, "Unknown Entitlement")
+        if entitlement["consumed"]:
+            return _error(400, 40074, "This entitlement has already been consumed.")  # as Discord words it
+        entitlement["consumed"] = True
+        self.consumed.append(eid)
+        return web.Response(status=204)
 
     # --- REST: the bot itself ------------------------------------------------------------------
 
@@ -981,6 +1034,10 @@ class FakeDiscord:
             if row.get("type") != 1 or not 1 <= len(buttons) <= 5:
                 return _form_error("components", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 5 in length.")
             for button in buttons:
+                if button.get("style") == 6 and (
+                    not button.get("sku_id") or any(button.get(k) for k in ("custom_id", "url", "label", "emoji"))
+                ):
+                    return _form_error("components", "BUTTON_COMPONENT_INVALID", "A premium button has only an sku_id")
                 custom_id = button.get("custom_id")
                 if custom_id is None:
                     continue

@@ -19,6 +19,7 @@ from bot.adapters.discord.acks import EarlyAcks
 from bot.adapters.discord.buttons import ActionButton, ButtonHandler
 from bot.adapters.discord.delivery import DiscordObserver
 from bot.adapters.discord.handlers import MAX_PROMPT_OPTION, DiscordHandlers
+from bot.adapters.discord.shop import EntitlementSettler, ShopHandlers, register_shop_commands
 from bot.adapters.frontend import StartFailed
 from bot.adapters.wording import GENERIC_ERROR
 from bot.config import ASPECT_RATIOS, Settings
@@ -26,6 +27,7 @@ from bot.core.metrics import PLATFORM_ERRORS
 from bot.core.models import ImagineRequest
 from bot.core.prompt import MAX_COUNT, MAX_SEED
 from bot.core.service import GenerationService
+from bot.core.shop import Shop
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,8 @@ class DiscordFrontEnd:
         self.settings = settings
         self.ready_timeout = ready_timeout or settings.discord_ready_timeout_seconds
         preview_interval = settings.discord_preview_interval_seconds
-        self.handlers = DiscordHandlers(service)
+        shop = Shop(service.pool, settings.credit_packs, service.credit_policy, frozenset(settings.banned_users))
+        self.handlers = ShopHandlers(service, shop)
         self.client = ImageBotClient(
             self.handlers,
             # Slash commands and buttons need no intent at all; `guilds` (not privileged) keeps discord.py's
@@ -102,6 +105,10 @@ class DiscordFrontEnd:
         )
         self.handlers.early_acks = self.early_acks
         register_commands(self.client.tree, self.handlers)
+        register_shop_commands(self.client.tree, self.handlers)
+        self.entitlements = EntitlementSettler(self.client, shop)
+        self.client.event(self.entitlements.on_entitlement_create)
+        self.client.event(self.entitlements.on_entitlement_delete)
         self.observer = DiscordObserver(self.client, clock=clock, preview_interval=preview_interval)
         self._connection: asyncio.Task[None] | None = None
 
@@ -134,6 +141,10 @@ class DiscordFrontEnd:
                 "Was the bot invited with the applications.commands scope?"
             ) from None
         self.early_acks.start()
+        try:
+            await self.entitlements.settle_missed()
+        except discord.HTTPException as error:  # not worth refusing to start over: the next start retries
+            log.warning("discord: listing entitlements failed: %s", error)
         log.info("discord: ready as %s (application %s)", self.client.user, self.client.application_id)
 
     async def _sync_commands(self) -> None:

@@ -216,7 +216,8 @@ def models_text(models: Sequence[ModelPrice], default: str) -> str:
 def balance_text(balance: Balance) -> str:
     if not balance.credits_enabled:
         return "Credits are off here: make as many images as you like.\nModels:\n" + _prices(balance.models, False)
-    return f"You have {plural(balance.balance, 'credit')}.\nPrices:\n" + _prices(balance.models, True)
+    bought = f" ({plural(balance.bought, 'credit')} of them bought)" if balance.bought else ""
+    return f"You have {plural(balance.balance, 'credit')}{bought}.\nPrices:\n" + _prices(balance.models, True)
 
 
 def help_text(bot_username: str, models: Sequence[ModelPrice], default_model: str) -> str:
@@ -239,7 +240,9 @@ def help_text(bot_username: str, models: Sequence[ModelPrice], default_model: st
         "📎 the original files (Telegram compresses photos), ✏️ a new prompt for that image.\n\n"
         "/history  your earlier images (in our private chat)\n"
         "/balance  your credits and the prices\n"
-        "/models  the models and what each costs\n\n"
+        "/models  the models and what each costs\n"
+        "/buy  buy credits with Telegram Stars (/terms, /paysupport)\n"
+        "/link  one account with your Discord\n\n"
         "Models:\n" + _prices(models, False)
     )
 
