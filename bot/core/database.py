@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import warnings
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 import asyncpg
 
@@ -17,6 +19,17 @@ log = logging.getLogger(__name__)
 
 # A connection of its own or one lent by the pool: the queries take either.
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+
+T = TypeVar("T")
+
+# The database out of reach (refused, dropped, shutting down, not answering), as opposed to refusing a
+# statement: worth waiting out.
+UNREACHABLE = (
+    OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError, asyncpg.InterfaceError
+)
+# Waits between attempts while it is out of reach: doubling from the first to the last.
+RETRY_FIRST_SECONDS = 0.25
+RETRY_MAX_SECONDS = 5.0
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 # Any constant works; it only has to be the same in every process of this bot.
@@ -45,6 +58,33 @@ class EmbeddedPostgres:
         if self._server is not None:
             self._server.cleanup()  # type: ignore[attr-defined]
             self._server = None
+
+
+async def persist(what: str, attempt: Callable[[], Awaitable[T]], give_up_after: float) -> T:
+    """`attempt()` again and again while the database is out of reach, waiting longer each time, one log
+    line per failure, for at most `give_up_after` seconds; then what the last attempt raised. Anything
+    else it raises is raised at once. `attempt` must be safe to repeat (its write may have landed even
+    though the answer was lost)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + give_up_after
+    wait = RETRY_FIRST_SECONDS
+    failures = 0
+    while True:
+        try:
+            return await attempt()
+        except UNREACHABLE as error:
+            failures += 1
+            if loop.time() + wait > deadline:
+                log.error("%s: database unreachable, giving up after %d attempts: %s", what, failures, _brief(error))
+                raise
+            log.warning("%s: database unreachable (attempt %d), retrying in %.1f s: %s",
+                        what, failures, wait, _brief(error))
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, RETRY_MAX_SECONDS)
+
+
+def _brief(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 async def create_pool(dsn: str, max_size: int) -> asyncpg.Pool:

@@ -152,6 +152,17 @@ async def finish(
     return finished
 
 
+async def recorded(conn: Connection, generation_id: str, owner: str, status: GenerationStatus) -> Generation | None:
+    """The job if it is already recorded as `owner` ended it with `status`: a finish whose answer was lost
+    to a dropped connection may have landed."""
+    row = await conn.fetchrow(
+        f"""SELECT {GENERATION_COLUMNS} FROM image.generations g JOIN image.users u ON u.id = g.user_id
+            WHERE g.id = $1 AND g.lease_owner = $2 AND g.status = $3 AND g.finished_at IS NOT NULL""",
+        generation_id, owner, status,
+    )
+    return generation_from_row(row) if row else None
+
+
 async def cancel(
     conn: Connection, generation_id: str, message: str, owner: str, lease_seconds: float
 ) -> int | None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from bot.core import generations, queue
+from bot.core import database, generations, queue
 from bot.core.batches import GroupedWriter
 from bot.core.events import DeliveryReceipt, JobObserver
 from bot.core.jobs.storing import StoredImages
@@ -17,6 +17,11 @@ from bot.core.logcontext import job_id
 from bot.core.models import Generation, GenerationStatus, ImageFile
 
 log = logging.getLogger(__name__)
+
+# How long a result already shown waits for the database to record it (the job's finish, its delivery).
+# Giving up lets the lease run out and the job be run or shown again, so this is long: only the jobs in
+# this process's slots wait, holding their images.
+RECORD_RETRY_SECONDS = 30 * 60
 
 
 @dataclass(frozen=True)
@@ -71,8 +76,13 @@ class Delivery:
         return Sent(True)
 
     async def record(self, generation: Generation, sent: Sent) -> None:
-        """Mark the job delivered, with its receipt. Cancelling the wait does not stop the write."""
-        await self.receipts.submit(queue.Delivered(generation.id, generation.destination.platform, sent.receipt))
+        """Mark the job delivered, with its receipt, waiting out the database being out of reach (marking
+        twice is harmless). Cancelling the wait does not stop the write."""
+        delivered = queue.Delivered(generation.id, generation.destination.platform, sent.receipt)
+        await database.persist(
+            f"job {generation.id}: recording its delivery", lambda: self.receipts.submit(delivered),
+            RECORD_RETRY_SECONDS,
+        )
 
     async def write_receipts(self, delivered: Sequence[queue.Delivered]) -> list[None]:
         async with self.pool.acquire() as conn:

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from bot.core import credits, queue
+from bot.core import credits, database, queue
 from bot.core.batches import GroupedWriter
 from bot.core.errors import ProviderError
-from bot.core.jobs.delivery import Delivery, Sent
+from bot.core.jobs.delivery import RECORD_RETRY_SECONDS, Delivery, Sent
 from bot.core.jobs.job_runner import JobRunner, Made
 from bot.core.jobs.record_barrier import RecordBarrier
 from bot.core.jobs.scheduler import Lease
@@ -106,9 +106,22 @@ class JobLifecycle:
     async def _record(
         self, generation: Generation, outcome: queue.Outcome, stored: Sequence[ImageRecord]
     ) -> Generation | None:
-        """Record the job's outcome: the finished job, or None if it is no longer ours."""
-        try:
+        """Record the job's outcome: the finished job, or None if it is no longer ours. While the database
+        is out of reach it is retried (the images may be in the chat already: the job must not run again)."""
+        attempts = 0
+
+        async def attempt() -> Generation | None:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                async with self.pool.acquire() as conn:
+                    landed = await queue.recorded(conn, generation.id, self.lease.owner, outcome.status)
+                if landed is not None:
+                    return landed
             return await self.finishes.submit(queue.Finished(generation.id, outcome))
+
+        try:
+            return await database.persist(f"job {generation.id}: recording its result", attempt, RECORD_RETRY_SECONDS)
         except Exception:
             # Not on cancellation (a BaseException): the batch is written regardless, and an orphaned file
             # is better than a recorded image without its file.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from bot.core import queue
+from bot.core import database, queue
 from bot.core.models import Generation
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
+        # When this process may next take over other processes' jobs (see recover).
+        self._takeover_after = 0.0
 
     @property
     def running(self) -> int:
@@ -98,13 +101,26 @@ class Scheduler:
                 await self._deliver(generation_id)
 
     async def recover(self) -> None:
-        """Renew our leases; requeue or fail jobs whose lease ran out; deliver what nobody delivered."""
+        """Renew our leases; requeue or fail jobs whose lease ran out; deliver what nobody delivered.
+
+        After the database was out of reach, every lease ran out meanwhile, those of live processes too
+        (this one's included, still recording what it showed). So takeovers wait one lease length after
+        the database is back: each live owner renews within a third of it, before anyone takes its jobs."""
         platforms, owner, seconds = list(self.platforms), self.lease.owner, self.lease.seconds
-        async with self.pool.acquire() as conn:
-            if self._tasks:
-                await queue.renew_leases(conn, owner, list(self._tasks), seconds)
-            failed = await queue.recover_expired(conn, platforms, owner, seconds)
-            undelivered = await queue.claim_undelivered(conn, platforms, owner, seconds)
+        now = asyncio.get_running_loop().time()
+        try:
+            async with self.pool.acquire() as conn:
+                if self._tasks:
+                    await queue.renew_leases(conn, owner, list(self._tasks), seconds)
+                if self._takeover_after == math.inf:  # the first round with the database back
+                    self._takeover_after = now + seconds
+                if now < self._takeover_after:
+                    return
+                failed = await queue.recover_expired(conn, platforms, owner, seconds)
+                undelivered = await queue.claim_undelivered(conn, platforms, owner, seconds)
+        except database.UNREACHABLE:
+            self._takeover_after = math.inf
+            raise
         for generation_id in [*failed, *undelivered]:
             if generation_id not in self._tasks:
                 self._spawn(generation_id, self._deliver(generation_id))
