@@ -11,17 +11,13 @@ import asyncpg
 
 from bot.core import database, generations, queue
 from bot.core.batches import GroupedWriter
-from bot.core.events import DeliveryReceipt, JobObserver
+from bot.core.events import DeliversInParts, DeliveryReceipt, JobObserver
+from bot.core.jobs.receipts import RECORD_RETRY_SECONDS, Receipts
 from bot.core.jobs.storing import StoredImages
 from bot.core.logcontext import job_id
 from bot.core.models import Generation, GenerationStatus, ImageFile
 
 log = logging.getLogger(__name__)
-
-# How long a result already shown waits for the database to record it (the job's finish, its delivery).
-# Giving up lets the lease run out and the job be run or shown again, so this is long: only the jobs in
-# this process's slots wait, holding their images.
-RECORD_RETRY_SECONDS = 30 * 60
 
 
 @dataclass(frozen=True)
@@ -37,8 +33,9 @@ class Delivery:
         self.pool = pool
         self.images = images
         self.observers = observers  # filled in by the front ends as they register
+        self.receipts = Receipts(pool)
         # Jobs delivered at about the same time are marked in one statement (see batches).
-        self.receipts: GroupedWriter[queue.Delivered, None] = GroupedWriter(self.write_receipts)
+        self.marks: GroupedWriter[queue.Delivered, None] = GroupedWriter(self.write_marks)
 
     async def deliver(self, generation_id: str) -> bool:
         """Hand a finished job, as recorded, to its front end. True once delivered; on a platform error it
@@ -64,6 +61,10 @@ class Delivery:
         if observer is None:
             return Sent(False)
         try:
+            if generation.status.has_images and isinstance(observer, DeliversInParts):
+                parts = await self.receipts.for_job(generation.id)
+                receipt = await observer.on_completed_in_parts(generation, files, parts)
+                return Sent(True, receipt or parts.receipt())
             if generation.status.has_images:
                 return Sent(True, await observer.on_completed(generation, files))
             if generation.status == GenerationStatus.CANCELLED:
@@ -80,11 +81,11 @@ class Delivery:
         twice is harmless). Cancelling the wait does not stop the write."""
         delivered = queue.Delivered(generation.id, generation.destination.platform, sent.receipt)
         await database.persist(
-            f"job {generation.id}: recording its delivery", lambda: self.receipts.submit(delivered),
+            f"job {generation.id}: recording its delivery", lambda: self.marks.submit(delivered),
             RECORD_RETRY_SECONDS,
         )
 
-    async def write_receipts(self, delivered: Sequence[queue.Delivered]) -> list[None]:
+    async def write_marks(self, delivered: Sequence[queue.Delivered]) -> list[None]:
         async with self.pool.acquire() as conn:
             await queue.mark_delivered(conn, delivered)
         return [None] * len(delivered)

@@ -17,8 +17,9 @@ import asyncpg
 from bot.core import credits, database, queue
 from bot.core.batches import GroupedWriter
 from bot.core.errors import ProviderError
-from bot.core.jobs.delivery import RECORD_RETRY_SECONDS, Delivery, Sent
+from bot.core.jobs.delivery import Delivery, Sent
 from bot.core.jobs.job_runner import JobRunner, Made
+from bot.core.jobs.receipts import RECORD_RETRY_SECONDS
 from bot.core.jobs.record_barrier import RecordBarrier
 from bot.core.jobs.scheduler import Lease
 from bot.core.jobs.storing import StoredImages

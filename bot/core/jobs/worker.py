@@ -15,6 +15,7 @@ from bot.core.events import JobObserver
 from bot.core.jobs.delivery import Delivery
 from bot.core.jobs.job_runner import JobRunner
 from bot.core.jobs.lifecycle import JobLifecycle
+from bot.core.jobs.receipts import Receipts
 from bot.core.jobs.record_barrier import RecordBarrier
 from bot.core.jobs.scheduler import Lease, Scheduler, WorkerLimits
 from bot.core.jobs.storing import StoredImages
@@ -56,6 +57,13 @@ class Worker:
 
     async def stop(self, grace_seconds: float) -> None:
         await self.scheduler.stop(grace_seconds)
+
+    # --- for the front ends ------------------------------------------------------------------
+
+    @property
+    def receipts(self) -> Receipts:
+        """Where a front end records each part of a result as its platform accepts it (see receipts)."""
+        return self.delivery.receipts
 
     # --- for the service -----------------------------------------------------------------------
 
