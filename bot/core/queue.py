@@ -221,6 +221,16 @@ async def mark_delivered(conn: Connection, delivered: Sequence[Delivered]) -> No
     )
 
 
+async def release_undelivered(conn: Connection, owner: str, ids: Sequence[str]) -> None:
+    """Of these jobs, the recorded ones `owner` was still delivering when it stopped: free them for the next
+    start to deliver at once, rather than after their lease runs out."""
+    await conn.execute(
+        """UPDATE image.generations SET lease_owner = NULL, lease_expires_at = NULL
+           WHERE id = ANY($2) AND lease_owner = $1 AND delivered_at IS NULL AND finished_at IS NOT NULL""",
+        owner, list(ids),
+    )
+
+
 async def recover_expired(
     conn: Connection, platforms: Sequence[str], owner: str, lease_seconds: float
 ) -> list[str]:

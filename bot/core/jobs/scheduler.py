@@ -82,14 +82,17 @@ class Scheduler:
             task.cancel()
 
     async def stop(self, grace_seconds: float) -> None:
-        """Take no new work, give running jobs `grace_seconds`, then fail and refund the rest."""
+        """Take no new work, give running jobs `grace_seconds`, then stop the rest."""
         self._stopping = True
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=grace_seconds)
-        for generation_id, task in list(self._tasks.items()):
+        # A job stopped before its images were made is failed and refunded; one stopped later was recorded
+        # by its run (charged, images kept) and is left undelivered for the next start.
+        stopped = list(self._tasks.items())
+        for generation_id, task in stopped:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -99,6 +102,9 @@ class Scheduler:
                 )
             if ended is not None:
                 await self._deliver(generation_id)
+        if stopped:
+            async with self.pool.acquire() as conn:
+                await queue.release_undelivered(conn, self.lease.owner, [generation_id for generation_id, _ in stopped])
 
     async def recover(self) -> None:
         """Renew our leases; requeue or fail jobs whose lease ran out; deliver what nobody delivered.
