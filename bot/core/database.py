@@ -83,6 +83,22 @@ async def persist(what: str, attempt: Callable[[], Awaitable[T]], give_up_after:
         wait = min(wait * 2, RETRY_MAX_SECONDS)
 
 
+async def reachable(dsn: str, wait_seconds: float) -> str:
+    """`dsn` once the database there accepts a connection, waiting up to `wait_seconds` for it (one log
+    line per attempt). If it never does, the process exits with one line, not a traceback."""
+
+    async def attempt() -> None:
+        conn = await asyncpg.connect(dsn, timeout=RETRY_MAX_SECONDS)
+        await conn.close()
+
+    try:
+        await persist("waiting for the database", attempt, wait_seconds)
+    except UNREACHABLE:
+        # persist has said why, in its last line.
+        raise SystemExit(1) from None
+    return dsn
+
+
 def _brief(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
