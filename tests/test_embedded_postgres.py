@@ -40,16 +40,24 @@ def wait_until(predicate, within: float = 60.0):  # type: ignore[no-untyped-def]
 def test_a_sigkilled_bots_postgres_is_reused_then_stopped(tmp_path: Path) -> None:
     pg_data = tmp_path / "postgres"
     handles = pg_data / ".handle_pids.json"
+    errors = (tmp_path / "console.err").open("w")
     console = subprocess.Popen(
         [sys.executable, "-m", "bot", "console"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, cwd=tmp_path, env=bot_env(tmp_path),
+        stderr=errors, cwd=tmp_path, env=bot_env(tmp_path),
     )
+
+    def using_the_server() -> bool:
+        assert console.poll() is None, (tmp_path / "console.err").read_text()
+        return handles.exists() and console.pid in json.loads(handles.read_text())
+
     try:
-        wait_until(lambda: handles.exists() and console.pid in json.loads(handles.read_text()))
+        # Slow under load: the wheel starts servers one at a time, machine-wide.
+        wait_until(using_the_server, within=180)
         wait_until(lambda: servers_on(pg_data))
     finally:
         console.send_signal(signal.SIGKILL)
         console.wait(10)
+        errors.close()
     assert servers_on(pg_data), "the server outlives the SIGKILL (what the next start must deal with)"
     try:
         migrate = subprocess.run(
