@@ -14,12 +14,15 @@ from typing import Any
 
 import asyncpg
 
-from bot.core import database, queue
+from bot.core import database, inbox, queue
 from bot.core.models import Generation
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_MESSAGE = "The bot was restarted before your images were ready."
+
+# How often handled inbox entries are trimmed (the lease loop does it).
+TRIM_INBOX_EVERY_SECONDS = 3600.0
 
 # What the database failing looks like to the loops: they log it and try again on their next round.
 DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -64,6 +67,7 @@ class Scheduler:
         self._loops: list[asyncio.Task[None]] = []
         # When this process may next take over other processes' jobs (see recover).
         self._takeover_after = 0.0
+        self._trim_inbox_after = 0.0
 
     @property
     def running(self) -> int:
@@ -163,13 +167,21 @@ class Scheduler:
             free = self.limits.max_jobs - len(self._tasks)
 
     async def _lease_loop(self) -> None:
-        """Keep our leases alive, and take over the jobs of processes that died."""
+        """Keep our leases alive, take over the jobs of processes that died, trim the inbox."""
         while not self._stopping:
             await asyncio.sleep(self.lease.seconds / 3)
             try:
                 await self.recover()
+                await self._trim_inbox()
             except DATABASE_ERRORS as error:
                 log.warning("lease upkeep failed, will retry: %s", error)
+
+    async def _trim_inbox(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now >= self._trim_inbox_after:
+            async with self.pool.acquire() as conn:
+                await inbox.trim_handled(conn)
+            self._trim_inbox_after = now + TRIM_INBOX_EVERY_SECONDS
 
     def _spawn(self, generation_id: str, work: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(work)
