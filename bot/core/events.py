@@ -48,8 +48,10 @@ class JobObserver(Protocol):
     delivery is retried later (the job stays undelivered); errors in progress updates are only logged.
 
     Ordering: the worker is woken before on_queued is sent (a job should not wait for a chat round trip),
-    so on_started and even on_completed may arrive while on_queued is still running. Each event is sent
-    once, in order per job except for that overlap."""
+    so on_started and on_preview may arrive while on_queued is still running; the final event (completed,
+    failed, cancelled) waits until on_queued has returned and its id is stored, and carries that id in
+    job.destination.message_id (see jobs/announcements). Each event is sent once, in order per job except
+    for that overlap."""
 
     platform: str
 

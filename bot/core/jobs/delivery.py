@@ -12,6 +12,7 @@ import asyncpg
 from bot.core import database, generations, queue
 from bot.core.batches import GroupedWriter
 from bot.core.events import DeliversInParts, DeliveryReceipt, JobObserver
+from bot.core.jobs.announcements import Announcements
 from bot.core.jobs.receipts import RECORD_RETRY_SECONDS, Receipts
 from bot.core.jobs.storing import StoredImages
 from bot.core.logcontext import job_id
@@ -29,8 +30,12 @@ class Sent:
 
 
 class Delivery:
-    def __init__(self, pool: asyncpg.Pool, images: StoredImages, observers: Mapping[str, JobObserver]) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, images: StoredImages, observers: Mapping[str, JobObserver],
+        announcements: Announcements,
+    ) -> None:
         self.pool = pool
+        self.announcements = announcements
         self.images = images
         self.observers = observers  # filled in by the front ends as they register
         self.receipts = Receipts(pool)
@@ -60,6 +65,7 @@ class Delivery:
         observer = self.observers.get(generation.destination.platform)
         if observer is None:
             return Sent(False)
+        generation = await self.announcements.settled(generation)
         try:
             if generation.status.has_images and isinstance(observer, DeliversInParts):
                 parts = await self.receipts.for_job(generation.id)
