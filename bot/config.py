@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     data_dir: Path = Path("data")
     db_pool_max_size: int = Field(default=10, ge=2, le=200)
+    db_connect_timeout_seconds: float = Field(default=60.0, ge=0)
 
     # Storage of image files
     storage_backend: Literal["local", "s3"] = "local"

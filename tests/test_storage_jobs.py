@@ -198,9 +198,9 @@ async def test_a_job_read_right_after_it_is_shown_has_the_chats_file_refs(runtim
         async def slow_receipts(delivered):  # type: ignore[no-untyped-def]
             receipts_writing.set()
             await go_on.wait()
-            return await delivery.write_receipts(delivered)
+            return await delivery.write_marks(delivered)
 
-        delivery.receipts = GroupedWriter(slow_receipts)
+        delivery.marks = GroupedWriter(slow_receipts)
         rt.register(observer)
         await rt.start()
         accepted = await rt.service.imagine(ALICE, ImagineRequest("resend me", count=2), HERE)

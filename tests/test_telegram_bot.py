@@ -24,7 +24,7 @@ from bot.core.providers.base import GeneratedImage, PreviewCallback, ProviderCal
 from tests.conftest import USER_BALANCE, make_settings, wait_for
 from tests.fakes.core import ScriptedProvider, scripted_model
 from tests.fakes.openai_server import fake_openai_server, moderation_blocked, png_bytes, slow
-from tests.fakes.tcp_proxy import CuttableProxy
+from tests.fakes.tcp_proxy import TcpProxy
 from tests.fakes.telegram_harness import RuntimeFactory, running_bot, telegram_settings
 from tests.fakes.telegram_server import (
     BOT_USERNAME,
@@ -637,9 +637,9 @@ async def test_a_database_outage_gets_the_designed_answer_not_an_error(
 ) -> None:
     """/start, /history and /balance answer "can't reach its database, nothing was charged" like /imagine,
     with no ERROR traceback: a BotError is mapped to words in one place for every handler."""
-    proxy = CuttableProxy(db_dsn)
+    proxy = TcpProxy.for_dsn(db_dsn)
     await proxy.start()
-    bot_pool = await database.create_pool(proxy.proxied_dsn, 4)
+    bot_pool = await database.create_pool(proxy.dsn(db_dsn), 4)
     ann = fake.user(ANN, "Ann")
     settings = make_settings(tmp_path, **telegram_settings(fake))
     try:
@@ -653,6 +653,7 @@ async def test_a_database_outage_gets_the_designed_answer_not_an_error(
                 replies = await fake.wait_sent("sendMessage", ANN, count=3)
     finally:
         bot_pool.terminate()
+        await proxy.close()
     for reply in replies:
         assert reply.params["text"] == TemporarilyUnavailable().user_message
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -682,18 +683,20 @@ async def test_polling_sends_whole_seconds_and_a_stop_mid_poll_logs_no_error(
 async def test_a_connection_dropped_mid_poll_is_a_warning_and_polling_goes_on(
     runtime_factory: RuntimeFactory, fake: FakeTelegram, caplog: pytest.LogCaptureFixture
 ) -> None:
-    proxy = CuttableProxy(fake.base_url.removesuffix("/bot"))
+    api = fake.base_url.removesuffix("/bot")
+    proxy = TcpProxy.for_dsn(api)
     await proxy.start()
     ann = fake.user(ANN, "Ann")
-    settings = telegram_settings(fake, telegram_base_url=proxy.proxied_dsn + "/bot")
+    settings = telegram_settings(fake, telegram_base_url=proxy.dsn(api) + "/bot")
     async with runtime_factory(front_ends=[TelegramFrontEnd], **settings) as runtime:
         await runtime.start()
         with caplog.at_level(logging.INFO):
             await wait_for(lambda: fake._in_flight.get("getUpdates", 0) == 1)
             await proxy.cut()
-            await proxy.heal()
+            await proxy.start()
             fake.send(ann, "/help")
             await fake.wait_sent("sendMessage", ANN)
+    await proxy.close()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert [r for r in caplog.records if r.levelno == logging.WARNING and "polling" in r.getMessage()]
 

@@ -68,6 +68,10 @@ class JobControl(Protocol):
 
     def wake(self) -> None: ...
 
+    def announcing(self, generation_id: str) -> None: ...
+
+    def announced(self, generation_id: str, message_id: str | None) -> None: ...
+
     async def cancel(self, generation_id: str) -> bool: ...
 
     async def wait_for_records(self, ids: Sequence[str] = (), owner: UserIdentity | None = None) -> None: ...
@@ -363,6 +367,7 @@ class GenerationService:
         who = new.owner
         log.info("job %s accepted: %s by %s:%s, cost %d", generation.id, new.kind, who.platform, who.platform_user_id,
                  new.cost)
+        self.jobs.announcing(generation.id)
         self.jobs.wake()
         await self._announce(generation, acceptance.ahead)
         return Accepted(generation, acceptance.ahead, acceptance.balance if self.credit_policy.enabled else None)
@@ -385,17 +390,22 @@ class GenerationService:
         return Accepted(existing, position, balance if self.credit_policy.enabled else None, duplicate=True)
 
     async def _announce(self, generation: Generation, position: int) -> None:
-        observer = self.observers.get(generation.destination.platform)
-        if observer is None:
-            return
+        """Post the status message and store its id; the job's result waits for both (see announcements)."""
+        message_id: str | None = None
         try:
-            message_id = await observer.on_queued(generation, position)
-        except Exception:
-            log.warning("job %s: queued notification failed", generation.id, exc_info=True)
-            return
-        if message_id is not None:
-            async with self.pool.acquire() as conn:
-                await generations.set_message(conn, generation.id, message_id, None)
+            observer = self.observers.get(generation.destination.platform)
+            if observer is None:
+                return
+            try:
+                message_id = await observer.on_queued(generation, position)
+            except Exception:
+                log.warning("job %s: queued notification failed", generation.id, exc_info=True)
+                return
+            if message_id is not None:
+                async with self.pool.acquire() as conn:
+                    await generations.set_message(conn, generation.id, message_id, None)
+        finally:
+            self.jobs.announced(generation.id, message_id)
 
     # --- acting on a generation ----------------------------------------------------------------
 
