@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     worker_poll_seconds: float = Field(default=1.0, gt=0)
     job_deadline_seconds: float = Field(default=600.0, gt=0)
     shutdown_grace_seconds: float = Field(default=20.0, ge=0)
+    # How long a process holds an inbox event it is handling before another may (it died mid-way).
+    inbox_claim_seconds: float = Field(default=120.0, ge=1)
     prompt_max_chars: int = Field(default=1000, ge=10, le=4000)
     # Words (or phrases) refused in prompts, checked before anything is charged. Comma-separated.
     banned_words: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -632,11 +632,12 @@ async def test_webhook_accepts_the_secret_token_and_rejects_requests_without_it(
     assert len(fake.sent("sendPhoto", ANN)) == 1
 
 
-async def test_a_database_outage_gets_the_designed_answer_not_an_error(
+async def test_a_database_outage_holds_updates_until_they_can_be_recorded(
     fake: FakeTelegram, db_dsn: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """/start, /history and /balance answer "can't reach its database, nothing was charged" like /imagine,
-    with no ERROR traceback: a BotError is mapped to words in one place for every handler."""
+    """An update is confirmed to Telegram only once it is in the inbox: while the database is unreachable
+    nothing is confirmed or answered (an answer then would contradict the request handled later), and once
+    it is back each update is handled once, with no ERROR traceback on the way."""
     proxy = TcpProxy.for_dsn(db_dsn)
     await proxy.start()
     bot_pool = await database.create_pool(proxy.dsn(db_dsn), 4)
@@ -645,17 +646,23 @@ async def test_a_database_outage_gets_the_designed_answer_not_an_error(
     try:
         telegram = [lambda settings, service: TelegramFrontEnd(settings, service, poll_timeout=1)]
         async with bootstrap(settings, telegram, pool=bot_pool) as runtime:
-            await runtime.start_front_ends()  # no worker: only the handlers meet the outage
+            await runtime.start_front_ends()  # no worker: only the intake meets the outage
             await proxy.cut()
             with caplog.at_level(logging.INFO):
                 for command in ("/start", "/history", "/balance"):
                     fake.send(ann, command)
-                replies = await fake.wait_sent("sendMessage", ANN, count=3)
+                polls = len(fake.sent("getUpdates"))
+                await wait_for(lambda: len(fake.sent("getUpdates")) >= polls + 2, within=10)
+                assert not fake.sent("sendMessage", ANN)
+                assert len(fake._updates) == 3  # not confirmed: Telegram still holds them
+                await proxy.start()
+                replies = await fake.wait_sent("sendMessage", ANN, count=3, within=15)
     finally:
         bot_pool.terminate()
         await proxy.close()
+    assert len(fake.sent("sendMessage", ANN)) == 3
     for reply in replies:
-        assert reply.params["text"] == TemporarilyUnavailable().user_message
+        assert reply.params["text"] != TemporarilyUnavailable().user_message
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 

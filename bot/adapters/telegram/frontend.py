@@ -29,12 +29,14 @@ from bot.adapters.frontend import StartFailed
 from bot.adapters.telegram.context import PLATFORM
 from bot.adapters.telegram.delivery import ProgressTiming, TelegramObserver
 from bot.adapters.telegram.history import HistorySender
+from bot.adapters.telegram.intake import OncePerUpdate, TelegramIntake
 from bot.adapters.telegram.payments import BUY_PREFIX, ShopHandlers
 from bot.adapters.telegram.ratelimit import FloodWaitLimiter
 from bot.adapters.telegram.sending import Sender
 from bot.adapters.telegram.updates import PaymentsFirst
 from bot.adapters.telegram.webhook import WebhookServer, derived_secret, webhook_path
 from bot.config import Settings
+from bot.core.inbox import Inbox
 from bot.core.service import GenerationService
 from bot.core.shop import Shop
 
@@ -79,12 +81,18 @@ ADMIN_COMMANDS = [
 
 
 class PagedBot(ExtBot[int]):
-    """PTB's bot, whose long polling fetches at most UPDATES_PER_POLL updates at a time."""
+    """PTB's bot, whose long polling fetches at most UPDATES_PER_POLL updates at a time and records each
+    batch in the inbox before PTB can confirm it (see intake)."""
+
+    def __init__(self, *args: Any, intake: TelegramIntake, **kwargs: Any) -> None:
+        self._intake = intake  # protected: PTB freezes the public attributes
+        super().__init__(*args, **kwargs)
 
     async def get_updates(
         self, offset: int | None = None, limit: int | None = None, *args: Any, **kwargs: Any
     ) -> Any:
-        return await super().get_updates(offset, limit or UPDATES_PER_POLL, *args, **kwargs)
+        updates = await super().get_updates(offset, limit or UPDATES_PER_POLL, *args, **kwargs)
+        return await self._intake.fetched(updates)
 
 
 class TelegramFrontEnd:
@@ -104,8 +112,10 @@ class TelegramFrontEnd:
         self.poll_timeout = poll_timeout
         self._token = settings.telegram_token.get_secret_value()
         self.webhook_url = settings.telegram_webhook_url
+        self.intake = TelegramIntake(Inbox(service.pool, settings.inbox_claim_seconds))
         bot = PagedBot(
             self._token,
+            intake=self.intake,
             base_url=settings.telegram_base_url,
             base_file_url=settings.telegram_base_file_url,
             # PTB's default pool of 256 connections costs CPU on every request (httpcore scans it); a few
@@ -124,7 +134,8 @@ class TelegramFrontEnd:
             arbitrary_callback_data=False,
             rate_limiter=FloodWaitLimiter(),
         )
-        builder = Application.builder().bot(bot).concurrent_updates(PaymentsFirst(CONCURRENT_UPDATES)).job_queue(None)
+        processor = OncePerUpdate(PaymentsFirst(CONCURRENT_UPDATES), self.intake)
+        builder = Application.builder().bot(bot).concurrent_updates(processor).job_queue(None)
         if self.webhook_url:
             builder = builder.updater(None)  # updates come from our webhook server instead
         self.application = builder.build()
@@ -181,6 +192,7 @@ class TelegramFrontEnd:
         self.handlers.bot_username = app.bot.username or ""
         await self._set_commands()
         await app.start()
+        await self.intake.start(app)  # what an earlier process recorded, before anything new is fetched
         if self.webhook_url:
             secret = (
                 self.settings.telegram_webhook_secret.get_secret_value()
@@ -188,7 +200,7 @@ class TelegramFrontEnd:
                 else derived_secret(self._token)
             )
             self._webhook = WebhookServer(
-                app, app.bot, webhook_path(self.webhook_url), secret,
+                app, app.bot, self.intake, webhook_path(self.webhook_url), secret,
                 self.settings.telegram_webhook_listen, self.settings.telegram_webhook_port,
             )
             await self._webhook.start()
@@ -241,6 +253,7 @@ class TelegramFrontEnd:
     async def stop_taking_work(self) -> None:
         """No new updates; the ones already received finish. The bot can still deliver running jobs."""
         self._started = False
+        await self.intake.stop()
         if self._webhook is not None:
             await self._webhook.stop()
             self._webhook = None

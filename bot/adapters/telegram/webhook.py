@@ -4,7 +4,9 @@ terminates TLS and forwards to this listener).
 A small aiohttp server rather than PTB's `start_webhook`, which needs tornado (the optional
 `python-telegram-bot[webhooks]` extra); aiohttp is already installed. It does what PTB's does: check the
 secret token Telegram echoes in a header, hand the update to the Application's queue, answer 200 at once
-(Telegram resends on anything else, and the update is processed concurrently afterwards)."""
+(Telegram resends on anything else, and the update is processed concurrently afterwards). Unlike PTB's, the
+update is recorded in the inbox before the 200: Telegram forgets an update it got a 200 for, so one held
+only in memory would be lost with the process."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from telegram import Bot, Update
 from telegram.ext import Application
+
+from bot.adapters.telegram.intake import TelegramIntake
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +38,13 @@ def derived_secret(bot_token: str) -> str:
 
 
 class WebhookServer:
-    def __init__(self, application: Application, bot: Bot, path: str, secret: str, listen: str, port: int) -> None:
+    def __init__(
+        self, application: Application, bot: Bot, intake: TelegramIntake, path: str, secret: str, listen: str,
+        port: int,
+    ) -> None:
         self.application = application
         self.bot = bot
+        self.intake = intake
         self.path = path
         self.secret = secret.encode()
         self.listen = listen
@@ -78,5 +86,11 @@ class WebhookServer:
         except Exception:
             log.warning("telegram: webhook body is not an Update", exc_info=True)
             return web.Response(status=400)
+        try:
+            await self.intake.record([update])
+        except Exception:
+            # Not written down: Telegram keeps the update and sends it again.
+            log.warning("telegram: webhook update %s not recorded; asking Telegram to resend it", update.update_id)
+            return web.Response(status=503)
         await self.application.update_queue.put(update)
         return web.Response(status=200)
