@@ -131,3 +131,32 @@ async def _first(awaitable: Any) -> Any:
 
 async def _equals(awaitable: Any, expected: Any) -> bool:
     return await awaitable == expected
+
+
+async def test_sigkill_after_the_photo_was_accepted_then_restart_posts_it_no_more(
+    fake: FakeTelegram, db_dsn: str, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    # The photo is in the chat and has its receipt; retiring the status message hangs, so the job is not
+    # marked delivered when the process dies.
+    fake.delay("deleteMessage", 30, chat_id=611)
+    bot = start_bot(fake, db_dsn, tmp_path)
+    try:
+        fake.send(fake.user(611, "Ann"), "/imagine a lighthouse posted once")
+        await wait_for(lambda: pool.fetchval("SELECT count(*) = 1 FROM image.delivery_parts WHERE part = 'photo'"),
+                       within=30)
+        await wait_for(lambda: fake._in_flight.get("deleteMessage", 0) == 1, within=30)
+        assert not await pool.fetchval("SELECT delivered_at IS NOT NULL FROM image.generations")
+        bot.kill()
+        await wait_exit(bot)
+    finally:
+        if bot.poll() is None:
+            bot.kill()
+    fake.delay("deleteMessage", 0, chat_id=611)
+    restarted = start_bot(fake, db_dsn, tmp_path)
+    try:
+        await wait_for(lambda: pool.fetchval("SELECT delivered_at IS NOT NULL FROM image.generations"), within=30)
+    finally:
+        restarted.kill()
+        await wait_exit(restarted)
+    assert len(fake.sent("sendPhoto", 611)) == 1
+    assert await pool.fetchval(f"{USER_BALANCE} WHERE platform_user_id = '611'") == 19

@@ -21,12 +21,18 @@ from telegram.error import TelegramError
 from bot.adapters.telegram import buttons, render
 from bot.adapters.telegram.context import PLATFORM, ReplyContext
 from bot.adapters.telegram.sending import ChatGone, PhotoSource, Sender, largest_file_id
-from bot.core.events import DeliveryReceipt
+from bot.core.events import DeliveredParts, DeliveryReceipt, PartReceipt
 from bot.core.models import Generation, ImageFile
 from bot.core.service import GenerationService
 from bot.core.storage.base import EXTENSIONS
 
 log = logging.getLogger(__name__)
+
+# A result's parts (see bot.core.jobs.receipts): a single image is one photo carrying the buttons; more are
+# an album, then a message under it carrying them (albums can't have buttons).
+PHOTO = "photo"
+ALBUM = "album"
+BUTTONS = "buttons"
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,15 @@ class TelegramObserver:
             log.debug("job %s: preview not shown: %s", job.id, error)
 
     async def on_completed(self, job: Generation, images: Sequence[ImageFile]) -> DeliveryReceipt | None:
+        # Only for a job without images (the core hands images to on_completed_in_parts): say so.
+        return await self.on_completed_in_parts(job, images, _NothingSent())
+
+    async def on_completed_in_parts(
+        self, job: Generation, images: Sequence[ImageFile], parts: DeliveredParts
+    ) -> DeliveryReceipt | None:
+        """The photo (or the album, then the message carrying its buttons), each recorded as a part as soon
+        as Telegram accepts it: delivering again (after a crash, a failed buttons message) posts only what
+        has no receipt."""
         self._stop_activity(job.id)
         at = ReplyContext.from_job(job)
         status_id = await self._status_id(job)
@@ -137,42 +152,41 @@ class TelegramObserver:
             return DeliveryReceipt()
         records = [image.record for image in ordered]
         keyboard = buttons.result_keyboard(job, records)
-        refs: dict[str, str] = {}
         try:
             if len(ordered) == 1:
-                message = await self.sender.photo(
-                    at.chat_id, photo_source(ordered[0]), caption=render.result_caption(job, records, at.in_group),
-                    filename=photo_filename(job, ordered[0]), reply_to=at.reply_to, thread_id=at.thread_id,
-                    keyboard=keyboard,
-                )
-                refs.update(_refs(ordered, [message]))
-                result_id = message.message_id
+                if PHOTO not in parts.sent:
+                    message = await self.sender.photo(
+                        at.chat_id, photo_source(ordered[0]),
+                        caption=render.result_caption(job, records, at.in_group),
+                        filename=photo_filename(job, ordered[0]), reply_to=at.reply_to, thread_id=at.thread_id,
+                        keyboard=keyboard,
+                    )
+                    await parts.record(PHOTO, str(message.message_id), _refs(ordered, [message]))
             else:
-                album_id = at.album_id
-                refs.update(at.album_refs)
-                if album_id is None:
+                if ALBUM not in parts.sent:
                     messages = await self.sender.album(
                         at.chat_id, [photo_source(image) for image in ordered],
                         caption=render.result_caption(job, records, at.in_group),
                         filenames=[photo_filename(job, image) for image in ordered],
                         reply_to=at.reply_to, thread_id=at.thread_id,
                     )
-                    refs.update(_refs(ordered, messages))
-                    album_id = messages[0].message_id
-                    await self._remember_album(job, status_id, album_id, refs)
-                under_album = await self.sender.text(
-                    at.chat_id, render.album_buttons_text(job, records),
-                    reply_to=album_id, thread_id=at.thread_id, keyboard=keyboard,
-                )
-                result_id = under_album.message_id
+                    await parts.record(ALBUM, str(messages[0].message_id), _refs(ordered, messages))
+                if BUTTONS not in parts.sent:
+                    album_id = parts.sent[ALBUM].message_id
+                    under_album = await self.sender.text(
+                        at.chat_id, render.album_buttons_text(job, records),
+                        reply_to=int(album_id) if album_id else None, thread_id=at.thread_id, keyboard=keyboard,
+                    )
+                    await parts.record(BUTTONS, str(under_album.message_id))
         except ChatGone as gone:
             # Permanent: the images are in the user's history; retrying would only fail again.
             log.info("job %s: not delivered, chat %s is gone (%s)", job.id, at.chat_id, gone.reason)
             await self._forget(job.id)
-            return DeliveryReceipt(file_refs=refs)
+            return parts.receipt()
         await self._retire_status(job, at, status_id)
         await self._forget(job.id)
-        return DeliveryReceipt(message_id=str(result_id), file_refs=refs)
+        return DeliveryReceipt(message_id=parts.sent[BUTTONS if len(ordered) > 1 else PHOTO].message_id,
+                               file_refs=parts.receipt().file_refs)
 
     async def on_failed(self, job: Generation) -> None:
         self._stop_activity(job.id)
@@ -234,18 +248,6 @@ class TelegramObserver:
                 await self.sender.edit_text(at.chat_id, status_id, render.done_text(job))
         except Exception:  # cosmetic: never fail a delivery over it
             log.warning("job %s: could not retire status message", job.id, exc_info=True)
-
-    async def _remember_album(
-        self, job: Generation, status_id: int | None, album_id: int, refs: dict[str, str]
-    ) -> None:
-        """An album went out: if the buttons message then fails and the delivery is retried, the album
-        must not be posted twice (nor uploaded again). Its file refs go with the job, not on its images: those
-        are recorded only once the delivery and the storing are both done."""
-        try:
-            message_id = str(status_id) if status_id is not None else str(album_id)
-            await self.service.attach_message(job.id, message_id, ReplyContext.album_json(album_id, status_id, refs))
-        except Exception:
-            log.warning("job %s: could not record the album's delivery", job.id, exc_info=True)
 
     # --- working indicators --------------------------------------------------------------------
 
@@ -317,3 +319,16 @@ def _refs(images: Sequence[ImageFile], messages: Sequence[Any]) -> dict[str, str
         if file_id:
             refs[image.record.id] = file_id
     return refs
+
+
+class _NothingSent:
+    """DeliveredParts for the one delivery without images: nothing was sent, nothing to record."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, PartReceipt] = {}
+
+    async def record(self, part: str, message_id: str | None = None, file_refs: Any = None) -> None:
+        self.sent[part] = PartReceipt(message_id, dict(file_refs or {}))
+
+    def receipt(self) -> DeliveryReceipt:
+        return DeliveryReceipt()
