@@ -19,10 +19,12 @@ from bot.adapters.discord.acks import EarlyAcks
 from bot.adapters.discord.buttons import ActionButton, ButtonHandler
 from bot.adapters.discord.delivery import DiscordObserver
 from bot.adapters.discord.handlers import MAX_PROMPT_OPTION, DiscordHandlers
+from bot.adapters.discord.intake import DiscordIntake
 from bot.adapters.discord.shop import EntitlementSettler, ShopHandlers, register_shop_commands
 from bot.adapters.frontend import StartFailed
 from bot.adapters.wording import GENERIC_ERROR
 from bot.config import ASPECT_RATIOS, Settings
+from bot.core.inbox import Inbox
 from bot.core.metrics import PLATFORM_ERRORS
 from bot.core.models import ImagineRequest
 from bot.core.prompt import MAX_COUNT, MAX_SEED
@@ -104,6 +106,7 @@ class DiscordFrontEnd:
             self.client, self.handlers.acknowledges_early, warm=settings.discord_warm_connections
         )
         self.handlers.early_acks = self.early_acks
+        self.intake = self.handlers.intake = DiscordIntake(Inbox(service.pool, settings.inbox_claim_seconds))
         register_commands(self.client.tree, self.handlers)
         register_shop_commands(self.client.tree, self.handlers)
         self.entitlements = EntitlementSettler(self.client, shop)
@@ -141,6 +144,7 @@ class DiscordFrontEnd:
                 "Was the bot invited with the applications.commands scope?"
             ) from None
         self.early_acks.start()
+        self.intake.start(self.client)
         try:
             await self.entitlements.settle_missed()
         except discord.HTTPException as error:  # not worth refusing to start over: the next start retries
@@ -165,6 +169,7 @@ class DiscordFrontEnd:
         self.handlers.accepting = False
 
     async def close(self) -> None:
+        await self.intake.stop()
         await self.early_acks.aclose()
         await self.client.close()
         if self._connection is not None:

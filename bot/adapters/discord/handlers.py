@@ -19,6 +19,7 @@ from bot.adapters.discord.acks import ALREADY_ACKNOWLEDGED, UNKNOWN_INTERACTION,
 from bot.adapters.discord.buttons import Action, ButtonPayload, decode
 from bot.adapters.discord.context import PLATFORM, destination_for
 from bot.adapters.discord.history import HistorySender
+from bot.adapters.discord.intake import DiscordIntake
 from bot.adapters.wording import GENERIC_ERROR, RESTARTING, plural, refund_text
 from bot.core.errors import BotError, InvalidRequest
 from bot.core.models import Accepted, Destination, ImagineRequest, UserIdentity
@@ -59,6 +60,7 @@ class DiscordHandlers:
         self.history_sender = HistorySender(service)
         self.accepting = True
         self.early_acks: EarlyAcks | None = None
+        self.intake: DiscordIntake | None = None
         self._working = asyncio.Semaphore(CONCURRENT_COMMANDS)
 
     def acknowledges_early(self, data: dict[str, Any]) -> bool:
@@ -257,7 +259,13 @@ class DiscordHandlers:
         interaction.extras["public_thinking"] = True
         if message_id is None:
             message_id = (await interaction.original_response()).id
-        accepted = await start(destination_for(interaction, message_id))
+        # Recorded until its job is accepted or refused: a restart meanwhile answers it (see intake).
+        recorded = self.intake is not None and await self.intake.deferred(interaction, message_id)
+        try:
+            accepted = await start(destination_for(interaction, message_id))
+        finally:
+            if recorded and self.intake is not None:
+                await self.intake.handled(interaction)
         if accepted.duplicate:
             log.info("interaction %s was already handled as job %s", interaction.id, accepted.generation.id)
 

@@ -1,0 +1,110 @@
+"""Durable intake for Discord: an interaction the bot has deferred ("thinking…" is showing) is written into
+the inbox with its token, so that a process dying before the job is accepted doesn't leave "thinking…"
+forever. The next start answers each one still unhandled while its token is good (15 minutes): if its job
+was accepted after all (the same interaction id is the request's idempotency key) nothing needs saying,
+otherwise the deferred message says the request was not taken."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import discord
+
+from bot.adapters.discord import internals
+from bot.adapters.discord.context import PLATFORM
+from bot.core.inbox import Inbox
+
+log = logging.getLogger(__name__)
+
+TOKEN_SECONDS = 15 * 60  # how long Discord accepts an interaction token
+NOT_TAKEN = "The bot restarted before taking your request. Nothing was charged, please try again."
+
+
+class DiscordIntake:
+    def __init__(self, inbox: Inbox) -> None:
+        self.inbox = inbox
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self, client: discord.Client) -> None:
+        """Answer what an earlier process left over, now and again every claim period: one it was handling
+        when it died is claimed by it until the claim runs out (well within the token's 15 minutes)."""
+        self._sweeper = asyncio.create_task(self._sweep(client), name="discord-inbox-sweep")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
+    async def _sweep(self, client: discord.Client) -> None:
+        while True:
+            try:
+                await self.answer_left_over(client)
+            except (OSError, asyncpg.PostgresError) as error:
+                log.warning("discord: the inbox could not be read (%r); trying again later", error)
+            await asyncio.sleep(self.inbox.claim_seconds)
+
+    async def deferred(self, interaction: discord.Interaction, message_id: int) -> bool:
+        """Record (and claim) a deferred interaction; False if the database couldn't take it (the command
+        goes on regardless: only a crash in the next moments would then leave it unanswered)."""
+        payload = {
+            "application_id": str(interaction.application_id),
+            "token": interaction.token,
+            "message_id": str(message_id),
+            "deferred_at": time.time(),
+        }
+        event_id = str(interaction.id)
+        try:
+            await self.inbox.record(PLATFORM, [(event_id, payload)])
+            return await self.inbox.claim(PLATFORM, event_id)
+        except (OSError, asyncpg.PostgresError) as error:
+            log.warning("interaction %s: not recorded in the inbox (%r)", interaction.id, error)
+            return False
+
+    async def handled(self, interaction: discord.Interaction) -> None:
+        try:
+            await self.inbox.handled(PLATFORM, str(interaction.id))
+        except (OSError, asyncpg.PostgresError) as error:
+            # Left for the next start, which finds its job accepted (or says it wasn't): harmless.
+            log.warning("interaction %s: not marked handled in the inbox (%r)", interaction.id, error)
+
+    async def answer_left_over(self, client: discord.Client) -> int:
+        """Answer the interactions a process that died deferred and never handled: how many were told their
+        request was not taken."""
+        told = 0
+        now = datetime.now(UTC)
+        for event in await self.inbox.unhandled(PLATFORM):
+            if not await self.inbox.claim(PLATFORM, event.event_id):
+                continue
+            fresh = (now - event.received_at).total_seconds() < TOKEN_SECONDS
+            if fresh and not await self._accepted(event.event_id):
+                told += await self._tell(client, event.event_id, event.payload)
+            await self.inbox.handled(PLATFORM, event.event_id)
+        return told
+
+    async def _accepted(self, interaction_id: str) -> bool:
+        async with self.inbox.pool.acquire() as conn:
+            return bool(await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM image.generations WHERE idempotency_key = $1)",
+                f"{PLATFORM}:{interaction_id}",
+            ))
+
+    async def _tell(self, client: discord.Client, interaction_id: str, payload: Any) -> int:
+        try:
+            webhook = internals.interaction_webhook(int(payload["application_id"]), payload["token"], client)
+            await webhook.edit_message(int(payload["message_id"]), content=NOT_TAKEN, view=None)
+        except (KeyError, TypeError, ValueError):
+            log.warning("interaction %s: recorded without what answering it needs", interaction_id)
+            return 0
+        except discord.HTTPException as error:  # deleted meanwhile, token expired: nothing to show it on
+            log.info("interaction %s: left-over deferral not answered: %s", interaction_id, error)
+            return 0
+        log.info("interaction %s: told the request was not taken before the restart", interaction_id)
+        return 1
