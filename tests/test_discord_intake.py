@@ -4,6 +4,7 @@ the job is accepted, and answered (not left "thinking…") when the process hand
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +15,8 @@ from bot.adapters.discord.intake import NOT_TAKEN
 from tests.conftest import RuntimeFactory, wait_for
 from tests.fakes.discord_harness import finished, running_bot, serving_fake
 from tests.fakes.discord_server import FakeDiscord
+
+SIXTEEN_MINUTES = 16 * 60
 
 
 @pytest.fixture
@@ -77,3 +80,31 @@ def _says(fake: FakeDiscord, interaction: Any, text: str) -> bool:
 async def _handled(pool: asyncpg.Pool, interaction_id: int) -> bool:
     row = await inbox_row(pool, interaction_id)
     return row is not None and row["handled_at"] is not None
+
+
+async def test_a_redelivery_posts_only_the_messages_without_a_receipt(
+    runtime_factory: RuntimeFactory, fake: FakeDiscord, pool: asyncpg.Pool
+) -> None:
+    """Two images over two channel messages (a small upload limit, the token expired): the follow-up fails
+    once; the retry posts it and leaves the first message alone."""
+    alice = fake.user("alice")
+    fake.fail_next(
+        "POST", r"/channels/\d+/messages", 503, {"message": "Service Unavailable", "code": 0}, uploads_only=True,
+        where=lambda body: "continued" in str(body),
+    )
+    async with running_bot(
+        runtime_factory, fake, start_worker=False, job_lease_seconds=1.5, worker_poll_seconds=0.1
+    ) as bot:
+        await fake.slash(
+            "imagine", {"prompt": "a big detailed city", "count": 2}, user=alice, upload_limit=20_000
+        )
+        await wait_for(lambda: pool.fetchval("SELECT count(*) = 1 FROM image.generations"))
+        fake.advance(SIXTEEN_MINUTES)
+        bot.frontend.observer.clock = lambda: time.time() + SIXTEEN_MINUTES
+        await bot.start_worker()
+        await wait_for(lambda: pool.fetchval("SELECT delivered_at IS NOT NULL FROM image.generations"), within=30)
+    posted = [m for m in fake.channel_messages(fake.channel_id) if m.attachments]
+    assert len(posted) == 2, [m.content for m in posted]  # the first message once, the follow-up once
+    assert "continued" in posted[1].content
+    parts = await pool.fetch("SELECT part FROM image.delivery_parts ORDER BY created_at")
+    assert [p["part"] for p in parts] == ["first", "more-1"]

@@ -200,6 +200,7 @@ class _Scripted:
     headers: dict[str, str]
     times: int
     uploads_only: bool
+    where: Callable[[Any], bool] | None = None
 
 
 class FakeDiscord:
@@ -606,9 +607,11 @@ class FakeDiscord:
         headers: dict[str, str] | None = None,
         times: int = 1,
         uploads_only: bool = False,
+        where: Callable[[Any], bool] | None = None,
     ) -> None:
-        """The next `times` matching requests get this answer. `uploads_only`: only requests carrying files."""
-        script = _Scripted(method, re.compile(path_pattern), status, body, headers or {}, times, uploads_only)
+        """The next `times` matching requests get this answer. `uploads_only`: only requests carrying files;
+        `where`: only requests whose JSON body it accepts."""
+        script = _Scripted(method, re.compile(path_pattern), status, body, headers or {}, times, uploads_only, where)
         self._scripted.append(script)
 
     def rate_limit_next(self, method: str, path_pattern: str, retry_after: float = 0.05) -> None:
@@ -734,6 +737,8 @@ class FakeDiscord:
             return _error(401, 0, "401: Unauthorized")
         for script in self._scripted:
             if script.uploads_only and not files:
+                continue
+            if script.where is not None and not script.where(body):
                 continue
             if script.times > 0 and script.method == request.method and script.pattern.fullmatch(path):
                 script.times -= 1

@@ -22,7 +22,8 @@ import discord
 
 from bot.adapters.discord import buttons, internals, media, render
 from bot.adapters.discord.context import DEFAULT_UPLOAD_LIMIT, PLATFORM, ReplyContext
-from bot.core.events import DeliveryReceipt
+from bot.adapters.parts import UnrecordedParts
+from bot.core.events import DeliveredParts, DeliveryReceipt
 from bot.core.models import Generation, ImageFile, ImageRecord
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,9 @@ _REMEMBERED_JOBS = 5000
 # Discord's codes meaning "this token or message can't be used any more": fall back to the channel.
 _TOKEN_GONE_CODES = frozenset({10008, 10015, 50027})  # unknown message, unknown webhook, invalid webhook token
 _PAYLOAD_TOO_LARGE = 413
+# A result's parts (see bot.core.jobs.receipts): the first message (the deferred one edited, or the first
+# posted in the channel or DM), with the caption and buttons, then one part per follow-up message.
+FIRST = "first"
 _FIT_ATTEMPTS = 3
 
 
@@ -107,13 +111,21 @@ class DiscordObserver:
     # --- outcomes ------------------------------------------------------------------------------
 
     async def on_completed(self, job: Generation, images: Sequence[ImageFile]) -> DeliveryReceipt | None:
+        return await self.on_completed_in_parts(job, images, UnrecordedParts())
+
+    async def on_completed_in_parts(
+        self, job: Generation, images: Sequence[ImageFile], parts: DeliveredParts
+    ) -> DeliveryReceipt | None:
+        """The images in one message or more (the first carries the caption and buttons: the deferred
+        message edited, or a channel message; then follow-ups), each recorded as a part as soon as Discord
+        accepts it: delivering again posts only the messages without a receipt."""
         async with self._final(job):
             context = ReplyContext.from_destination(job.destination)
             limit = context.upload_limit if context else DEFAULT_UPLOAD_LIMIT
             for attempt in range(_FIT_ATTEMPTS):
                 fitted = await asyncio.to_thread(media.fit_images, images, limit)
                 try:
-                    message_id = await self._post_result(job, context, images, fitted)
+                    message_id = await self._post_result(job, context, images, fitted, parts)
                 except discord.HTTPException as error:
                     if error.status == _PAYLOAD_TOO_LARGE and attempt + 1 < _FIT_ATTEMPTS:
                         # The channel allows less than the interaction said: shrink harder, never give up silently.
@@ -143,6 +155,7 @@ class DiscordObserver:
         context: ReplyContext | None,
         images: Sequence[ImageFile],
         fitted: media.FittedImages,
+        parts: DeliveredParts,
     ) -> str | None:
         shown = {u.index for group in fitted.messages for u in group}
         records = [i.record for i in images if i.record.index in shown]
@@ -151,10 +164,10 @@ class DiscordObserver:
         groups = fitted.messages or [[]]  # nothing uploadable: still say so (the note explains)
         if context is not None and job.destination.message_id and context.token_alive(self.clock()):
             try:
-                return await self._post_with_token(job, context, caption, groups, view)
+                return await self._post_with_token(job, context, caption, groups, view, parts)
             except _TokenUnusable as reason:
                 log.info("job %s: interaction token unusable (%s); posting in the channel", job.id, reason)
-        return await self._post_in_channel(job, context, caption, groups, view)
+        return await self._post_in_channel(job, context, caption, groups, view, parts)
 
     async def _post_with_token(
         self,
@@ -163,20 +176,25 @@ class DiscordObserver:
         caption: str,
         groups: list[list[media.Upload]],
         view: discord.ui.View,
-    ) -> str:
+        parts: DeliveredParts,
+    ) -> str | None:
         assert job.destination.message_id is not None
         webhook = self._webhook(context)
-        try:
-            first = await webhook.edit_message(
-                int(job.destination.message_id), content=caption, attachments=[u.file() for u in groups[0]], view=view
-            )
-        except discord.HTTPException as error:
-            if _token_gone(error):
-                raise _TokenUnusable(f"{error.status} {error.code}") from error
-            raise
-        for group in groups[1:]:
-            await webhook.send(content=_continued(group), files=[u.file() for u in group], wait=True)
-        return str(first.id)
+        if FIRST not in parts.sent:
+            try:
+                first = await webhook.edit_message(
+                    int(job.destination.message_id), content=caption, attachments=[u.file() for u in groups[0]],
+                    view=view,
+                )
+            except discord.HTTPException as error:
+                if _token_gone(error):
+                    raise _TokenUnusable(f"{error.status} {error.code}") from error
+                raise
+            await parts.record(FIRST, str(first.id))
+        for index, group in _more(groups, parts):
+            sent = await webhook.send(content=_continued(group), files=[u.file() for u in group], wait=True)
+            await parts.record(_more_part(index), str(sent.id))
+        return parts.sent[FIRST].message_id
 
     async def _post_in_channel(
         self,
@@ -185,12 +203,16 @@ class DiscordObserver:
         caption: str,
         groups: list[list[media.Upload]],
         view: discord.ui.View,
+        parts: DeliveredParts,
     ) -> str | None:
         channel = self.client.get_partial_messageable(int(job.destination.chat_id))
         try:
-            first = await channel.send(caption, files=[u.file() for u in groups[0]], view=view)
-            for group in groups[1:]:
-                await channel.send(_continued(group), files=[u.file() for u in group])
+            if FIRST not in parts.sent:
+                first = await channel.send(caption, files=[u.file() for u in groups[0]], view=view)
+                await parts.record(FIRST, str(first.id))
+            for index, group in _more(groups, parts):
+                sent = await channel.send(_continued(group), files=[u.file() for u in group])
+                await parts.record(_more_part(index), str(sent.id))
         except (discord.Forbidden, discord.NotFound) as error:
             if context is not None and context.dm:
                 log.error("job %s: the DM itself refused the images (%s)", job.id, error.code)
@@ -198,24 +220,28 @@ class DiscordObserver:
             log.warning(
                 "job %s: can't post in channel %s (%s); trying a DM", job.id, job.destination.chat_id, error.code
             )
-            return await self._post_in_dm(job, caption, groups, view)
+            return await self._post_in_dm(job, caption, groups, view, parts)
         await self._retire_status(job, "⤵ Your images are below.")
-        return str(first.id)
+        return parts.sent[FIRST].message_id
 
     async def _post_in_dm(
-        self, job: Generation, caption: str, groups: list[list[media.Upload]], view: discord.ui.View
+        self, job: Generation, caption: str, groups: list[list[media.Upload]], view: discord.ui.View,
+        parts: DeliveredParts,
     ) -> str | None:
         note = f"I couldn't post in <#{job.destination.chat_id}> (missing permission there), so here they are.\n"
         try:
             dm = await self.client.create_dm(discord.Object(int(job.owner.platform_user_id)))
             content = (note + caption)[: render.MESSAGE_LIMIT]
-            first = await dm.send(content, files=[u.file() for u in groups[0]], view=view)
-            for group in groups[1:]:
-                await dm.send(_continued(group), files=[u.file() for u in group])
+            if FIRST not in parts.sent:
+                first = await dm.send(content, files=[u.file() for u in groups[0]], view=view)
+                await parts.record(FIRST, str(first.id))
+            for index, group in _more(groups, parts):
+                sent = await dm.send(_continued(group), files=[u.file() for u in group])
+                await parts.record(_more_part(index), str(sent.id))
         except (discord.Forbidden, discord.NotFound) as error:
             log.error("job %s: no way to deliver to %s: %s", job.id, job.owner.platform_user_id, error)
             return None
-        return str(first.id)
+        return parts.sent[FIRST].message_id
 
     async def _tell_outcome(self, job: Generation, text: str, *, ephemeral: bool) -> None:
         """A job that made no images. With a live token: told to the requester only (ephemeral), or shown
@@ -323,3 +349,12 @@ def _preview_record(job: Generation, mime_type: str) -> ImageRecord:
         seed=None,
         file_refs={},
     )
+
+
+def _more_part(index: int) -> str:
+    return f"more-{index}"
+
+
+def _more(groups: list[list[media.Upload]], parts: DeliveredParts) -> list[tuple[int, list[media.Upload]]]:
+    """The follow-up messages still to post: those without a receipt."""
+    return [(index, group) for index, group in enumerate(groups[1:], 1) if _more_part(index) not in parts.sent]

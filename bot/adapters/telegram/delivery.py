@@ -18,10 +18,11 @@ from typing import Any
 from telegram import InputMediaPhoto
 from telegram.error import TelegramError
 
+from bot.adapters.parts import UnrecordedParts
 from bot.adapters.telegram import buttons, render
 from bot.adapters.telegram.context import PLATFORM, ReplyContext
 from bot.adapters.telegram.sending import ChatGone, PhotoSource, Sender, largest_file_id
-from bot.core.events import DeliveredParts, DeliveryReceipt, PartReceipt
+from bot.core.events import DeliveredParts, DeliveryReceipt
 from bot.core.models import Generation, ImageFile
 from bot.core.service import GenerationService
 from bot.core.storage.base import EXTENSIONS
@@ -134,8 +135,8 @@ class TelegramObserver:
             log.debug("job %s: preview not shown: %s", job.id, error)
 
     async def on_completed(self, job: Generation, images: Sequence[ImageFile]) -> DeliveryReceipt | None:
-        # Only for a job without images (the core hands images to on_completed_in_parts): say so.
-        return await self.on_completed_in_parts(job, images, _NothingSent())
+        # The core delivers images through on_completed_in_parts; this is for callers without receipts.
+        return await self.on_completed_in_parts(job, images, UnrecordedParts())
 
     async def on_completed_in_parts(
         self, job: Generation, images: Sequence[ImageFile], parts: DeliveredParts
@@ -319,16 +320,3 @@ def _refs(images: Sequence[ImageFile], messages: Sequence[Any]) -> dict[str, str
         if file_id:
             refs[image.record.id] = file_id
     return refs
-
-
-class _NothingSent:
-    """DeliveredParts for the one delivery without images: nothing was sent, nothing to record."""
-
-    def __init__(self) -> None:
-        self.sent: dict[str, PartReceipt] = {}
-
-    async def record(self, part: str, message_id: str | None = None, file_refs: Any = None) -> None:
-        self.sent[part] = PartReceipt(message_id, dict(file_refs or {}))
-
-    def receipt(self) -> DeliveryReceipt:
-        return DeliveryReceipt()
