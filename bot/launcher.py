@@ -1,4 +1,5 @@
-"""`run`: every platform front end whose token is configured, in one asyncio loop, until SIGTERM."""
+"""`run`: every platform front end whose token is configured, in one asyncio loop, until SIGTERM; with
+`--only`, the roles this process has in a deployment of several (bootstrap.Roles)."""
 
 from __future__ import annotations
 
@@ -8,36 +9,61 @@ import signal
 import sys
 
 from bot.adapters.frontend import FrontEnd, FrontEndFactory, StartFailed
-from bot.bootstrap import bootstrap
+from bot.bootstrap import Roles, bootstrap
 from bot.config import Settings
 from bot.core.service import GenerationService
 
 log = logging.getLogger(__name__)
 
 
-def discord_front_end(settings: Settings, service: GenerationService) -> FrontEnd:
-    from bot.adapters.discord.frontend import DiscordFrontEnd  # imported only when configured
+def discord_front_end(receive: bool) -> FrontEndFactory:
+    def make(settings: Settings, service: GenerationService) -> FrontEnd:
+        from bot.adapters.discord.frontend import DiscordFrontEnd  # imported only when configured
 
-    return DiscordFrontEnd(settings, service)
+        return DiscordFrontEnd(settings, service, receive_updates=receive)
 
-
-def telegram_front_end(settings: Settings, service: GenerationService) -> FrontEnd:
-    from bot.adapters.telegram.frontend import TelegramFrontEnd
-
-    return TelegramFrontEnd(settings, service)
+    return make
 
 
-def configured_front_ends(settings: Settings) -> list[FrontEndFactory]:
+def telegram_front_end(receive: bool) -> FrontEndFactory:
+    def make(settings: Settings, service: GenerationService) -> FrontEnd:
+        from bot.adapters.telegram.frontend import TelegramFrontEnd
+
+        return TelegramFrontEnd(settings, service, receive_updates=receive)
+
+    return make
+
+
+EVERYTHING = Roles()
+
+
+def configured_front_ends(settings: Settings, roles: Roles = EVERYTHING) -> list[FrontEndFactory]:
+    """A front end per configured platform this process receives updates of, and, where it runs jobs, one
+    per other configured platform that only delivers (over the platform's REST API)."""
+    configured = {
+        "discord": (settings.discord_token, discord_front_end),
+        "telegram": (settings.telegram_token, telegram_front_end),
+    }
     front_ends: list[FrontEndFactory] = []
-    if settings.discord_token is not None:
-        front_ends.append(discord_front_end)
-    if settings.telegram_token is not None:
-        front_ends.append(telegram_front_end)
+    for platform, (token, front_end) in configured.items():
+        receive = platform in roles.receive
+        if token is not None and (receive or roles.jobs):
+            front_ends.append(front_end(receive))
     return front_ends
 
 
-async def run_front_ends(settings: Settings) -> int:
-    front_ends = configured_front_ends(settings)
+def unconfigured_roles(settings: Settings, roles: Roles) -> list[str]:
+    tokens = {"discord": settings.discord_token, "telegram": settings.telegram_token}
+    return [f"{platform.upper()}_TOKEN" for platform in sorted(roles.receive) if tokens[platform] is None]
+
+
+async def run_front_ends(settings: Settings, roles: Roles = EVERYTHING) -> int:
+    # Without --only, whichever tokens are set; a role asked for by name needs its token.
+    missing = unconfigured_roles(settings, roles) if roles != EVERYTHING else []
+    if missing:
+        print(f"--only {', '.join(sorted(roles.receive))}: set {' and '.join(missing)}", file=sys.stderr)
+        return 1
+    front_ends = configured_front_ends(settings, roles)
     if not front_ends:
         print(
             "No front end configured: set DISCORD_TOKEN and/or TELEGRAM_TOKEN "
@@ -48,11 +74,11 @@ async def run_front_ends(settings: Settings) -> int:
     stop = stop_on_sigterm()
     async with bootstrap(settings, front_ends) as runtime:
         try:
-            await runtime.start()
+            await runtime.start(jobs=roles.jobs)
         except StartFailed as error:  # e.g. a token the platform rejects: one line, no traceback
             print(str(error), file=sys.stderr)
             return 1
-        log.info("running: %s", ", ".join(runtime.observers))
+        log.info("running: %s (roles: %s)", ", ".join(runtime.observers), roles.describe())
         await stop.wait()
         log.info("shutting down: no new work, finishing what runs")
         await runtime.stop_taking_work()

@@ -66,6 +66,7 @@ class DiscordFrontEnd:
         guild_ready_timeout: float = 2.0,
         ready_timeout: float | None = None,
         clock: Callable[[], float] = time.time,
+        receive_updates: bool = True,
     ) -> None:
         if settings.discord_token is None:
             raise StartFailed("DISCORD_TOKEN is not set")
@@ -98,9 +99,19 @@ class DiscordFrontEnd:
         register_commands(self.client.tree, self.handlers)
         self.observer = DiscordObserver(self.client, clock=clock, preview_interval=preview_interval)
         self._connection: asyncio.Task[None] | None = None
+        # False in a process that only runs jobs (`run --only worker`): it delivers over the REST API and
+        # never connects to the gateway, so no interaction reaches it.
+        self.receive_updates = receive_updates
 
     async def start(self) -> None:
         """Log in, connect, sync commands; return once ready. Raises StartFailed with a clear reason."""
+        await self._login()
+        if not self.receive_updates:
+            log.info("discord: delivering as %s over the REST API (no gateway)", self.client.user)
+            return
+        await self._connect()
+
+    async def _login(self) -> None:
         try:
             await self.client.login(self._token)
         except discord.LoginFailure:
@@ -109,6 +120,8 @@ class DiscordFrontEnd:
         except (OSError, aiohttp.ClientError, discord.HTTPException) as error:
             await self.client.close()
             raise StartFailed(f"Discord is unreachable: {error}") from None
+
+    async def _connect(self) -> None:
         self._connection = asyncio.create_task(self.client.connect(reconnect=True), name="discord-gateway")
         ready = asyncio.create_task(self.client.wait_until_ready())
         done, _ = await asyncio.wait(

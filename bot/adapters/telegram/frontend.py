@@ -88,6 +88,7 @@ class TelegramFrontEnd:
         poll_timeout: int = 10,
         history_page_size: int = 3,
         timing: ProgressTiming | None = None,
+        receive_updates: bool = True,
     ) -> None:
         if settings.telegram_token is None:
             raise StartFailed("TELEGRAM_TOKEN is not set")
@@ -96,6 +97,9 @@ class TelegramFrontEnd:
         self.poll_timeout = poll_timeout
         self._token = settings.telegram_token.get_secret_value()
         self.webhook_url = settings.telegram_webhook_url
+        # False in a process that only runs jobs (`run --only worker`): the bot sends over the Bot API but
+        # neither polls nor serves the webhook (polling would take updates from the front-end processes).
+        self.receive_updates = receive_updates
         bot = PagedBot(
             self._token,
             base_url=settings.telegram_base_url,
@@ -117,8 +121,8 @@ class TelegramFrontEnd:
             rate_limiter=FloodWaitLimiter(),
         )
         builder = Application.builder().bot(bot).concurrent_updates(CONCURRENT_UPDATES).job_queue(None)
-        if self.webhook_url:
-            builder = builder.updater(None)  # updates come from our webhook server instead
+        if self.webhook_url or not receive_updates:
+            builder = builder.updater(None)  # updates come from our webhook server instead, or not at all
         self.application = builder.build()
         self.sender = Sender(self.application.bot)
         self.observer = TelegramObserver(self.sender, service, timing)
@@ -153,6 +157,9 @@ class TelegramFrontEnd:
         app = self.application
         await self._initialize()
         self.handlers.bot_username = app.bot.username or ""
+        if not self.receive_updates:
+            log.info("telegram: @%s delivering over the Bot API (no polling, no webhook)", self.handlers.bot_username)
+            return
         await self._set_commands()
         await app.start()
         if self.webhook_url:
