@@ -29,6 +29,7 @@ from bot.adapters.telegram.context import PLATFORM
 from bot.adapters.telegram.delivery import ProgressTiming, TelegramObserver
 from bot.adapters.telegram.handlers import TelegramHandlers
 from bot.adapters.telegram.history import HistorySender
+from bot.adapters.telegram.processing import DeadlinesFirst
 from bot.adapters.telegram.ratelimit import FloodWaitLimiter
 from bot.adapters.telegram.sending import Sender
 from bot.adapters.telegram.webhook import WebhookServer, derived_secret, webhook_path
@@ -38,7 +39,8 @@ from bot.core.service import GenerationService
 log = logging.getLogger(__name__)
 
 ALLOWED_UPDATES = ["message", "callback_query"]
-# Updates processed at once. Handlers only queue work (the worker makes the images), so this bounds the
+# Updates other than callback and pre-checkout queries processed at once (those run at once:
+# processing.DeadlinesFirst). Handlers only queue work (the worker makes the images), so this bounds the
 # replies in flight, not generation; Telegram limits how fast a bot may send anyway. Small, so that under
 # a burst the event loop turns quickly for everything else (the Discord gateway above all; as
 # discord.handlers.CONCURRENT_COMMANDS).
@@ -120,7 +122,9 @@ class TelegramFrontEnd:
             arbitrary_callback_data=False,
             rate_limiter=FloodWaitLimiter(),
         )
-        builder = Application.builder().bot(bot).concurrent_updates(CONCURRENT_UPDATES).job_queue(None)
+        builder = (
+            Application.builder().bot(bot).concurrent_updates(DeadlinesFirst(CONCURRENT_UPDATES)).job_queue(None)
+        )
         if self.webhook_url or not receive_updates:
             builder = builder.updater(None)  # updates come from our webhook server instead, or not at all
         self.application = builder.build()
