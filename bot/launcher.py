@@ -78,7 +78,8 @@ async def run_front_ends(settings: Settings, roles: Roles = EVERYTHING) -> int:
         except StartFailed as error:  # e.g. a token the platform rejects: one line, no traceback
             print(str(error), file=sys.stderr)
             return 1
-        log.info("running: %s (roles: %s)", ", ".join(runtime.observers), roles.describe())
+        described = "all" if roles == EVERYTHING else roles.describe()
+        log.info("running: %s (roles: %s)", ", ".join(runtime.observers), described)
         await stop.wait()
         log.info("shutting down: no new work, finishing what runs")
         await runtime.stop_taking_work()

@@ -41,6 +41,18 @@ class ImageBotClient(discord.Client):
         self.add_dynamic_items(ActionButton)
 
 
+class ShardedImageBotClient(ImageBotClient, discord.AutoShardedClient):
+    """The same client running the shards it is given (DISCORD_SHARD_COUNT / DISCORD_SHARD_IDS): each
+    shard's connection receives the events of its share of the servers."""
+
+
+def sharding(settings: Settings) -> dict[str, Any]:
+    """The sharded client's options; none without DISCORD_SHARD_COUNT."""
+    if settings.discord_shard_count is None:
+        return {}
+    return {"shard_count": settings.discord_shard_count, "shard_ids": settings.discord_shard_ids or None}
+
+
 def count_http_errors() -> aiohttp.TraceConfig:
     """For discord.py (`http_trace`): counts every error answer from Discord's REST API for the operator's
     metrics, including those discord.py then retries (429s, some 5xx). The early acknowledgements, sent
@@ -75,8 +87,10 @@ class DiscordFrontEnd:
         self.ready_timeout = ready_timeout or settings.discord_ready_timeout_seconds
         preview_interval = settings.discord_preview_interval_seconds
         self.handlers = DiscordHandlers(service)
-        self.client = ImageBotClient(
+        shards = sharding(settings)
+        self.client = (ShardedImageBotClient if shards else ImageBotClient)(
             self.handlers,
+            **shards,
             # Slash commands and buttons need no intent at all; `guilds` (not privileged) keeps discord.py's
             # channel cache sound. Nothing privileged: we never read messages or member lists.
             intents=discord.Intents(guilds=True),
