@@ -8,6 +8,8 @@ import logging
 import signal
 import sys
 
+from pydantic import SecretStr
+
 from bot.adapters.frontend import FrontEnd, FrontEndFactory, StartFailed
 from bot.bootstrap import Roles, bootstrap
 from bot.config import Settings
@@ -35,32 +37,28 @@ def telegram_front_end(receive: bool) -> FrontEndFactory:
 
 
 EVERYTHING = Roles()
+FRONT_ENDS = {"discord": discord_front_end, "telegram": telegram_front_end}
+
+
+def tokens(settings: Settings) -> dict[str, SecretStr | None]:
+    return {"discord": settings.discord_token, "telegram": settings.telegram_token}
 
 
 def configured_front_ends(settings: Settings, roles: Roles = EVERYTHING) -> list[FrontEndFactory]:
     """A front end per configured platform this process receives updates of, and, where it runs jobs, one
     per other configured platform that only delivers (over the platform's REST API)."""
-    configured = {
-        "discord": (settings.discord_token, discord_front_end),
-        "telegram": (settings.telegram_token, telegram_front_end),
-    }
-    front_ends: list[FrontEndFactory] = []
-    for platform, (token, front_end) in configured.items():
-        receive = platform in roles.receive
-        if token is not None and (receive or roles.jobs):
-            front_ends.append(front_end(receive))
-    return front_ends
-
-
-def unconfigured_roles(settings: Settings, roles: Roles) -> list[str]:
-    tokens = {"discord": settings.discord_token, "telegram": settings.telegram_token}
-    return [f"{platform.upper()}_TOKEN" for platform in sorted(roles.receive) if tokens[platform] is None]
+    return [
+        FRONT_ENDS[platform](platform in roles.receive)
+        for platform, token in tokens(settings).items()
+        if token is not None and (platform in roles.receive or roles.jobs)
+    ]
 
 
 async def run_front_ends(settings: Settings, roles: Roles = EVERYTHING) -> int:
-    # Without --only, whichever tokens are set; a role asked for by name needs its token.
-    missing = unconfigured_roles(settings, roles) if roles != EVERYTHING else []
-    if missing:
+    # Without --only, whichever tokens are set; a platform asked for by name needs its token.
+    configured = tokens(settings)
+    missing = [f"{p.upper()}_TOKEN" for p in sorted(roles.receive) if configured[p] is None]
+    if missing and roles != EVERYTHING:
         print(f"--only {', '.join(sorted(roles.receive))}: set {' and '.join(missing)}", file=sys.stderr)
         return 1
     front_ends = configured_front_ends(settings, roles)
