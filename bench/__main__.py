@@ -31,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="./dev bench")
     parser.add_argument("--quick", action="store_true", help="fewer samples, for a smoke run")
     parser.add_argument("--only", nargs="*", default=None,
-                        help="scenarios: overhead throughput burst burst30 startup (default: all)")
+                        help="scenarios: overhead edit throughput burst burst30 startup (default: all)")
     parser.add_argument("--profile", action="store_true",
                         help="write pyinstrument profiles of the throughput run and of the bot in the burst")
     parser.add_argument("--json", type=Path, default=RESULTS / "latest.json")
@@ -54,7 +54,7 @@ def machine() -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    wanted = set(args.only or ["overhead", "throughput", "burst", "burst30", "startup"])
+    wanted = set(args.only or ["overhead", "edit", "throughput", "burst", "burst30", "startup"])
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="imagebot-bench-") as root_name:
         root = Path(root_name)
@@ -95,6 +95,8 @@ async def _scenarios(root: Path, dsn: str, wanted: set[str], args: argparse.Name
         finally:
             server.terminate()
             server.wait(10)
+    if "edit" in wanted:
+        rows.append(await core_scenarios.edit(root / "e", await fresh_db(), 10 if args.quick else 40))
     if "throughput" in wanted:
         jobs = 400 if args.quick else 2000
         profile = RESULTS / "throughput-profile.txt" if args.profile else None

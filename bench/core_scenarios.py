@@ -1,9 +1,12 @@
-"""Benchmark scenarios on the core alone: overhead per generation, throughput ceiling, start-up and idle RSS."""
+"""Benchmark scenarios on the core alone: overhead per generation, the extra of an edit's input picture,
+throughput ceiling, start-up and idle RSS."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
+import random
 import subprocess
 import sys
 import time
@@ -13,12 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psutil
+from aiohttp import web
+from PIL import Image
 
 from bench.standin import BENCH_MODEL, StandInProvider
 from bot.bootstrap import Runtime, bootstrap
 from bot.config import Settings
 from bot.core.events import DeliveryReceipt
+from bot.core.input_images import UploadedImage
 from bot.core.models import Destination, Generation, ImageFile, ImagineRequest, UserIdentity
 
 
@@ -124,6 +131,65 @@ async def overhead(data_dir: Path, dsn: str, count: int, store: str, s3: dict[st
         "recorded_p50_ms": percentile(recorded, 50) * 1000,
         "recorded_p99_ms": percentile(recorded, 99) * 1000,
         "samples": len(added),
+    }
+
+
+def photo_of_about(megabytes: float = 2.0) -> bytes:
+    """A JPEG of about this size with a camera photo's texture (smooth noise, 4:3): what a phone sends."""
+    rng = random.Random(7)
+    width, height = 2800, 2100  # about 2 MB at quality 80 with this texture
+    small = Image.frombytes("RGB", (width // 4, height // 4), rng.randbytes(width // 4 * (height // 4) * 3))
+    out = io.BytesIO()
+    small.resize((width, height), Image.Resampling.BICUBIC).save(out, format="JPEG", quality=80)
+    return out.getvalue()
+
+
+async def edit(data_dir: Path, dsn: str, jobs: int) -> dict[str, Any]:
+    """What an edit's input picture adds to a request, end to end minus the provider's time: downloading a
+    2 MB photo over HTTP (from 127.0.0.1, as a front end fetches an attachment), checking and normalising
+    it, storing it and recording it with the job, and the worker reading it back for the provider.
+    Plain requests and edits alternate, so both see the same machine."""
+    photo = photo_of_about(2.0)
+    app = web.Application()
+    app.router.add_get("/photo.jpg", lambda request: web.Response(body=photo, content_type="image/jpeg"))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    provider = StandInProvider(latency=0.2)
+    editing = BENCH_MODEL.model_copy(update={"supports_input_image": True})
+    settings = bench_settings(data_dir, dsn, models=(editing,))
+    times: dict[str, list[float]] = {"plain": [], "edit": []}
+    try:
+        async with bench_runtime(settings, provider) as (runtime, observer), aiohttp.ClientSession() as http:
+            who = UserIdentity("bench", "edit")
+            for i in range(jobs + 3):
+                for kind in ("plain", "edit"):
+                    calls_before = len(provider.call_seconds)
+                    started = time.perf_counter()
+                    inputs = []
+                    if kind == "edit":
+                        async with http.get(f"http://127.0.0.1:{port}/photo.jpg") as response:
+                            inputs = [UploadedImage(await response.read(), "photo.jpg", "image/jpeg")]
+                    observer.expected = len(observer.completed_at) + 1
+                    observer.done.clear()
+                    accepted = await runtime.service.imagine(
+                        who, ImagineRequest(f"{kind} {i}"), Destination("bench", "c"), inputs=inputs
+                    )
+                    await observer.done.wait()
+                    elapsed = observer.completed_at[accepted.generation.id] - started
+                    if i >= 3:
+                        times[kind].append(elapsed - max(provider.call_seconds[calls_before:], default=0.0))
+    finally:
+        await runner.cleanup()
+    return {
+        "scenario": f"edit, {len(photo) / 2**20:.1f} MB input",
+        "edit_extra_p50_ms": (percentile(times["edit"], 50) - percentile(times["plain"], 50)) * 1000,
+        "edit_p50_ms": percentile(times["edit"], 50) * 1000,
+        "edit_p99_ms": percentile(times["edit"], 99) * 1000,
+        "plain_p50_ms": percentile(times["plain"], 50) * 1000,
+        "samples": len(times["edit"]),
     }
 
 

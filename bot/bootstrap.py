@@ -171,7 +171,7 @@ WORKER_POOL_SIZE = 6
 async def database_dsn(settings: Settings) -> AsyncIterator[str]:
     """DATABASE_URL, or the embedded Postgres (started here, stopped on exit)."""
     if settings.database_url is not None:
-        yield settings.database_url.get_secret_value()
+        yield await database.reachable(settings.database_url.get_secret_value(), settings.db_connect_timeout_seconds)
         return
     embedded = database.EmbeddedPostgres(settings.pg_data_dir)
     dsn = await asyncio.to_thread(embedded.start)

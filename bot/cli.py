@@ -8,12 +8,14 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from bot.bootstrap import Roles, bootstrap, open_database
+from bot.bootstrap import Roles, Runtime, bootstrap, open_database
 from bot.config import Settings, load_settings
-from bot.core import database
+from bot.core import accounts, database
+from bot.core.credits import PurchaseRecord
 from bot.core.errors import BotError
 from bot.core.models import UserIdentity
 from bot.core.service import GenerationService
+from bot.core.shop import Shop
 from bot.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     ledger = actions.add_parser("ledger")
     ledger.add_argument("user", help="platform:user_id")
     ledger.add_argument("--limit", type=int, default=30)
+    bought = actions.add_parser("purchases", help="a user's purchases and their refunds")
+    bought.add_argument("user", help="platform:user_id")
+    bought.add_argument("--limit", type=int, default=30)
+    totals = actions.add_parser("totals", help="purchases per day and platform")
+    totals.add_argument("--days", type=int, default=30)
+    actions.add_parser("shortfalls", help="refunded purchases whose credits had already been spent")
+    unlink = actions.add_parser("unlink", help="undo a link: the identity leaves its account for a new one")
+    unlink.add_argument("user", help="platform:user_id")
     return parser
 
 
@@ -109,6 +119,8 @@ async def _console(settings: Settings, output: str | None) -> int:
 
 
 async def _credits(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action in ("totals", "shortfalls"):
+        return await _sales(settings, args)
     platform, sep, user_id = args.user.partition(":")
     if not sep or not platform or not user_id:
         print("user must be platform:user_id, e.g. telegram:12345", file=sys.stderr)
@@ -116,6 +128,19 @@ async def _credits(settings: Settings, args: argparse.Namespace) -> int:
     target = UserIdentity(platform, user_id)
     async with bootstrap(settings) as runtime:
         try:
+            if args.action == "unlink":
+                async with runtime.pool.acquire() as conn:
+                    account = await accounts.unlink(conn, platform, user_id)
+                if account is None:
+                    print(f"{args.user} is not linked to another identity", file=sys.stderr)
+                    return 1
+                print(f"{args.user} now has an account of its own ({account}), with 0 credits; "
+                      "move credits with credits revoke / grant")
+                return 0
+            if args.action == "purchases":
+                for p in await _shop(runtime).purchases(target, args.limit):
+                    print(_purchase_line(p))
+                return 0
             if args.action == "ledger":
                 balance, entries = await runtime.service.ledger(target, args.limit)
                 print(f"{args.user}: balance {balance}")
@@ -132,4 +157,34 @@ async def _credits(settings: Settings, args: argparse.Namespace) -> int:
             print(error.user_message, file=sys.stderr)
             return 1
     print(f"{args.user}: {result.applied:+d}, balance now {result.balance}")
+    return 0
+
+
+def _shop(runtime: Runtime) -> Shop:
+    service = runtime.service
+    settings = runtime.settings
+    return Shop(service.pool, settings.credit_packs, service.credit_policy, frozenset(settings.banned_users))
+
+
+def _purchase_line(p: PurchaseRecord) -> str:
+    price = f" for {p.price} {p.currency}" if p.price is not None else ""
+    line = f"{p.created_at:%Y-%m-%d %H:%M:%S} {p.platform} {p.charge_id} {p.pack} +{p.credits}{price}"
+    if p.refunded_at is not None:
+        line += f"; refunded {p.refunded_at:%Y-%m-%d %H:%M}, {p.taken_back} taken back"
+        if p.shortfall:
+            line += f", {p.shortfall} already spent"
+    return line
+
+
+async def _sales(settings: Settings, args: argparse.Namespace) -> int:
+    async with bootstrap(settings) as runtime:
+        shop = _shop(runtime)
+        if args.action == "shortfalls":
+            for p in await shop.shortfalls():
+                print(_purchase_line(p))
+            return 0
+        print("day         platform  purchases  credits  paid  refunded  spent-before-refund")
+        for t in await shop.daily_totals(max(1, args.days)):
+            paid = f"{t.paid} {t.currency}" if t.currency else "-"
+            print(f"{t.day}  {t.platform:<8}  {t.purchases:>9}  {t.credits:>7}  {paid}  {t.refunded:>8}  {t.shortfall}")
     return 0

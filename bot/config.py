@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
@@ -10,8 +11,23 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.core.catalogue import ASPECT_RATIOS, DEFAULT_MODELS, ModelSpec
+from bot.core.credits import CreditPack
 
 __all__ = ["ASPECT_RATIOS", "DEFAULT_MODELS", "ModelSpec", "Settings", "describe_error", "load_settings"]
+
+DEFAULT_CREDIT_PACKS = (
+    CreditPack("small", credits=50, stars=25),
+    CreditPack("medium", credits=120, stars=50),
+    CreditPack("large", credits=300, stars=100),
+)
+DEFAULT_TERMS = (
+    "Credits pay for images made with this bot: each model's price per image is shown by /models. "
+    "Credits are reserved when you ask and given back for any image that isn't made. Bought credits don't "
+    "expire and can't be exchanged for money; a refunded payment takes its credits back (those not yet "
+    "spent). For help with a payment, use /paysupport."
+)
+MAX_STARS = 10_000  # Telegram's limit on one invoice's price
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
@@ -20,6 +36,7 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     data_dir: Path = Path("data")
     db_pool_max_size: int = Field(default=10, ge=2, le=200)
+    db_connect_timeout_seconds: float = Field(default=60.0, ge=0)
 
     # Storage of image files
     storage_backend: Literal["local", "s3"] = "local"
@@ -36,6 +53,15 @@ class Settings(BaseSettings):
     credits_enabled: bool = True
     starting_credits: int = Field(default=20, ge=0)
     admin_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Packs of credits for sale (JSON): a price in Telegram Stars, a Discord SKU id, or both. A pack
+    # without a price on a platform is not offered there. The default sells on Telegram out of the box.
+    credit_packs: tuple[CreditPack, ...] = DEFAULT_CREDIT_PACKS
+    # Who answers payment questions (/paysupport): a handle, an address or a link.
+    payment_support: str = "the operator of this bot"
+    # What /terms says (Telegram requires sellers to show their terms).
+    terms_text: str = DEFAULT_TERMS
+    # Users who may not buy credits (platform:user_id, comma-separated).
+    banned_users: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Models and providers
     models: tuple[ModelSpec, ...] = DEFAULT_MODELS
@@ -109,14 +135,14 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
 
-    @field_validator("admin_ids", mode="before")
+    @field_validator("admin_ids", "banned_users", mode="before")
     @classmethod
     def _split_admins(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("admin_ids")
+    @field_validator("admin_ids", "banned_users")
     @classmethod
     def _admin_format(cls, value: list[str]) -> list[str]:
         for entry in value:
@@ -130,6 +156,20 @@ class Settings(BaseSettings):
     def _split_words(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("credit_packs", mode="before")
+    @classmethod
+    def _read_packs(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = json.loads(value)
+        if isinstance(value, list):
+            # A Discord id written as a JSON number is still the id.
+            return [
+                {**p, "discord_sku_id": str(p["discord_sku_id"])}
+                if isinstance(p, dict) and isinstance(p.get("discord_sku_id"), int) else p
+                for p in value
+            ]
         return value
 
     @field_validator("discord_guild_ids", "discord_shard_ids", mode="before")
@@ -151,9 +191,27 @@ class Settings(BaseSettings):
         for shard_id in self.discord_shard_ids:
             if not 0 <= shard_id < (self.discord_shard_count or 0):
                 raise ValueError(f"DISCORD_SHARD_IDS: {shard_id} is not below DISCORD_SHARD_COUNT")
+        self._check_packs()
         if self.storage_backend == "s3" and not self.s3_bucket:
             raise ValueError("S3_BUCKET: required when STORAGE_BACKEND=s3")
         return self
+
+    def _check_packs(self) -> None:
+        names = [p.name for p in self.credit_packs]
+        if len(set(names)) != len(names):
+            raise ValueError("CREDIT_PACKS: pack names must be unique")
+        skus = [p.discord_sku_id for p in self.credit_packs if p.discord_sku_id is not None]
+        if len(set(skus)) != len(skus):
+            raise ValueError("CREDIT_PACKS: a Discord SKU can sell only one pack")
+        for pack in self.credit_packs:
+            if not (1 <= len(pack.name) <= 32) or not pack.name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"CREDIT_PACKS: {pack.name!r}: a name is 1-32 letters, digits, - or _")
+            if not (1 <= pack.credits <= 1_000_000):
+                raise ValueError(f"CREDIT_PACKS: {pack.name}: credits must be between 1 and 1000000")
+            if pack.stars is not None and not (1 <= pack.stars <= MAX_STARS):
+                raise ValueError(f"CREDIT_PACKS: {pack.name}: stars must be between 1 and {MAX_STARS}")
+            if pack.discord_sku_id is not None and not pack.discord_sku_id.isdigit():
+                raise ValueError(f"CREDIT_PACKS: {pack.name}: discord_sku_id must be a Discord id (digits)")
 
     @property
     def provider_ceilings(self) -> dict[str, int | None]:

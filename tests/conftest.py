@@ -22,6 +22,8 @@ from bot.core import database
 pytest_plugins = ["tests.plugins.s3", "tests.plugins.providers"]
 
 TEMPLATE_DB = "imagebot_test_template"
+# A user's balance is their account's: add "WHERE platform_user_id = ...".
+USER_BALANCE = "SELECT a.balance FROM image.users u JOIN image.accounts a ON a.id = u.account_id"
 
 
 def with_database(dsn: str, name: str) -> str:

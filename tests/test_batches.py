@@ -11,6 +11,7 @@ from bot.core import queue
 from bot.core.batches import GroupedWriter
 from bot.core.events import DeliveryReceipt
 from bot.core.models import Destination, ImageRecord, ImagineRequest, UserIdentity
+from tests.conftest import USER_BALANCE
 
 ALICE = UserIdentity("test", "alice", "Alice")
 BOB = UserIdentity("test", "bob", "Bob")
@@ -67,7 +68,7 @@ async def test_runs_finished_together_are_each_settled_once(runtime_factory, poo
     assert set(finished) == {ids[0], ids[1]}
     assert finished[ids[1]].status == "partial" and finished[ids[1]].credits_refunded == 1
     # 20 - 3 jobs x 2 credits + the one refund; the job not ours is untouched, images and all.
-    assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = 'alice'") == 15
+    assert await pool.fetchval(f"{USER_BALANCE} WHERE platform_user_id = 'alice'") == 15
     assert await pool.fetchval("SELECT sum(delta) FROM image.credit_ledger") == 15
     assert await pool.fetchval("SELECT count(*) FROM image.images") == 3
     assert await pool.fetchval("SELECT status FROM image.generations WHERE id = $1", ids[2]) == "running"
@@ -93,7 +94,10 @@ async def test_first_contact_grants_once_and_keeps_the_name_current(runtime_fact
     async with runtime_factory(starting_credits=5) as rt:
         await rt.service.imagine(ALICE, ImagineRequest("one"), HERE)
         await rt.service.imagine(UserIdentity("test", "alice", "Alice B."), ImagineRequest("two"), HERE)
-    row = await pool.fetchrow("SELECT display_name, balance FROM image.users WHERE platform_user_id = 'alice'")
+    row = await pool.fetchrow(
+        "SELECT display_name, a.balance FROM image.users u JOIN image.accounts a ON a.id = u.account_id"
+        " WHERE platform_user_id = 'alice'"
+    )
     assert row["display_name"] == "Alice B." and row["balance"] == 3
     welcome = await pool.fetch("SELECT delta FROM image.credit_ledger WHERE reason = 'welcome'")
     assert [r["delta"] for r in welcome] == [5]

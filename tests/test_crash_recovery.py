@@ -59,8 +59,8 @@ async def statuses(pool: asyncpg.Pool) -> list[str]:
 
 async def assert_books_balance(pool: asyncpg.Pool) -> None:
     rows = await pool.fetch(
-        """SELECT u.balance, coalesce(sum(l.delta), 0) AS total FROM image.users u
-           LEFT JOIN image.credit_ledger l ON l.user_id = u.id GROUP BY u.id"""
+        """SELECT a.balance, coalesce(sum(l.delta), 0) AS total FROM image.accounts a
+           LEFT JOIN image.credit_ledger l ON l.account_id = a.id GROUP BY a.id"""
     )
     assert rows and all(r["balance"] == r["total"] for r in rows)
 
@@ -82,7 +82,7 @@ async def test_sigkill_while_queued_and_while_generating(db_dsn: str, pool: asyn
     out = restarted.output()
     assert out.count("done:") == 2  # each delivered once, by the process that completed it
     assert await pool.fetchval("SELECT count(*) FROM image.images") == 3
-    assert await pool.fetchval("SELECT balance FROM image.users") == 20 - 3
+    assert await pool.fetchval("SELECT balance FROM image.accounts") == 20 - 3
     await assert_books_balance(pool)
 
 
@@ -96,7 +96,7 @@ async def test_sigkill_after_completion_delivers_nothing_twice(db_dsn: str, pool
     await asyncio.sleep(2.5)  # longer than a lease: anything unfinished would have been picked up
     assert restarted.finish() == 0
     assert "done:" not in restarted.output()
-    assert await pool.fetchval("SELECT balance FROM image.users") == 19
+    assert await pool.fetchval("SELECT balance FROM image.accounts") == 19
     await assert_books_balance(pool)
 
 
@@ -112,7 +112,7 @@ async def test_sigterm_finishes_quick_jobs_and_refunds_slow_ones(
     assert "Shutting down" in out
     assert "The bot was restarted before your images were ready. 2 credits refunded." in out
     assert await statuses(pool) == ["failed"]
-    assert await pool.fetchval("SELECT balance FROM image.users") == 20
+    assert await pool.fetchval("SELECT balance FROM image.accounts") == 20
     await assert_books_balance(pool)
 
     quick = BotProcess(tmp_path, db_dsn, OFFLINE_DELAY_SECONDS="1", SHUTDOWN_GRACE_SECONDS="10")

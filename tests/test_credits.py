@@ -22,9 +22,9 @@ HERE = Destination("test", "chat-1")
 
 async def ledger_sum(pool: asyncpg.Pool, who: UserIdentity) -> tuple[int, int]:
     row = await pool.fetchrow(
-        """SELECT u.balance, coalesce(sum(l.delta), 0) AS total FROM image.users u
-           LEFT JOIN image.credit_ledger l ON l.user_id = u.id
-           WHERE u.platform = $1 AND u.platform_user_id = $2 GROUP BY u.balance""",
+        """SELECT a.balance, coalesce(sum(l.delta), 0) AS total FROM image.users u
+           JOIN image.accounts a ON a.id = u.account_id LEFT JOIN image.credit_ledger l ON l.account_id = a.id
+           WHERE u.platform = $1 AND u.platform_user_id = $2 GROUP BY a.balance""",
         who.platform, who.platform_user_id,
     )
     return row["balance"], row["total"]

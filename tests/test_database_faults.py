@@ -55,7 +55,7 @@ async def test_connections_killed_mid_requests(runtime_factory, pool, db_dsn, pg
     reserves = await pool.fetchval("SELECT count(*) FROM image.credit_ledger WHERE reason = 'reserve'")
     assert accepted == reserves == 150 - len(failures) + 1
     mismatched = await pool.fetchval(
-        """SELECT count(*) FROM image.users u
-           WHERE u.balance <> (SELECT coalesce(sum(delta), 0) FROM image.credit_ledger l WHERE l.user_id = u.id)"""
+        """SELECT count(*) FROM image.accounts a
+           WHERE a.balance <> (SELECT coalesce(sum(delta), 0) FROM image.credit_ledger l WHERE l.account_id = a.id)"""
     )
     assert mismatched == 0

@@ -60,7 +60,7 @@ async def test_a_job_queued_before_a_restart_is_delivered_after_it(
     async with running_bot(runtime_factory, fake):
         # The new process found the job and the token in Postgres, and edits the same message.
         message = await wait_for(finished(fake, interaction))
-    assert len(message.attachments) == 2 and message.labels() == ["🔄", "V1", "V2", "🗑"]
+    assert len(message.attachments) == 2 and message.labels() == ["🔄", "V1", "V2", "✏️1", "✏️2", "🗑"]
 
 
 @pytest.mark.parametrize("bot_knows", [True, False], ids=["bot-sees-expiry", "discord-says-401"])
@@ -77,7 +77,7 @@ async def test_after_the_token_expires_the_result_is_an_ordinary_channel_message
         await bot.start_worker()
         [message] = await wait_for(lambda: posted_by_the_bot(fake, fake.channel_id))
         await wait_for(lambda: "below" in fake.original(interaction).content)  # type: ignore[union-attr]
-    assert "a very long queue" in message.content and message.labels() == ["🔄", "V1", "🗑"]
+    assert "a very long queue" in message.content and message.labels() == ["🔄", "V1", "✏️Remix", "🗑"]
     late = [r for r in fake.requests_for(interaction) if r.method == "PATCH" and "Queued" not in r.json["content"]]
     assert [r.status for r in late] == ([] if bot_knows else [401, 401])  # "generating", then the result
 
@@ -94,7 +94,7 @@ async def test_a_channel_that_refuses_us_gets_the_images_sent_by_dm(
         await bot.start_worker()
         [message] = await wait_for(lambda: posted_by_the_bot(fake, fake.dm_channel_id(alice)))
     assert "couldn't post in" in message.content and len(message.attachments) == 1
-    assert message.labels() == ["🔄", "V1", "🗑"]
+    assert message.labels() == ["🔄", "V1", "✏️Remix", "🗑"]
 
 
 async def test_a_streamed_preview_is_shown_in_the_status_message(

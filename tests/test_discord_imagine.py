@@ -39,7 +39,10 @@ async def test_start_up_identifies_heartbeats_and_syncs_commands_for_guilds_and_
     [identify] = fake.identifies
     assert identify["token"] == fake.token and identify["intents"] == 1  # guilds only, nothing privileged
     commands = {c["name"]: c for c in fake.commands["global"]}
-    assert set(commands) == {"imagine", "history", "balance", "models", "credits"}
+    assert set(commands) == {
+        "imagine", "history", "balance", "models", "credits", "buy", "link", "Imagine from this image"
+    }
+    assert commands["Imagine from this image"]["type"] == 3  # a message context-menu command
     for command in commands.values():
         assert command["contexts"] == [0, 1] and command["integration_types"] == [0]  # servers and bot DMs
     options = {o["name"]: o for o in commands["imagine"]["options"]}
@@ -56,7 +59,7 @@ async def test_guild_sync_when_guild_ids_are_configured(runtime_factory: Runtime
         pass
     assert "global" not in fake.commands
     synced = {c["name"] for c in fake.commands[str(fake.guild_id)]}
-    assert synced == {"imagine", "history", "balance", "models", "credits"}
+    assert synced == {"imagine", "history", "balance", "models", "credits", "buy", "link", "Imagine from this image"}
 
 
 async def test_a_guild_that_refuses_the_commands_fails_start_clearly(
@@ -92,7 +95,7 @@ async def test_imagine_defers_at_once_then_edits_to_images_with_buttons(
     assert "a lighthouse at dusk" in message.content and "offline" in message.content
     assert "seeds 7, 8" in message.content  # the seeds that made the two images
     assert "--ar" not in message.content
-    assert message.labels() == ["🔄", "V1", "V2", "🗑"]
+    assert message.labels() == ["🔄", "V1", "V2", "✏️1", "✏️2", "🗑"]
     assert [a["filename"] for a in message.attachments] == ["image-1.png", "image-2.png"]
     for data in message.attachment_data():
         with Image.open(io.BytesIO(data)) as image:
@@ -166,7 +169,8 @@ async def test_oversized_images_are_reencoded_and_split_under_the_limit(
         with Image.open(io.BytesIO(upload.data)) as image:
             assert image.format == "WEBP"
     assert "re-encoded" in message.content
-    assert message.labels() == ["🔄", "V1", "V2", "🗑"]  # both images get their buttons on the first message
+    # Both images get their buttons on the first message.
+    assert message.labels() == ["🔄", "V1", "V2", "✏️1", "✏️2", "🗑"]
     [continued] = fake.followups(interaction)
     assert "continued" in continued.content and len(continued.attachments) == 1
 

@@ -9,13 +9,15 @@ import pytest
 from PIL import Image
 
 from bot.core.catalogue import DEFAULT_MODELS
-from bot.core.errors import InvalidRequest
+from bot.core.errors import BotError, InvalidRequest
 from bot.core.input_images import UploadedImage
 from bot.core.models import Destination, ImagineRequest, UserIdentity
 from bot.core.providers.base import InputImage, ProviderCall
 from bot.core.providers.offline import OfflineProvider
-from tests.conftest import wait_for
+from tests.conftest import USER_BALANCE, wait_for
 from tests.fakes.core import RecordingObserver, ScriptedProvider, scripted_model
+from tests.plugins.s3 import make_store
+from tests.test_storage_jobs import s3_settings
 
 ALICE = UserIdentity("test", "alice", "Alice")
 BOB = UserIdentity("test", "bob", "Bob")
@@ -59,7 +61,7 @@ async def test_an_edit_is_recorded_sent_stripped_and_shown_in_history(runtime_fa
     assert sorted(p.name for p in inputs_dir.iterdir()) == sorted(f"{r['sha256']}.jpg" for r in rows)
     [item] = page.items
     assert [i.sha256 for i in item.inputs] == [r["sha256"] for r in rows]
-    assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = 'alice'") == 20 - 1
+    assert await pool.fetchval(f"{USER_BALANCE} WHERE platform_user_id = 'alice'") == 20 - 1
 
 
 @pytest.mark.parametrize(
@@ -94,7 +96,6 @@ async def test_a_model_without_picture_input_is_not_offered_for_an_edit(runtime_
     words = scripted_model(name="words").model_copy(update={"supports_input_image": False})
     pictures = scripted_model(name="pictures")
     async with runtime_factory({"scripted": ScriptedProvider()}, models=(words, pictures)) as rt:
-        assert [m.name for m in rt.service.edit_models()] == ["pictures"]
         with pytest.raises(InvalidRequest, match=r"words can't start from a picture\. Models that can: pictures\."):
             await rt.service.imagine(ALICE, ImagineRequest("snowy", model="words"), HERE,
                                      inputs=[UploadedImage(photo())])
@@ -130,7 +131,7 @@ async def test_remix_regenerate_and_vary_of_an_edit_survive_a_restart(runtime_fa
     regenerated = [c for c in provider.calls[1:] if c.prompt == "snowy" and c.input_images == first_input]
     assert regenerated, "a regenerated edit starts from the same picture"
     assert await pool.fetchval("SELECT count(*) FROM image.input_images") == 2
-    assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = 'bob'") == 20 - 2
+    assert await pool.fetchval(f"{USER_BALANCE} WHERE platform_user_id = 'bob'") == 20 - 2
 
 
 async def test_remix_refuses_an_empty_prompt_and_charges_nothing(runtime_factory, pool) -> None:
@@ -159,3 +160,53 @@ async def test_the_offline_model_returns_the_picture_fitted_with_the_prompt_in_a
         assert image.getpixel((216, 384)) == (0, 200, 0)  # the picture fills the frame, no shapes on it
         band = image.getpixel((2, 760))
         assert band[1] < 200  # darkened by the prompt's band
+
+
+async def test_an_edit_keeps_its_picture_in_s3_under_its_own_prefix(
+    runtime_factory, pool, s3_server, s3_bucket
+) -> None:
+    provider = ScriptedProvider()
+    observer = RecordingObserver()
+    settings = s3_settings(s3_server, s3_bucket)
+    async with runtime_factory({"scripted": provider}, models=(scripted_model(),), **settings) as rt:
+        rt.register(observer)
+        await rt.start()
+        accepted = await rt.service.imagine(ALICE, ImagineRequest("snowy"), HERE, inputs=[UploadedImage(photo())])
+        await wait_for(lambda: observer.done.get(accepted.generation.id))
+    [row] = await pool.fetch("SELECT * FROM image.input_images")
+    store = make_store(s3_server, s3_bucket)
+    try:
+        kept = await store.get(row["storage_key"])
+    finally:
+        await store.aclose()
+    assert row["storage_key"].startswith("inputs/")
+    assert store.object_key(row["storage_key"]).startswith("images/inputs/")
+    assert kept == provider.calls[0].input_images[0].data and len(kept) == row["bytes"]
+
+
+async def test_a_picture_the_store_cannot_keep_is_refused_uncharged(runtime_factory, pool, s3_server) -> None:
+    async with runtime_factory(
+        {"scripted": ScriptedProvider()}, models=(scripted_model(),), **s3_settings(s3_server, "no-such-bucket")
+    ) as rt:
+        with pytest.raises(BotError, match="couldn't be saved"):
+            await rt.service.imagine(ALICE, ImagineRequest("snowy"), HERE, inputs=[UploadedImage(photo())])
+    assert await pool.fetchval("SELECT count(*) FROM image.generations") == 0
+    assert await pool.fetchval("SELECT count(*) FROM image.credit_ledger WHERE reason = 'reserve'") == 0
+
+
+async def test_remixing_an_image_of_a_model_without_picture_input_is_refused_before_asking(
+    runtime_factory, pool
+) -> None:
+    words = scripted_model(name="words").model_copy(update={"supports_input_image": False})
+    observer = RecordingObserver()
+    async with runtime_factory({"scripted": ScriptedProvider()}, models=(words, scripted_model(name="pictures"))) as rt:
+        rt.register(observer)
+        await rt.start()
+        first = await rt.service.imagine(ALICE, ImagineRequest("a fox", model="words"), HERE)
+        await wait_for(lambda: observer.done.get(first.generation.id))
+        image = observer.images[first.generation.id][0].record
+        with pytest.raises(InvalidRequest, match="Models that can: pictures"):
+            await rt.service.remix_source(ALICE, image.id, HERE.chat_id)
+        with pytest.raises(InvalidRequest, match="Models that can: pictures"):
+            await rt.service.remix(ALICE, image.id, "a fox at night", HERE)
+    assert await pool.fetchval("SELECT count(*) FROM image.generations") == 1

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.core.errors import ProviderUnavailable
+from bot.core.jobs.announcements import Announcements
 from bot.core.jobs.delivery import Delivery
 from bot.core.jobs.job_runner import JobRunner
 from bot.core.jobs.record_barrier import RecordBarrier
@@ -93,7 +94,7 @@ async def test_delivery_tells_the_chat_and_records_the_mark(runtime_factory, poo
         job = await first_job(rt)
         assert await rt.worker.cancel(job.id)  # ends it with a refund; told to nobody yet (no observer)
     observer = RecordingObserver()
-    delivery = Delivery(pool, StoredImages(LocalStore(tmp_path / "images")), {"test": observer})
+    delivery = Delivery(pool, StoredImages(LocalStore(tmp_path / "images")), {"test": observer}, Announcements())
     assert await delivery.deliver(job.id)
     assert observer.events == [("cancelled", job.id)]
     assert await pool.fetchval("SELECT delivered_at IS NOT NULL FROM image.generations WHERE id = $1", job.id)
@@ -104,7 +105,7 @@ async def test_delivery_leaves_a_job_undelivered_when_the_chat_fails(runtime_fac
         job = await first_job(rt)
         assert await rt.worker.cancel(job.id)
     observer = RecordingObserver(fail_deliveries=1)
-    delivery = Delivery(pool, StoredImages(LocalStore(tmp_path / "images")), {"test": observer})
+    delivery = Delivery(pool, StoredImages(LocalStore(tmp_path / "images")), {"test": observer}, Announcements())
     assert not await delivery.deliver(job.id)
     assert await pool.fetchval("SELECT delivered_at IS NULL FROM image.generations WHERE id = $1", job.id)
 

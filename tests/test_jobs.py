@@ -10,7 +10,7 @@ import pytest
 from bot.core import queue
 from bot.core.errors import InvalidRequest, NotFound
 from bot.core.models import Destination, ImagineRequest, Request, UserIdentity, request_fields
-from tests.conftest import wait_for
+from tests.conftest import USER_BALANCE, wait_for
 from tests.fakes.core import RecordingObserver, ScriptedProvider, scripted_model
 
 ALICE = UserIdentity("test", "alice", "Alice")
@@ -108,7 +108,7 @@ async def test_a_job_interrupted_too_often_is_refunded_and_told(runtime_factory,
         await rt.start()
         job = await wait_for(lambda: observer.done.get(accepted.generation.id))
     assert job.status == "failed" and job.error_code == "interrupted" and job.credits_refunded == 2
-    assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = 'alice'") == 20
+    assert await pool.fetchval(f"{USER_BALANCE} WHERE platform_user_id = 'alice'") == 20
 
 
 async def test_a_failed_delivery_is_retried(runtime_factory, pool) -> None:
@@ -159,8 +159,8 @@ async def test_regenerate_and_vary(runtime_factory, pool) -> None:
     variation_call = provider.calls[-1]
     assert len(variation_call.input_images) == 1
     assert variation_call.input_images[0].data == observer.images[first.generation.id][1].data
-    assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = 'bob'") == 20 - 4
-    assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = 'alice'") == 20 - 2
+    assert await pool.fetchval(f"{USER_BALANCE} WHERE platform_user_id = 'bob'") == 20 - 4
+    assert await pool.fetchval(f"{USER_BALANCE} WHERE platform_user_id = 'alice'") == 20 - 2
 
 
 async def test_validation_errors_record_nothing(runtime_factory, pool) -> None:
@@ -226,7 +226,7 @@ async def test_requests_per_minute_limit(runtime_factory, pool) -> None:
     assert len(refused) == 5
     assert all("try again in" in r.user_message for r in refused)
     assert other.generation.status == "queued"
-    assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = 'alice'") == 17
+    assert await pool.fetchval(f"{USER_BALANCE} WHERE platform_user_id = 'alice'") == 17
 
 
 async def test_banned_words_are_refused_before_charging(runtime_factory, pool) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import USER_BALANCE, wait_for
 from tests.fakes.telegram_server import FakeTelegram, fake_telegram_server
 
 
@@ -60,7 +60,7 @@ async def test_sigterm_refunds_what_cannot_finish_and_exits_0(fake, db_dsn, pool
     told = [c for c in fake.sent(chat_id=501) if "2 credits refunded" in str(c.params.get("text", ""))]
     assert told, [c.params for c in fake.sent(chat_id=501)]
     assert await statuses(pool) == ["failed"]
-    assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = '501'") == 20
+    assert await pool.fetchval(f"{USER_BALANCE} WHERE platform_user_id = '501'") == 20
 
 
 async def test_sigkill_mid_job_then_restart_delivers_once(fake, db_dsn, pool, tmp_path) -> None:
@@ -87,7 +87,7 @@ async def test_sigkill_mid_job_then_restart_delivers_once(fake, db_dsn, pool, tm
             bot.kill()
     assert len(fake.sent("sendPhoto", 502)) == 1
     assert await statuses(pool) == ["succeeded"]
-    assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = '502'") == 19
+    assert await pool.fetchval(f"{USER_BALANCE} WHERE platform_user_id = '502'") == 19
 
 
 async def _equals(awaitable: Any, expected: Any) -> bool:
@@ -122,7 +122,7 @@ async def test_sigkill_while_delivering_then_restart_delivers_once(fake, db_dsn,
             restarted.kill()
     assert len(fake.sent("sendPhoto", 503)) == 1
     assert await pool.fetchval("SELECT count(*) FROM image.images") == 1
-    assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = '503'") == 19
+    assert await pool.fetchval(f"{USER_BALANCE} WHERE platform_user_id = '503'") == 19
 
 
 async def test_a_rejected_token_is_one_line_and_exit_1(fake, db_dsn, tmp_path) -> None:

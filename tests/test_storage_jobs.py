@@ -13,7 +13,7 @@ from bot.core.errors import ImagesUnavailable
 from bot.core.models import Destination, ImagineRequest, UserIdentity
 from bot.core.storage.base import StorageError
 from bot.core.storage.local import LocalStore
-from tests.conftest import wait_for
+from tests.conftest import USER_BALANCE, wait_for
 from tests.fakes.core import RecordingObserver
 from tests.plugins.s3 import TEST_ACCESS_KEY, TEST_SECRET_KEY
 
@@ -62,7 +62,7 @@ async def test_s3_failing_still_shows_the_images_but_records_the_failure_and_ref
     assert item.generation.error_message == "The images were made but could not be saved."
     assert item.images == ()
     assert await pool.fetchval("SELECT count(*) FROM image.images") == 0
-    assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = 'alice'") == 20
+    assert await pool.fetchval(f"{USER_BALANCE} WHERE platform_user_id = 'alice'") == 20
     # Shown once, and not shown again as a failure by recovery.
     assert await pool.fetchval("SELECT delivered_at IS NOT NULL FROM image.generations") is True
 
@@ -140,7 +140,7 @@ async def test_an_unexpected_storage_error_does_not_crash_a_job_already_shown(
     assert len(observer.images[accepted.generation.id]) == 2  # both shown
     assert item.generation.status == "partial" and item.generation.credits_refunded == 1
     assert len(item.images) == 1
-    assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = 'alice'") == 19
+    assert await pool.fetchval(f"{USER_BALANCE} WHERE platform_user_id = 'alice'") == 19
     assert await pool.fetchval("SELECT delivered_at IS NOT NULL FROM image.generations") is True
 
 
@@ -182,7 +182,7 @@ async def test_images_without_an_address_are_not_shown_and_are_refunded(runtime_
     assert ("failed", job.id) in observer.events and job.id not in observer.images
     assert job.status == "failed" and job.credits_refunded == 2
     assert job.error_message == "The images were made but could not be saved."
-    assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = 'alice'") == 20
+    assert await pool.fetchval(f"{USER_BALANCE} WHERE platform_user_id = 'alice'") == 20
 
 
 async def test_a_job_read_right_after_it_is_shown_has_the_chats_file_refs(runtime_factory, pool, tmp_path) -> None:
@@ -198,9 +198,9 @@ async def test_a_job_read_right_after_it_is_shown_has_the_chats_file_refs(runtim
         async def slow_receipts(delivered):  # type: ignore[no-untyped-def]
             receipts_writing.set()
             await go_on.wait()
-            return await delivery.write_receipts(delivered)
+            return await delivery.write_marks(delivered)
 
-        delivery.receipts = GroupedWriter(slow_receipts)
+        delivery.marks = GroupedWriter(slow_receipts)
         rt.register(observer)
         await rt.start()
         accepted = await rt.service.imagine(ALICE, ImagineRequest("resend me", count=2), HERE)

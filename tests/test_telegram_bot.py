@@ -21,10 +21,10 @@ from bot.core.errors import TemporarilyUnavailable
 from bot.core.metrics import PLATFORM_ERRORS
 from bot.core.models import UserIdentity
 from bot.core.providers.base import GeneratedImage, PreviewCallback, ProviderCall
-from tests.conftest import make_settings, wait_for
+from tests.conftest import USER_BALANCE, make_settings, wait_for
 from tests.fakes.core import ScriptedProvider, scripted_model
 from tests.fakes.openai_server import fake_openai_server, moderation_blocked, png_bytes, slow
-from tests.fakes.tcp_proxy import CuttableProxy
+from tests.fakes.tcp_proxy import TcpProxy
 from tests.fakes.telegram_harness import RuntimeFactory, running_bot, telegram_settings
 from tests.fakes.telegram_server import (
     BOT_USERNAME,
@@ -59,7 +59,7 @@ def texts(fake: FakeTelegram, chat_id: int) -> list[str]:
 
 async def balance_of(pool: asyncpg.Pool, user_id: int) -> int:
     return await pool.fetchval(
-        "SELECT balance FROM image.users WHERE platform = 'telegram' AND platform_user_id = $1", str(user_id)
+        f"{USER_BALANCE} WHERE platform = 'telegram' AND platform_user_id = $1", str(user_id)
     )
 
 
@@ -103,7 +103,7 @@ async def test_imagine_shows_status_chat_action_then_photo_with_buttons(
     assert "photo" in photo.files  # uploaded once
     caption = photo.params["caption"]
     assert "a lighthouse at dusk" in caption and "offline" in caption and "seed 7" in caption and "16:9" in caption
-    assert photo.button_texts() == ["🔄", "📎 Original", "V1"]
+    assert photo.button_texts() == ["🔄", "📎 Original", "V1", "✏️ Remix"]
     # The status message (and its cancel button) is gone once the result is there.
     assert fake.sent("deleteMessage", ANN)[0].params["message_id"] == status.result["message_id"]
     # The photo's file_id is stored next to the image, for /history.
@@ -125,7 +125,7 @@ async def test_album_then_one_button_message_and_v2_varies_image_two(
         assert len(album.params["media"]) == 2 and "reply_markup" not in album.params
         assert len(album.files) == 2
         assert "two foxes" in album.params["media"][0]["caption"]
-        assert buttons.button_texts() == ["🔄", "📎 Originals", "V1", "V2"]
+        assert buttons.button_texts() == ["🔄", "📎 Originals", "V1", "V2", "✏️1", "✏️2"]
         # The buttons message follows the album and points at it.
         assert buttons.params["reply_parameters"]["message_id"] == album.result[0]["message_id"]
 
@@ -611,7 +611,7 @@ async def test_webhook_accepts_the_secret_token_and_rejects_requests_without_it(
         assert fake.webhook is not None
         assert fake.webhook["url"] == settings["telegram_webhook_url"]
         assert fake.webhook["secret_token"] == "s3cret-Token_1"
-        assert fake.webhook["allowed_updates"] == ["message", "callback_query"]
+        assert fake.webhook["allowed_updates"] == ["message", "callback_query", "pre_checkout_query"]
         assert not [c for c in fake.calls if c.method == "getUpdates"]
 
         forged = fake.message_update(ann, "/balance")
@@ -637,9 +637,9 @@ async def test_a_database_outage_gets_the_designed_answer_not_an_error(
 ) -> None:
     """/start, /history and /balance answer "can't reach its database, nothing was charged" like /imagine,
     with no ERROR traceback: a BotError is mapped to words in one place for every handler."""
-    proxy = CuttableProxy(db_dsn)
+    proxy = TcpProxy.for_dsn(db_dsn)
     await proxy.start()
-    bot_pool = await database.create_pool(proxy.proxied_dsn, 4)
+    bot_pool = await database.create_pool(proxy.dsn(db_dsn), 4)
     ann = fake.user(ANN, "Ann")
     settings = make_settings(tmp_path, **telegram_settings(fake))
     try:
@@ -653,6 +653,7 @@ async def test_a_database_outage_gets_the_designed_answer_not_an_error(
                 replies = await fake.wait_sent("sendMessage", ANN, count=3)
     finally:
         bot_pool.terminate()
+        await proxy.close()
     for reply in replies:
         assert reply.params["text"] == TemporarilyUnavailable().user_message
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -682,18 +683,20 @@ async def test_polling_sends_whole_seconds_and_a_stop_mid_poll_logs_no_error(
 async def test_a_connection_dropped_mid_poll_is_a_warning_and_polling_goes_on(
     runtime_factory: RuntimeFactory, fake: FakeTelegram, caplog: pytest.LogCaptureFixture
 ) -> None:
-    proxy = CuttableProxy(fake.base_url.removesuffix("/bot"))
+    api = fake.base_url.removesuffix("/bot")
+    proxy = TcpProxy.for_dsn(api)
     await proxy.start()
     ann = fake.user(ANN, "Ann")
-    settings = telegram_settings(fake, telegram_base_url=proxy.proxied_dsn + "/bot")
+    settings = telegram_settings(fake, telegram_base_url=proxy.dsn(api) + "/bot")
     async with runtime_factory(front_ends=[TelegramFrontEnd], **settings) as runtime:
         await runtime.start()
         with caplog.at_level(logging.INFO):
             await wait_for(lambda: fake._in_flight.get("getUpdates", 0) == 1)
             await proxy.cut()
-            await proxy.heal()
+            await proxy.start()
             fake.send(ann, "/help")
             await fake.wait_sent("sendMessage", ANN)
+    await proxy.close()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert [r for r in caplog.records if r.levelno == logging.WARNING and "polling" in r.getMessage()]
 

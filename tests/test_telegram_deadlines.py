@@ -9,7 +9,7 @@ import pytest
 from telegram import Update
 
 from bot.adapters.telegram.frontend import CONCURRENT_UPDATES
-from bot.adapters.telegram.processing import has_deadline
+from bot.adapters.telegram.updates import has_deadline
 from tests.fakes.telegram_harness import RuntimeFactory, running_bot
 from tests.fakes.telegram_server import FakeTelegram, fake_telegram_server
 

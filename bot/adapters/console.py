@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from bot.adapters.wording import plural, refund_text, seeds_text, source_text
+from bot.adapters.wording import link_code_text, linked_text, plural, refund_text, seeds_text, source_text
 from bot.core.errors import BotError, InvalidRequest
 from bot.core.events import DeliveryReceipt
 from bot.core.input_images import UploadedImage, refuse_if_too_large
@@ -40,6 +40,7 @@ HELP = """Commands:
   /history [page]   your earlier generations
   /balance          your credits and what each model costs
   /models           the models you can use
+  /link [code]      a code to join another platform's account, or join one with its code
   wait              wait until every generation you started has finished
   /help, /quit"""
 
@@ -173,9 +174,15 @@ class Console:
             self._show_models()
             balance = await self.service.balance(self.user)
             credits = plural(balance.balance, "credit")
-            self.write(f"Balance: {credits}" if balance.credits_enabled else "Credits are off.")
+            bought = f" ({plural(balance.bought, 'credit')} bought)" if balance.bought else ""
+            self.write(f"Balance: {credits}{bought}" if balance.credits_enabled else "Credits are off.")
         elif command == "models":
             self._show_models()
+        elif command == "link":
+            if rest.strip():
+                self.write(linked_text(await self.service.link(self.user, rest.strip())))
+            else:
+                self.write(link_code_text(await self.service.link_code(self.user)))
         elif command == "wait":
             await self.wait_all()
         elif line.startswith("/"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from bot.core.accounts import VALID_MINUTES, Linked
 from bot.core.models import Generation, ImageRecord, InputRecord
 
 GENERIC_ERROR = "Sorry, something went wrong on my side. Please try again in a moment."
@@ -36,3 +37,19 @@ def source_text(inputs: Sequence[InputRecord]) -> str:
     if not inputs:
         return ""
     return "from your image" if len(inputs) == 1 else f"from your {len(inputs)} images"
+
+
+def link_code_text(code: str, command: str = "/link") -> str:
+    """What /link answers with: the code and how to use it on the other platform."""
+    return (
+        f"Your link code: {code}\n"
+        f"On your other platform, send {command} {code} within {VALID_MINUTES} minutes to make the two one "
+        "account: one balance, one history. The code works once; don't share it."
+    )
+
+
+def linked_text(linked: Linked) -> str:
+    names = [p.capitalize() for p in linked.platforms]
+    platforms = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+    brought = f" {plural(linked.moved, 'credit')} moved over;" if linked.moved else ""
+    return f"Linked: {platforms} are now one account.{brought} your balance is {linked.balance}."

@@ -187,16 +187,19 @@ async def set_message(
 
 
 async def history(
-    conn: Connection, user_id: int, offset: int, limit: int
+    conn: Connection, account_id: int, offset: int, limit: int
 ) -> tuple[list[Generation], int]:
+    """The account's generations, by any of its identities (linked platforms show together)."""
     total = await conn.fetchval(
-        "SELECT count(*) FROM image.generations WHERE user_id = $1 AND deleted_at IS NULL", user_id
+        """SELECT count(*) FROM image.generations
+           WHERE user_id IN (SELECT id FROM image.users WHERE account_id = $1) AND deleted_at IS NULL""",
+        account_id,
     )
     rows = await conn.fetch(
         f"""SELECT {GENERATION_COLUMNS} {FROM_GENERATIONS}
-            WHERE g.user_id = $1 AND g.deleted_at IS NULL
+            WHERE u.account_id = $1 AND g.deleted_at IS NULL
             ORDER BY g.created_at DESC, g.id DESC OFFSET $2 LIMIT $3""",
-        user_id, offset, limit,
+        account_id, offset, limit,
     )
     return [generation_from_row(r) for r in rows], total
 

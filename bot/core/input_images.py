@@ -23,10 +23,14 @@ MAX_INPUT_BYTES = 20 * 1024 * 1024  # the public Telegram Bot API's download lim
 MAX_INPUT_PIXELS = 50_000_000
 # Pillow raises DecompressionBombError past twice its limit: ours is checked first, this is the backstop.
 Image.MAX_IMAGE_PIXELS = MAX_INPUT_PIXELS
-# Providers take far less than a phone camera makes; the longest side is brought down to this.
-MAX_SIDE = 2048
+# Providers work at far less than a phone camera makes (OpenAI's and Gemini's edits, SD's img2img all
+# scale inputs down to about this); the longest side is brought down to it, which keeps decoding cheap.
+MAX_SIDE = 1536
+# A JPEG is decoded at the smallest scale (1/2, 1/4, 1/8: nearly free) whose longest side still has this;
+# the full decode and the resize of a phone photo would cost several times more.
+DRAFT_SIDE = 1000
 INPUT_PREFIX = "inputs/"
-JPEG_QUALITY = 92
+JPEG_QUALITY = 90
 
 TOO_LARGE_MESSAGE = "That file is too large ({size}); the limit is {limit}."
 
@@ -61,7 +65,7 @@ def megabytes(size: int) -> str:
 
 
 def refuse_if_too_large(size: int, limit: int = MAX_INPUT_BYTES) -> None:
-    """For front ends that know a file's size before downloading it."""
+    """Refuse a file over the limit; front ends call it with the size the platform reports, before downloading."""
     if size > limit:
         raise InvalidRequest(TOO_LARGE_MESSAGE.format(size=megabytes(size), limit=megabytes(limit)))
 
@@ -109,9 +113,9 @@ def check(upload: UploadedImage) -> CheckedImage:
                     )
                 if getattr(image, "is_animated", False) and getattr(image, "n_frames", 1) > 1:
                     raise InvalidRequest(f"That picture{name} is animated. Send a still image.")
-                if image.format == "JPEG":
-                    # Decode at a reduced scale straight away when the photo is larger than we keep.
-                    image.draft("RGB", (MAX_SIDE, MAX_SIDE))
+                if image.format == "JPEG" and max(width, height) > MAX_SIDE:
+                    scale = DRAFT_SIDE / max(width, height)
+                    image.draft("RGB", (round(width * scale), round(height * scale)))
                 image.load()
                 return _normalised(image)
     except InvalidRequest:
@@ -130,9 +134,10 @@ def _normalised(image: Image.Image) -> CheckedImage:
     upright = ImageOps.exif_transpose(image)
     rgb = _eight_bit(upright)
     if max(rgb.size) > MAX_SIDE:
-        rgb.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
-    # A fresh image from the pixels alone: no EXIF (location!), no ICC profile, no text chunks.
-    bare = Image.frombytes(rgb.mode, rgb.size, rgb.tobytes())
+        rgb.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BICUBIC)
+    bare = rgb  # always a new image: _eight_bit converts
+    # Nothing of the file but its pixels is written: no EXIF (location!), no ICC profile, no text chunks.
+    bare.info = {}
     out = io.BytesIO()
     if bare.mode == "RGBA":
         bare.save(out, format="PNG", compress_level=1)

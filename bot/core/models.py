@@ -210,6 +210,7 @@ class Balance:
     credits_enabled: bool
     balance: int
     models: tuple[ModelPrice, ...]
+    bought: int = 0  # credits bought and kept (purchases less what their refunds took back)
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,17 @@ async def finish(
     return finished
 
 
+async def recorded(conn: Connection, generation_id: str, owner: str, status: GenerationStatus) -> Generation | None:
+    """The job if it is already recorded as `owner` ended it with `status`: a finish whose answer was lost
+    to a dropped connection may have landed."""
+    row = await conn.fetchrow(
+        f"""SELECT {GENERATION_COLUMNS} FROM image.generations g JOIN image.users u ON u.id = g.user_id
+            WHERE g.id = $1 AND g.lease_owner = $2 AND g.status = $3 AND g.finished_at IS NOT NULL""",
+        generation_id, owner, status,
+    )
+    return generation_from_row(row) if row else None
+
+
 async def cancel(
     conn: Connection, generation_id: str, message: str, owner: str, lease_seconds: float
 ) -> int | None:
@@ -207,6 +218,16 @@ async def mark_delivered(conn: Connection, delivered: Sequence[Delivered]) -> No
         _MARK_DELIVERED,
         [d.generation_id for d in delivered], [d.receipt.message_id if d.receipt else None for d in delivered],
         ref_images, ref_platforms, refs,
+    )
+
+
+async def release_undelivered(conn: Connection, owner: str, ids: Sequence[str]) -> None:
+    """Of these jobs, the recorded ones `owner` was still delivering when it stopped: free them for the next
+    start to deliver at once, rather than after their lease runs out."""
+    await conn.execute(
+        """UPDATE image.generations SET lease_owner = NULL, lease_expires_at = NULL
+           WHERE id = ANY($2) AND lease_owner = $1 AND delivered_at IS NULL AND finished_at IS NOT NULL""",
+        owner, list(ids),
     )
 
 

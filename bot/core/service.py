@@ -14,7 +14,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 import asyncpg
 
-from bot.core import credits, generations, input_images, queue
+from bot.core import accounts, credits, generations, input_images, prompt_questions, queue
 from bot.core.catalogue import ModelSpec
 from bot.core.credits import AcceptOutcome, CreditPolicy
 from bot.core.database import Connection
@@ -51,6 +51,7 @@ from bot.core.models import (
     UserIdentity,
 )
 from bot.core.prompt import MAX_SEED, random_seed, validate_request
+from bot.core.prompt_questions import PromptQuestion
 from bot.core.providers.runner import warnings_for
 from bot.core.storage.base import ImageStore, StorageError
 
@@ -66,6 +67,10 @@ class JobControl(Protocol):
     """What the service needs of the jobs side (bot.core.jobs.worker.Worker)."""
 
     def wake(self) -> None: ...
+
+    def announcing(self, generation_id: str) -> None: ...
+
+    def announced(self, generation_id: str, message_id: str | None) -> None: ...
 
     async def cancel(self, generation_id: str) -> bool: ...
 
@@ -186,11 +191,7 @@ class GenerationService:
         idempotency_key: str | None = None,
     ) -> Accepted:
         """A new generation starting from one result image, with a new prompt; charged like any request."""
-        image = await self._visible_image(who, image_id, destination.chat_id)
-        parent = await self.visible_generation(who, image.generation_id, destination.chat_id)
-        self._replay(parent, parent.seed)  # refuses a model that is gone
-        model = self.models[parent.model]
-        input_images.refuse_unless_model_takes(model, 1, list(self.models.values()))
+        image, parent = await self._remixable(who, image_id, destination.chat_id)
         policy = self.request_policy
         asked = ImagineRequest(
             prompt=prompt, negative_prompt=parent.negative_prompt, model=parent.model,
@@ -204,13 +205,37 @@ class GenerationService:
 
     @translates_connection_errors
     async def remix_source(self, who: UserIdentity, image_id: str, chat_id: str) -> Generation:
-        """The generation an image belongs to, if the caller may see it: its prompt prefills a remix."""
-        image = await self._visible_image(who, image_id, chat_id)
-        return await self.visible_generation(who, image.generation_id, chat_id)
+        """The generation an image belongs to, if the caller may see it: its prompt prefills a remix. A
+        model that can't start from a picture is refused here, before the user types a new prompt."""
+        _, source = await self._remixable(who, image_id, chat_id)
+        return source
 
-    def edit_models(self) -> list[ModelSpec]:
-        """The models that can start from a picture, for front ends to offer."""
-        return [m for m in self.models.values() if m.supports_input_image]
+    async def _remixable(self, who: UserIdentity, image_id: str, chat_id: str) -> tuple[ImageRecord, Generation]:
+        image = await self._visible_image(who, image_id, chat_id)
+        source = await self.visible_generation(who, image.generation_id, chat_id)
+        self._replay(source, source.seed)  # refuses a model that is gone
+        input_images.refuse_unless_model_takes(self.models[source.model], 1, list(self.models.values()))
+        return image, source
+
+    @translates_connection_errors
+    async def remember_question(self, question: PromptQuestion) -> None:
+        """A front end asked for a prompt (a ForceReply): the reply will find this, even after a restart."""
+        async with self.pool.acquire() as conn:
+            await prompt_questions.remember(conn, question)
+
+    @translates_connection_errors
+    async def question(self, platform: str, chat_id: str, message_id: str) -> PromptQuestion | None:
+        """The question a reply answers, if the bot asked one with that message."""
+        async with self.pool.acquire() as conn:
+            return await prompt_questions.find(conn, platform, chat_id, message_id)
+
+    def refuse_edit_unless_possible(self, request: ImagineRequest, count: int) -> None:
+        """Before a front end downloads anything: the model asked for (or the default) must take this many
+        pictures. An unknown model is left for validation to name."""
+        name = (request.model or self.default_model).strip()
+        model = self.models.get(name) or self.models.get(name.lower())
+        if model is not None:
+            input_images.refuse_unless_model_takes(model, count, list(self.models.values()))
 
     async def _edit(
         self,
@@ -342,6 +367,7 @@ class GenerationService:
         who = new.owner
         log.info("job %s accepted: %s by %s:%s, cost %d", generation.id, new.kind, who.platform, who.platform_user_id,
                  new.cost)
+        self.jobs.announcing(generation.id)
         self.jobs.wake()
         await self._announce(generation, acceptance.ahead)
         return Accepted(generation, acceptance.ahead, acceptance.balance if self.credit_policy.enabled else None)
@@ -364,17 +390,22 @@ class GenerationService:
         return Accepted(existing, position, balance if self.credit_policy.enabled else None, duplicate=True)
 
     async def _announce(self, generation: Generation, position: int) -> None:
-        observer = self.observers.get(generation.destination.platform)
-        if observer is None:
-            return
+        """Post the status message and store its id; the job's result waits for both (see announcements)."""
+        message_id: str | None = None
         try:
-            message_id = await observer.on_queued(generation, position)
-        except Exception:
-            log.warning("job %s: queued notification failed", generation.id, exc_info=True)
-            return
-        if message_id is not None:
-            async with self.pool.acquire() as conn:
-                await generations.set_message(conn, generation.id, message_id, None)
+            observer = self.observers.get(generation.destination.platform)
+            if observer is None:
+                return
+            try:
+                message_id = await observer.on_queued(generation, position)
+            except Exception:
+                log.warning("job %s: queued notification failed", generation.id, exc_info=True)
+                return
+            if message_id is not None:
+                async with self.pool.acquire() as conn:
+                    await generations.set_message(conn, generation.id, message_id, None)
+        finally:
+            self.jobs.announced(generation.id, message_id)
 
     # --- acting on a generation ----------------------------------------------------------------
 
@@ -405,7 +436,8 @@ class GenerationService:
 
     @translates_connection_errors
     async def history(self, who: UserIdentity, page: int = 0, page_size: int = 5) -> HistoryPage:
-        """The caller's own generations, newest first. Nobody else's, ever."""
+        """The caller's own generations (their account's, from every linked platform), newest first. Nobody
+        else's, ever."""
         page_size = max(1, min(page_size, MAX_HISTORY_PAGE_SIZE))
         page = max(0, page)
         await self.jobs.wait_for_records(owner=who)
@@ -413,11 +445,11 @@ class GenerationService:
             user = await credits.find_user(conn, who.platform, who.platform_user_id)
             if user is None:
                 return HistoryPage((), 0, page_size, 0)
-            rows, total = await generations.history(conn, user.id, page * page_size, page_size)
+            rows, total = await generations.history(conn, user.account_id, page * page_size, page_size)
             if not rows and total and page > 0:
                 # Asked past the end (an old button): show the last page instead.
                 page = (total - 1) // page_size
-                rows, total = await generations.history(conn, user.id, page * page_size, page_size)
+                rows, total = await generations.history(conn, user.account_id, page * page_size, page_size)
             images = await generations.get_images(conn, [g.id for g in rows])
             inputs = await generations.get_inputs(conn, [g.id for g in rows])
         items = tuple(HistoryItem(g, tuple(images[g.id]), tuple(inputs[g.id])) for g in rows)
@@ -451,7 +483,8 @@ class GenerationService:
     async def balance(self, who: UserIdentity) -> Balance:
         async with self.pool.acquire() as conn:
             user = await credits.ensure_user(conn, who, self.credit_policy.welcome)
-        return Balance(self.credit_policy.enabled, user.balance, tuple(self.model_choices()))
+            bought = await credits.bought(conn, user.account_id)
+        return Balance(self.credit_policy.enabled, user.balance, tuple(self.model_choices()), bought)
 
     def model_choices(self) -> list[ModelPrice]:
         return [ModelPrice(m.name, m.label or m.name, m.cost) for m in self.models.values()]
@@ -495,7 +528,25 @@ class GenerationService:
             row = await credits.find_user(conn, target.platform, target.platform_user_id)
             if row is None:
                 raise NotFound("That user")
-            return row.balance, await credits.ledger(conn, row.id, limit)
+            return row.balance, await credits.ledger(conn, row.account_id, limit)
+
+    # --- one account across platforms ---------------------------------------------------------
+
+    @translates_connection_errors
+    async def link_code(self, who: UserIdentity) -> str:
+        """A one-time code that joins another platform's identity to the caller's account."""
+        async with self.pool.acquire() as conn:
+            user = await credits.ensure_user(conn, who, self.credit_policy.welcome)
+            return await accounts.issue_code(conn, user.id)
+
+    @translates_connection_errors
+    async def link(self, who: UserIdentity, code: str) -> accounts.Linked:
+        """Join the caller to the account whose identity made `code`: balances add up, histories join."""
+        async with self.pool.acquire() as conn:
+            user = await credits.ensure_user(conn, who, self.credit_policy.welcome)
+            linked = await accounts.use_code(conn, user.id, code)
+        log.info("accounts: %s:%s linked (%s)", who.platform, who.platform_user_id, ", ".join(linked.platforms))
+        return linked
 
     # --- visibility ----------------------------------------------------------------------------
 
@@ -510,11 +561,17 @@ class GenerationService:
             generation = await generations.get_generation(conn, generation_id)
         if generation is None:
             raise NotFound()
-        own = generation.owner.platform == who.platform and generation.owner.platform_user_id == who.platform_user_id
         same_chat = generation.destination.platform == who.platform and generation.destination.chat_id == chat_id
-        if not (own or same_chat):
+        if not (same_chat or await self._is_own(who, generation)):
             raise NotFound()
         return generation
+
+    async def _is_own(self, who: UserIdentity, generation: Generation) -> bool:
+        """The caller's own: asked for by them, or by another identity of their account (a linked platform)."""
+        if generation.owner.platform == who.platform and generation.owner.platform_user_id == who.platform_user_id:
+            return True
+        async with self.pool.acquire() as conn:
+            return await accounts.same_account(conn, generation.user_id, who.platform, who.platform_user_id)
 
     async def _visible_image(self, who: UserIdentity, image_id: str, chat_id: str) -> ImageRecord:
         if not is_valid_id(image_id):
@@ -529,7 +586,7 @@ class GenerationService:
 
     async def _owned(self, who: UserIdentity, generation_id: str, chat_id: str) -> Generation:
         generation = await self.visible_generation(who, generation_id, chat_id)
-        if generation.owner.platform_user_id != who.platform_user_id or generation.owner.platform != who.platform:
+        if not await self._is_own(who, generation):
             raise Forbidden("Only the person who asked for these images can do that.")
         return generation
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from bot.core.catalogue import ModelSpec
 from bot.core.errors import ProviderError
-from bot.core.events import DeliveryReceipt
+from bot.core.events import DeliveredParts, DeliveryReceipt
 from bot.core.models import Generation, ImageFile
 from bot.core.providers.base import GeneratedImage, ImageProvider, PreviewCallback, ProviderCall
 
@@ -101,3 +101,32 @@ class RecordingObserver:
         if self.fail_deliveries > 0:
             self.fail_deliveries -= 1
             raise ConnectionError("platform down")
+
+
+@dataclass
+class PartsObserver(RecordingObserver):
+    """Posts a result in parts, one message per image, recording each part's receipt as it is accepted
+    (events.DeliversInParts). `posted` lists every part posted, in order; `fail_after_parts` parts are
+    posted before the next post fails (once); each post takes `part_delay` seconds."""
+
+    posted: list[tuple[str, str]] = field(default_factory=list)
+    fail_after_parts: int | None = None
+    part_delay: float = 0.0
+
+    async def on_completed_in_parts(
+        self, job: Generation, images: Sequence[ImageFile], parts: DeliveredParts
+    ) -> DeliveryReceipt | None:
+        for image in sorted(images, key=lambda i: i.record.index):
+            part = f"image-{image.record.index}"
+            if part in parts.sent:
+                continue
+            if self.fail_after_parts is not None and len(self.posted) >= self.fail_after_parts:
+                self.fail_after_parts = None
+                raise ConnectionError("platform down")
+            await asyncio.sleep(self.part_delay)
+            self.posted.append((job.id, part))
+            await parts.record(part, f"msg-{job.id}-{part}", {image.record.id: f"file-{image.record.index}"})
+        self.events.append(("completed", job.id))
+        self.done[job.id] = job
+        self.images[job.id] = images
+        return None

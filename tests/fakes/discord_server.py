@@ -60,8 +60,11 @@ EPHEMERAL = 1 << 6
 LOADING = 1 << 7
 
 # Interaction and callback types.
-APPLICATION_COMMAND, MESSAGE_COMPONENT, AUTOCOMPLETE = 2, 3, 4
+APPLICATION_COMMAND, MESSAGE_COMPONENT, AUTOCOMPLETE, MODAL_SUBMIT = 2, 3, 4, 5
 CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, DEFERRED_UPDATE, UPDATE_MESSAGE, AUTOCOMPLETE_RESULT = 4, 5, 6, 7, 8
+MODAL = 9
+ATTACHMENT_OPTION = 11
+MESSAGE_COMMAND = 3  # an application command's type: a message context-menu command
 
 
 def point_discord_py_at(fake: FakeDiscord, monkeypatch: Any) -> None:
@@ -187,6 +190,7 @@ class FakeInteraction:
     ephemeral: bool = False
     message_ids: set[int] = field(default_factory=set)
     choices: list[dict[str, Any]] | None = None  # an autocomplete answer
+    modal: dict[str, Any] | None = None  # the modal opened as the response (callback type 9)
 
 
 @dataclass
@@ -227,6 +231,10 @@ class FakeDiscord:
         self.dm_channels: dict[int, int] = {}  # user id -> DM channel id
         self.closed_dms: set[int] = set()
         self.channel_errors: dict[int, tuple[int, int, str]] = {}
+        self.attachment_files: dict[str, bytes] = {}  # "<id>/<filename>" -> bytes, served under /attachments
+        self.downloads: list[str] = []
+        self.entitlements: dict[str, dict[str, Any]] = {}  # by id: the application's, as Discord keeps them
+        self.consumed: list[str] = []  # entitlement ids, once per consume call
         self.commands: dict[str, list[dict[str, Any]]] = {}  # "global" or a guild id -> synced commands
         self.identifies: list[dict[str, Any]] = []
         self.heartbeats = 0
@@ -253,6 +261,8 @@ class FakeDiscord:
             ("POST", re.compile(r"/channels/(\d+)/messages"), self._channel_post),
             ("PATCH", re.compile(r"/channels/(\d+)/messages/(\d+)"), self._channel_message),
             ("DELETE", re.compile(r"/channels/(\d+)/messages/(\d+)"), self._channel_message),
+            ("GET", re.compile(r"/applications/(\d+)/entitlements"), self._list_entitlements),
+            ("POST", re.compile(r"/applications/(\d+)/entitlements/(\d+)/consume"), self._consume),
         ]
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -261,6 +271,7 @@ class FakeDiscord:
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_get("/gateway", self._gateway)
         app.router.add_route("*", API_PREFIX + "/{tail:.*}", self._rest)
+        app.router.add_get("/attachments/{path:.+}", self._attachment_file)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -379,6 +390,62 @@ class FakeDiscord:
         self._sequence += 1
         await socket.send_json({"op": 0, "t": event, "s": self._sequence, "d": data})
 
+    # --- pictures users bring ---------------------------------------------------------------------
+
+    def attachment(
+        self, data: bytes, filename: str = "photo.png", content_type: str | None = "image/png",
+        *, declared_size: int | None = None,
+    ) -> dict[str, Any]:
+        """A file a user uploads, as Discord describes it (served here at its url). Give it as an option
+        value to `slash`, or in `user_message`."""
+        attachment_id = str(self.snowflake())
+        self.attachment_files[f"{attachment_id}/{filename}"] = data
+        url = f"http://127.0.0.1:{self.port}/attachments/{attachment_id}/{filename}"
+        attachment: dict[str, Any] = {
+            "id": attachment_id, "filename": filename, "size": declared_size or len(data), "url": url,
+            "proxy_url": url,
+        }
+        if content_type:
+            attachment["content_type"] = content_type
+        return attachment
+
+    def user_message(self, user: dict[str, Any], attachments: list[dict[str, Any]], content: str = "") -> FakeMessage:
+        """A message a user posted in the guild channel, with files."""
+        message = self._new_message(self.channel_id)
+        message.author, message.content, message.attachments = user, content, attachments
+        return message
+
+    async def message_command(self, name: str, target: FakeMessage, *, user: dict[str, Any]) -> FakeInteraction:
+        """Apps → `name` on `target`, as the Discord client sends it (the message in resolved data)."""
+        data = {
+            "id": self._command_id(name), "name": name, "type": MESSAGE_COMMAND, "target_id": str(target.id),
+            "resolved": {"messages": {str(target.id): target.to_json()}},
+        }
+        return await self._interact(APPLICATION_COMMAND, data, user=user, dm=False, channel_id=target.channel_id)
+
+    async def submit_modal(
+        self, opened_by: FakeInteraction, values: dict[str, str], *, user: dict[str, Any] | None = None
+    ) -> FakeInteraction:
+        """The user fills in the modal `opened_by` opened and submits it."""
+        assert opened_by.modal is not None, "no modal was opened"
+        rows = [
+            {"type": 1, "components": [{"type": 4, "custom_id": key, "value": value}]} for key, value in values.items()
+        ]
+        data = {"custom_id": opened_by.modal["custom_id"], "components": rows}
+        submitter = user or self.users[opened_by.user_id]
+        message_json = opened_by.payload.get("message")
+        message = self.messages.get(int(message_json["id"])) if message_json else None
+        return await self._interact(
+            MODAL_SUBMIT, data, user=submitter, dm=False, channel_id=opened_by.channel_id, message=message
+        )
+
+    async def _attachment_file(self, request: web.Request) -> web.Response:
+        path = request.match_info["path"]
+        if path not in self.attachment_files:
+            return web.Response(status=404)
+        self.downloads.append(path)
+        return web.Response(body=self.attachment_files[path], content_type="application/octet-stream")
+
     async def slash(
         self,
         name: str,
@@ -397,7 +464,10 @@ class FakeDiscord:
         resolved: dict[str, Any] = {}
         typed = []
         for key, value in (options or {}).items():
-            if isinstance(value, dict):
+            if isinstance(value, dict) and "filename" in value:
+                typed.append({"name": key, "type": ATTACHMENT_OPTION, "value": value["id"]})
+                resolved.setdefault("attachments", {})[value["id"]] = value
+            elif isinstance(value, dict):
                 typed.append({"name": key, "type": 6, "value": value["id"]})
                 resolved.setdefault("users", {})[value["id"]] = value
                 if not dm:
@@ -457,6 +527,23 @@ class FakeDiscord:
             app_permissions=app_permissions,
             upload_limit=upload_limit,
         )
+
+    def entitle(self, user: dict[str, Any], sku_id: int | str, *, test: bool = False) -> dict[str, Any]:
+        """The user bought a (consumable) SKU: the entitlement Discord keeps. Dispatch it with
+        `entitlement_event`, or leave it for the bot to find at start-up."""
+        entitlement = {
+            "id": str(self.snowflake()), "sku_id": str(sku_id), "application_id": str(self.application_id),
+            "user_id": user["id"], "type": 4 if test else 1, "deleted": False, "consumed": False,
+            "starts_at": None, "ends_at": None,
+        }
+        self.entitlements[entitlement["id"]] = entitlement
+        return entitlement
+
+    async def entitlement_event(self, event: str, entitlement: dict[str, Any]) -> None:
+        """ENTITLEMENT_CREATE, or ENTITLEMENT_DELETE (Discord refunded it: it is then deleted)."""
+        if event == "ENTITLEMENT_DELETE":
+            entitlement["deleted"] = True
+        await self.dispatch(event, dict(entitlement))
 
     async def redeliver(self, interaction: FakeInteraction) -> None:
         """The same event once more (gateways do redeliver, e.g. after a resume)."""
@@ -692,6 +779,38 @@ class FakeDiscord:
                 return await handler(request, body, files, *match.groups())
         return _error(404, 0, "404: Not Found")
 
+    # --- REST: entitlements ------------------------------------------------------------------------
+
+    async def _list_entitlements(self, request: web.Request, body: Any, files: list[Upload], app: str) -> web.Response:
+        if int(app) != self.application_id:
+            return _error(403, 50001, "Missing Access")
+        query = request.query
+        found = sorted(self.entitlements.values(), key=lambda e: int(e["id"]))
+        if query.get("user_id"):
+            found = [e for e in found if e["user_id"] == query["user_id"]]
+        if query.get("sku_ids"):
+            found = [e for e in found if e["sku_id"] in query["sku_ids"].split(",")]
+        if query.get("exclude_deleted", "true") == "true":
+            found = [e for e in found if not e["deleted"]]
+        limit = min(int(query.get("limit", 100)), 100)
+        if query.get("after"):
+            found = [e for e in found if int(e["id"]) > int(query["after"])][:limit]
+        else:
+            if query.get("before"):
+                found = [e for e in found if int(e["id"]) < int(query["before"])]
+            found = found[-limit:]
+        return _json(found)
+
+    async def _consume(self, request: web.Request, body: Any, files: list[Upload], app: str, eid: str) -> web.Response:
+        entitlement = self.entitlements.get(eid)
+        if int(app) != self.application_id or entitlement is None:
+            return _error(404, 10068, "Unknown Entitlement")
+        if entitlement["consumed"]:
+            return _error(400, 40074, "This entitlement has already been consumed.")  # as Discord words it
+        entitlement["consumed"] = True
+        self.consumed.append(eid)
+        return web.Response(status=204)
+
     # --- REST: the bot itself ------------------------------------------------------------------
 
     async def _get_me(self, request: web.Request, body: Any, files: list[Upload]) -> web.Response:
@@ -744,6 +863,7 @@ class FakeDiscord:
                     "default_member_permissions": command.get("default_member_permissions"),
                     "nsfw": command.get("nsfw", False),
                     "options": command.get("options", []),
+                    "description": command.get("description", ""),  # context-menu commands have none
                     **({"guild_id": guild} if guild else {}),
                     **command,
                 }
@@ -794,6 +914,13 @@ class FakeDiscord:
                 self._apply(target, data, files)
         elif kind == AUTOCOMPLETE_RESULT:
             interaction.choices = list(data.get("choices", []))
+        elif kind == MODAL:
+            if interaction.type not in (APPLICATION_COMMAND, MESSAGE_COMPONENT):
+                return _error(400, 50035, "Invalid Form Body")
+            problem = _modal_problem(data)
+            if problem is not None:
+                return problem
+            interaction.modal = data
         else:
             return _error(400, 50035, "Invalid Form Body")
         interaction.response_type = kind
@@ -942,6 +1069,10 @@ class FakeDiscord:
             if row.get("type") != 1 or not 1 <= len(buttons) <= 5:
                 return _form_error("components", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 5 in length.")
             for button in buttons:
+                if button.get("style") == 6 and (
+                    not button.get("sku_id") or any(button.get(k) for k in ("custom_id", "url", "label", "emoji"))
+                ):
+                    return _form_error("components", "BUTTON_COMPONENT_INVALID", "A premium button has only an sku_id")
                 custom_id = button.get("custom_id")
                 if custom_id is None:
                     continue
@@ -1018,6 +1149,23 @@ async def _read_body(request: web.Request) -> tuple[Any, list[Upload]]:
         return body, files
     raw = await request.read()
     return (json.loads(raw) if raw else None), []
+
+
+def _modal_problem(data: dict[str, Any]) -> web.Response | None:
+    """Discord's limits on a modal: a title of 1-45 characters, a custom_id of at most 100, 1-5 rows of
+    text inputs whose prefilled value is at most 4000 characters."""
+    if not 1 <= len(data.get("title") or "") <= 45:
+        return _form_error("title", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 45 in length.")
+    if not 1 <= len(data.get("custom_id") or "") <= 100:
+        return _form_error("custom_id", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
+    rows = data.get("components") or []
+    if not 1 <= len(rows) <= 5:
+        return _form_error("components", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 5 in length.")
+    for row in rows:
+        for item in row.get("components", []):
+            if item.get("type") != 4 or len(item.get("value") or "") > 4000 or not item.get("custom_id"):
+                return _form_error("components", "BASE_TYPE_BAD_LENGTH", "Invalid text input.")
+    return None
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -1,77 +1,74 @@
-"""A pass-through to Postgres that can be cut: the database "going away" for the bot, for real, while the
-test keeps its own connections. Listens where the DSN says Postgres is (a TCP port, or a Unix socket
-directory as the embedded server uses), on a port or directory of its own."""
+"""A TCP proxy on 127.0.0.1 between the bot and a real server, that a test cuts (every connection dropped,
+new ones refused) and restores: the server made unreachable without stopping it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import tempfile
-from pathlib import Path
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 
-class CuttableProxy:
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self.proxied_dsn = ""
+class TcpProxy:
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)  # a host starting with / is a Unix socket's directory
+        self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        self._directory = tempfile.TemporaryDirectory(prefix="pgproxy-")
-        self._listen_port = 0
+
+    @classmethod
+    def for_dsn(cls, dsn: str) -> TcpProxy:
+        parts = urlsplit(dsn)
+        query = dict(parse_qsl(parts.query))
+        return cls(query.get("host") or parts.hostname or "127.0.0.1", int(query.get("port") or parts.port or 5432))
+
+    def dsn(self, dsn: str) -> str:
+        """`dsn` through this proxy."""
+        parts = urlsplit(dsn)
+        credentials = parts.netloc.rpartition("@")[0]
+        netloc = f"{credentials}@127.0.0.1:{self.port}" if credentials else f"127.0.0.1:{self.port}"
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k not in ("host", "port")])
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
 
     async def start(self) -> None:
-        """Listen; `proxied_dsn` then reaches the same database through this proxy."""
-        address = urlsplit(self.dsn)
-        query = parse_qs(address.query)
-        if address.hostname:
-            port = address.port or 5432
-            self._connect = lambda: asyncio.open_connection(address.hostname, port)
-            self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-            self._listen_port = self._port()
-            netloc = address.netloc.replace(f"{address.hostname}:{port}", f"127.0.0.1:{self._port()}")
-            self.proxied_dsn = urlunsplit(address._replace(netloc=netloc))
-            return
-        port = int(query.get("port", ["5432"])[0])
-        socket = f".s.PGSQL.{port}"
-        upstream = str(Path(query["host"][0]) / socket)
-        self._connect = lambda: asyncio.open_unix_connection(upstream)
-        self._server = await asyncio.start_unix_server(self._serve, str(Path(self._directory.name) / socket))
-        query["host"] = [self._directory.name]
-        self.proxied_dsn = urlunsplit(address._replace(query=urlencode(query, doseq=True)))
-
-    async def heal(self) -> None:
-        """Listen again, on the same TCP port (after `cut`)."""
-        assert self._server is None and self._listen_port
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self._listen_port)
-
-    def _port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        """Listen (again, on the same port once it has one)."""
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
 
     async def cut(self) -> None:
-        """Every connection dropped, new ones refused."""
+        """Refuse new connections and drop the open ones."""
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
             self._server = None
         for writer in list(self._writers):
-            writer.close()
+            writer.transport.abort()
+        self._writers.clear()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await self._connect()
-        self._writers.update({writer, up_writer})
+    async def close(self) -> None:
+        await self.cut()
+
+    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            host, port = self.target
+            if host.startswith("/"):
+                server_reader, server_writer = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+            else:
+                server_reader, server_writer = await asyncio.open_connection(host, port)
+        except OSError:
+            client_writer.transport.abort()
+            return
+        self._writers |= {client_writer, server_writer}
+        await asyncio.gather(
+            self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer),
+            return_exceptions=True,
+        )
+        self._writers -= {client_writer, server_writer}
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
         finally:
-            for w in (writer, up_writer):
-                self._writers.discard(w)
-                w.close()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError, OSError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    writer.close()
+            with contextlib.suppress(Exception):
+                writer.transport.abort()

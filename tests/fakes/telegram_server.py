@@ -41,6 +41,7 @@ BOT_USER = {
 DEFAULT_TOKEN = f"{BOT_ID}:TEST-token_abcdefghijklmnop"
 
 PHOTO_MAX_BYTES = 10 * 1024 * 1024
+DOWNLOAD_MAX_BYTES = 20 * 1024 * 1024  # getFile on the public Bot API
 UPLOAD_MAX_BYTES = 50 * 1024 * 1024
 CAPTION_LIMIT = 1024
 TEXT_LIMIT = 4096
@@ -49,6 +50,8 @@ TEXT_LIMIT = 4096
 _TEXT_PARAMS = {
     "text", "caption", "callback_query_id", "action", "url", "secret_token", "photo", "document", "data",
     "parse_mode", "filename", "inline_message_id", "business_connection_id", "emoji",
+    "title", "description", "payload", "provider_token", "currency", "pre_checkout_query_id", "error_message",
+    "telegram_payment_charge_id",
 }
 
 
@@ -149,7 +152,12 @@ class FakeTelegram:
         self.groups: dict[int, dict[str, Any]] = {}
         self.messages: dict[tuple[int, int], dict[str, Any]] = {}
         self.files: dict[str, bytes] = {}
+        self.file_paths: dict[str, str] = {}  # getFile's file_path -> file_id
+        self.downloads: list[str] = []  # file_paths the bot downloaded
         self.queries: dict[str, bool] = {}  # callback query id -> answered
+        # Payments: pre-checkout query id -> (pushed at, answer call or None); charge id -> (user, refunded).
+        self.checkouts: dict[str, tuple[float, ApiCall | None]] = {}
+        self.charges: dict[str, tuple[int, bool]] = {}
         self._message_ids: dict[int, itertools.count[int]] = {}
         self._update_ids = itertools.count(10_000)
         self._updates: list[dict[str, Any]] = []
@@ -218,6 +226,38 @@ class FakeTelegram:
         self.messages[(chat["id"], message["message_id"])] = message
         return {"update_id": next(self._update_ids), "message": message}
 
+    def send_photo(
+        self, user: dict[str, Any], data: bytes, caption: str | None = None, chat: dict[str, Any] | None = None,
+        *, reply_to: dict[str, Any] | None = None, media_group_id: str | None = None,
+        document: tuple[str, str] | None = None, declared_size: int | None = None,
+    ) -> dict[str, Any]:
+        """The user sends a picture: a photo (in sizes, as Telegram makes them), or with `document`
+        (file name, MIME type) as a file. `declared_size` is the size Telegram reports, if not the real one."""
+        update = self.message_update(user, caption or "", chat, reply_to)
+        message = update["message"]
+        del message["text"]
+        message.pop("entities", None)
+        if caption:
+            message["caption"] = caption
+            if caption.startswith("/"):
+                command = caption.split()[0]
+                message["caption_entities"] = [{"type": "bot_command", "offset": 0, "length": _utf16_len(command)}]
+        if media_group_id:
+            message["media_group_id"] = media_group_id
+        if document is not None:
+            file_id = f"BQAC{secrets.token_urlsafe(24)}"
+            self.files[file_id] = data
+            message["document"] = {
+                "file_id": file_id, "file_unique_id": file_id[-12:], "file_name": document[0],
+                "mime_type": document[1], "file_size": declared_size or len(data),
+            }
+        else:
+            message["photo"] = self._photo(None, Upload("photo.jpg", "image/jpeg", data), ignore_limit=True)
+            if declared_size is not None:
+                message["photo"][-1]["file_size"] = declared_size
+        self.push(update)
+        return update
+
     def press(self, user: dict[str, Any], message: dict[str, Any], data: str) -> str:
         """The user presses an inline button with `data` on the bot's `message`. Returns the query id."""
         query_id = str(secrets.randbits(63))
@@ -230,6 +270,40 @@ class FakeTelegram:
             },
         })
         return query_id
+
+    def pre_checkout(self, user: dict[str, Any], payload: str, total: int, currency: str = "XTR") -> str:
+        """The user pressed Pay on an invoice: Telegram asks the bot to confirm. Returns the query id."""
+        query_id = str(secrets.randbits(63))
+        self.checkouts[query_id] = (time.monotonic(), None)
+        self.push({
+            "update_id": next(self._update_ids),
+            "pre_checkout_query": {
+                "id": query_id, "from": user, "currency": currency, "total_amount": total, "invoice_payload": payload,
+            },
+        })
+        return query_id
+
+    def checkout_answer(self, query_id: str) -> ApiCall | None:
+        return self.checkouts[query_id][1]
+
+    def payment_update(
+        self, user: dict[str, Any], payload: str, total: int, charge_id: str | None = None, currency: str = "XTR"
+    ) -> dict[str, Any]:
+        """The payment went through: a service message with successful_payment (push it to deliver it;
+        pushing it twice is Telegram delivering it twice)."""
+        charge_id = charge_id or f"stxch_{secrets.token_hex(12)}"
+        self.charges[charge_id] = (user["id"], False)
+        self.started.add(user["id"])  # paying happens in a chat with the bot
+        chat = self.private_chat(user)
+        message = {
+            "message_id": self._next_message_id(chat["id"]), "from": user, "chat": chat, "date": int(time.time()),
+            "successful_payment": {
+                "currency": currency, "total_amount": total, "invoice_payload": payload,
+                "telegram_payment_charge_id": charge_id, "provider_payment_charge_id": "",
+            },
+        }
+        self.messages[(chat["id"], message["message_id"])] = message
+        return {"update_id": next(self._update_ids), "message": message}
 
     def push(self, *updates: dict[str, Any]) -> None:
         """Queue updates as they are (pushing one twice is Telegram delivering it twice)."""
@@ -282,7 +356,15 @@ class FakeTelegram:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=UPLOAD_MAX_BYTES + 10 * 1024 * 1024)
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._download)
         return app
+
+    async def _download(self, request: web.Request) -> web.Response:
+        path = request.match_info["path"]
+        if request.match_info["token"] != self.token or path not in self.file_paths:
+            return web.Response(status=404)
+        self.downloads.append(path)
+        return web.Response(body=self.files[self.file_paths[path]], content_type="application/octet-stream")
 
     async def _handle(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
@@ -500,6 +582,17 @@ class FakeTelegram:
         del self.messages[key]
         return True
 
+    def _api_getFile(self, call: ApiCall) -> dict[str, Any]:
+        file_id = call.params.get("file_id")
+        if file_id not in self.files:
+            raise bad_request("wrong file_id or the file is temporarily unavailable")
+        data = self.files[file_id]
+        if len(data) > DOWNLOAD_MAX_BYTES:
+            raise bad_request("file is too big")
+        path = f"files/{file_id[-12:]}"
+        self.file_paths[path] = file_id
+        return {"file_id": file_id, "file_unique_id": file_id[-12:], "file_size": len(data), "file_path": path}
+
     def _api_answerCallbackQuery(self, call: ApiCall) -> bool:
         query_id = call.params.get("callback_query_id")
         if query_id not in self.queries or self.queries[query_id]:
@@ -507,6 +600,60 @@ class FakeTelegram:
         if len(call.params.get("text") or "") > 200:
             raise bad_request("MESSAGE_TOO_LONG")
         self.queries[query_id] = True
+        return True
+
+    def _api_sendInvoice(self, call: ApiCall) -> dict[str, Any]:
+        """As Telegram checks an invoice in Stars (digital goods may only be sold in Stars)."""
+        chat = self._writable_chat(call.params.get("chat_id"))
+        p = call.params
+        if not 1 <= len(p.get("title") or "") <= 32:
+            raise bad_request("INVOICE_TITLE_INVALID" if p.get("title") else "parameter title is required")
+        if not 1 <= len(p.get("description") or "") <= 255:
+            raise bad_request("INVOICE_DESCRIPTION_INVALID")
+        if not 1 <= len((p.get("payload") or "").encode()) <= 128:
+            raise bad_request("INVOICE_PAYLOAD_INVALID")
+        if p.get("currency") != "XTR":
+            raise bad_request("CURRENCY_INVALID")  # the fake sells only Stars
+        if p.get("provider_token"):
+            raise bad_request("PAYMENT_PROVIDER_INVALID")  # Stars take no provider token
+        prices = p.get("prices")
+        if not isinstance(prices, list) or len(prices) != 1:
+            raise bad_request("STARS_INVOICE_INVALID: exactly one price must be specified")
+        amount = prices[0].get("amount")
+        if not isinstance(amount, int) or not 1 <= amount <= 10_000 or not prices[0].get("label"):
+            raise bad_request("STARS_INVOICE_INVALID")
+        message = self._new_bot_message(chat, call)
+        message["invoice"] = {
+            "title": p["title"], "description": p["description"], "start_parameter": "", "currency": "XTR",
+            "total_amount": amount,
+        }
+        return self._store(message)
+
+    def _api_answerPreCheckoutQuery(self, call: ApiCall) -> bool:
+        query_id = call.params.get("pre_checkout_query_id")
+        if query_id not in self.checkouts or self.checkouts[query_id][1] is not None:
+            raise bad_request("query is too old and response timeout expired or query ID is invalid")
+        pushed, _ = self.checkouts[query_id]
+        if time.monotonic() - pushed > 10:
+            raise bad_request("query is too old and response timeout expired or query ID is invalid")
+        ok = call.params.get("ok")
+        if ok not in (True, False):
+            raise bad_request("parameter ok is required")
+        if not ok and not call.params.get("error_message"):
+            raise bad_request("error_message is required when ok is False")
+        self.checkouts[query_id] = (pushed, call)
+        return True
+
+    def _api_refundStarPayment(self, call: ApiCall) -> bool:
+        charge_id = call.params.get("telegram_payment_charge_id")
+        if charge_id not in self.charges:
+            raise bad_request("CHARGE_NOT_FOUND")
+        user_id, refunded = self.charges[charge_id]
+        if int(call.params.get("user_id", 0)) != user_id:
+            raise bad_request("USER_ID_INVALID")
+        if refunded:
+            raise bad_request("CHARGE_ALREADY_REFUNDED")
+        self.charges[charge_id] = (user_id, True)
         return True
 
     # --- helpers -----------------------------------------------------------------------------------
@@ -588,14 +735,14 @@ class FakeTelegram:
                 if data is not None and not 1 <= len(data.encode()) <= 64:
                     raise bad_request("BUTTON_DATA_INVALID")
 
-    def _photo(self, ref: str | None, upload: Upload | None) -> list[dict[str, Any]]:
+    def _photo(self, ref: str | None, upload: Upload | None, ignore_limit: bool = False) -> list[dict[str, Any]]:
         if upload is None:
             if not ref or ref not in self.files:
                 raise bad_request("wrong file identifier/HTTP URL specified")
             data, file_id = self.files[ref], ref
         else:
             data = upload.data
-            if len(data) > self.photo_max_bytes:
+            if len(data) > self.photo_max_bytes and not ignore_limit:
                 raise bad_request("PHOTO_SAVE_FILE_INVALID")
             file_id = f"AgAC{secrets.token_urlsafe(24)}"
             self.files[file_id] = data

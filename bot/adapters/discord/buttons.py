@@ -33,9 +33,10 @@ class Action(StrEnum):
     DELETE = "d"
     PAGE = "h"
     NOOP = "n"  # the disabled "2 / 5" page indicator
+    REMIX = "m"  # ✏️ on an image: opens a modal with its prompt
 
 
-_ID_ACTIONS = frozenset({Action.REGENERATE, Action.VARY, Action.CANCEL, Action.DELETE})
+_ID_ACTIONS = frozenset({Action.REGENERATE, Action.VARY, Action.CANCEL, Action.DELETE, Action.REMIX})
 
 
 @dataclass(frozen=True)
@@ -148,8 +149,12 @@ def _image_buttons(generation_id: str, images: Sequence[ImageRecord], row: int) 
 
 
 def result_view(job: Generation, images: Sequence[ImageRecord]) -> discord.ui.View:
-    """🔄 regenerate, V1…Vn variations, 🗑 delete (the core refuses anyone but the owner)."""
+    """🔄 regenerate, V1…Vn variations, ✏️ remix, 🗑 delete (the core refuses anyone but the owner)."""
     items = _image_buttons(job.id, images, row=0)
+    ordered = sorted(images, key=lambda i: i.index)[:4]  # 4 + 🗑: one full action row
+    for image in ordered:
+        label = "Remix" if len(ordered) == 1 else str(image.index + 1)
+        items.append(ActionButton.make(Action.REMIX, image.id, emoji="✏️", label=label, row=1))
     items.append(ActionButton.make(Action.DELETE, job.id, emoji="🗑", style=discord.ButtonStyle.danger, row=1))
     return _view(items)
 

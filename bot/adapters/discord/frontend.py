@@ -19,6 +19,7 @@ from bot.adapters.discord.acks import EarlyAcks
 from bot.adapters.discord.buttons import ActionButton, ButtonHandler
 from bot.adapters.discord.delivery import DiscordObserver
 from bot.adapters.discord.handlers import MAX_PROMPT_OPTION, DiscordHandlers
+from bot.adapters.discord.shop import EntitlementSettler, ShopHandlers, register_shop_commands
 from bot.adapters.frontend import StartFailed
 from bot.adapters.wording import GENERIC_ERROR
 from bot.config import ASPECT_RATIOS, Settings
@@ -26,6 +27,7 @@ from bot.core.metrics import PLATFORM_ERRORS
 from bot.core.models import ImagineRequest
 from bot.core.prompt import MAX_COUNT, MAX_SEED
 from bot.core.service import GenerationService
+from bot.core.shop import Shop
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,12 @@ class ImageBotClient(discord.Client):
     async def setup_hook(self) -> None:
         # Matches our buttons on every message, including those sent before a restart.
         self.add_dynamic_items(ActionButton)
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        # A submitted modal, from its custom_id alone: it may have been opened before a restart.
+        handler = self.button_handler
+        if interaction.type is discord.InteractionType.modal_submit and isinstance(handler, DiscordHandlers):
+            await handler.on_modal(interaction)
 
 
 class ShardedImageBotClient(ImageBotClient, discord.AutoShardedClient):
@@ -86,7 +94,8 @@ class DiscordFrontEnd:
         self.settings = settings
         self.ready_timeout = ready_timeout or settings.discord_ready_timeout_seconds
         preview_interval = settings.discord_preview_interval_seconds
-        self.handlers = DiscordHandlers(service)
+        shop = Shop(service.pool, settings.credit_packs, service.credit_policy, frozenset(settings.banned_users))
+        self.handlers = ShopHandlers(service, shop)
         shards = sharding(settings)
         self.client = (ShardedImageBotClient if shards else ImageBotClient)(
             self.handlers,
@@ -111,6 +120,10 @@ class DiscordFrontEnd:
         )
         self.handlers.early_acks = self.early_acks
         register_commands(self.client.tree, self.handlers)
+        register_shop_commands(self.client.tree, self.handlers)
+        self.entitlements = EntitlementSettler(self.client, shop)
+        self.client.event(self.entitlements.on_entitlement_create)
+        self.client.event(self.entitlements.on_entitlement_delete)
         self.observer = DiscordObserver(self.client, clock=clock, preview_interval=preview_interval)
         self._connection: asyncio.Task[None] | None = None
         # False in a process that only runs jobs (`run --only worker`): it delivers over the REST API and
@@ -155,6 +168,10 @@ class DiscordFrontEnd:
                 "Was the bot invited with the applications.commands scope?"
             ) from None
         self.early_acks.start()
+        try:
+            await self.entitlements.settle_missed()
+        except discord.HTTPException as error:  # not worth refusing to start over: the next start retries
+            log.warning("discord: listing entitlements failed: %s", error)
         log.info("discord: ready as %s (application %s)", self.client.user, self.client.application_id)
 
     async def _sync_commands(self) -> None:
@@ -196,6 +213,9 @@ def register_commands(tree: app_commands.CommandTree[Any], handlers: DiscordHand
         model="Which model (the cost per image is shown)",
         seed="Same seed + same prompt = similar image",
         negative="What to leave out",
+        image="A picture to start from: the prompt says what to make of it",
+        image2="Another picture, for models that take several",
+        image3="A third picture, for models that take several",
     )
     @app_commands.choices(aspect_ratio=[app_commands.Choice(name=r, value=r) for r in ASPECT_RATIOS])
     @app_commands.autocomplete(model=handlers.model_autocomplete)
@@ -207,8 +227,18 @@ def register_commands(tree: app_commands.CommandTree[Any], handlers: DiscordHand
         model: str | None = None,
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         negative: str | None = None,
+        image: discord.Attachment | None = None,
+        image2: discord.Attachment | None = None,
+        image3: discord.Attachment | None = None,
     ) -> None:
-        await handlers.imagine(interaction, ImagineRequest(prompt, negative, model, aspect_ratio, count, seed))
+        attachments = [a for a in (image, image2, image3) if a is not None]
+        await handlers.imagine(
+            interaction, ImagineRequest(prompt, negative, model, aspect_ratio, count, seed), attachments
+        )
+
+    @app_commands.context_menu(name="Imagine from this image")
+    async def imagine_from_message(interaction: discord.Interaction, message: discord.Message) -> None:
+        await handlers.imagine_from_message(interaction, message)
 
     @app_commands.command(name="history", description="Your earlier images, sent to you in a DM")
     async def history(interaction: discord.Interaction) -> None:
@@ -243,8 +273,8 @@ def register_commands(tree: app_commands.CommandTree[Any], handlers: DiscordHand
     ) -> None:
         await handlers.adjust_credits(interaction, user, -amount)
 
-    command: app_commands.Command[Any, Any, None]
-    for command in (imagine, history, balance, models):
+    command: app_commands.Command[Any, Any, None] | app_commands.ContextMenu
+    for command in (imagine, history, balance, models, imagine_from_message):
         command.allowed_contexts = contexts
         command.allowed_installs = installs
         tree.add_command(command)

@@ -14,15 +14,16 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot.adapters.discord import internals, render
+from bot.adapters.discord import internals, pictures, render
 from bot.adapters.discord.acks import ALREADY_ACKNOWLEDGED, UNKNOWN_INTERACTION, AckRefused, Deferral, EarlyAcks
 from bot.adapters.discord.buttons import Action, ButtonPayload, decode
 from bot.adapters.discord.context import PLATFORM, destination_for
 from bot.adapters.discord.history import HistorySender
 from bot.adapters.wording import GENERIC_ERROR, RESTARTING, plural, refund_text
-from bot.core.errors import BotError
+from bot.core.errors import BotError, InvalidRequest
 from bot.core.models import Accepted, Destination, ImagineRequest, UserIdentity
 from bot.core.prompt import parse_command_text
+from bot.core.prompt_questions import PromptQuestion, QuestionKind
 from bot.core.service import GenerationService
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ _UNANSWERABLE = (ALREADY_ACKNOWLEDGED, UNKNOWN_INTERACTION)
 _APPLICATION_COMMAND = discord.InteractionType.application_command.value
 _COMPONENT = discord.InteractionType.component.value
 _JOB_BUTTONS = frozenset({Action.REGENERATE, Action.VARY})
+_ATTACHMENT_OPTION = discord.AppCommandOptionType.attachment.value
 
 
 class _Unanswerable(Exception):
@@ -73,6 +75,8 @@ class DiscordHandlers:
             return payload is not None and payload.action in _JOB_BUTTONS
         if data.get("type") != _APPLICATION_COMMAND or inner.get("name") != "imagine":
             return False
+        if any(option.get("type") == _ATTACHMENT_OPTION for option in inner.get("options") or ()):
+            return False  # a picture is checked first, and a refusal must stay private
         options = {option["name"]: option.get("value") for option in inner.get("options") or ()}
         prompt = options.get("prompt")
         if not isinstance(prompt, str) or not 1 <= len(prompt) <= MAX_PROMPT_OPTION:
@@ -89,7 +93,10 @@ class DiscordHandlers:
 
     # --- slash commands ------------------------------------------------------------------------
 
-    async def imagine(self, interaction: discord.Interaction, options: ImagineRequest) -> None:
+    async def imagine(
+        self, interaction: discord.Interaction, options: ImagineRequest,
+        attachments: list[discord.Attachment] | None = None,
+    ) -> None:
         async with self._answering(interaction):
             if not await self._may_start_job(interaction):
                 return
@@ -97,7 +104,65 @@ class DiscordHandlers:
             request = parse_command_text(options.prompt, options)
             who = identity(interaction.user)
             key = str(interaction.id)  # a redelivered interaction has the same id: never charged twice
+            if attachments:
+                # An edit: what can be refused without downloading is refused privately, before answering.
+                pictures.refuse_too_big(attachments)
+                self.service.refuse_edit_unless_possible(request, len(attachments))
+
+                async def edit(where: Destination) -> Accepted:
+                    inputs = [await pictures.download(a) for a in attachments]
+                    return await self.service.imagine(who, request, where, key, inputs=inputs)
+
+                await self._run_job(interaction, edit)
+                return
             await self._run_job(interaction, lambda d: self.service.imagine(who, request, d, key))
+
+    async def imagine_from_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        """Apps → "Imagine from this image": a modal asks for the prompt. The pictures' addresses wait in
+        Postgres for the submission, under this interaction's id."""
+        async with self._answering(interaction):
+            if not await self._may_start_job(interaction):
+                return
+            found = pictures.pictures_of(message)
+            pictures.refuse_too_big(found)
+            await self.service.remember_question(PromptQuestion(
+                PLATFORM, str(interaction.channel_id), str(interaction.id), QuestionKind.EDIT,
+                str(interaction.user.id), file_refs=tuple(a.url for a in found),
+            ))
+            modal = pictures.prompt_modal("Imagine from this image", pictures.edit_custom_id(str(interaction.id)))
+            await self._open_modal(interaction, modal)
+
+    async def on_modal(self, interaction: discord.Interaction) -> None:
+        """A submitted prompt modal: a remix of an image, or an edit of the pictures of a message."""
+        purpose = pictures.decode_modal(pictures.modal_custom_id(interaction))
+        if purpose is None:
+            return  # not one of ours
+        async with self._answering(interaction):
+            if not await self._may_start_job(interaction):
+                return
+            prompt = pictures.submitted_prompt(interaction)
+            who = identity(interaction.user)
+            key = str(interaction.id)
+            if purpose.kind == "r":
+                await self._run_job(interaction, lambda d: self.service.remix(who, purpose.target, prompt, d, key))
+                return
+            question = await self.service.question(PLATFORM, str(interaction.channel_id), purpose.target)
+            if question is None:
+                raise InvalidRequest("That request has expired. Please pick the message again.")
+            request = parse_command_text(prompt)
+            self.service.refuse_edit_unless_possible(request, len(question.file_refs))
+
+            async def edit(where: Destination) -> Accepted:
+                inputs = [await pictures.download_url(interaction.client, url) for url in question.file_refs]
+                return await self.service.imagine(who, request, where, key, inputs=inputs)
+
+            await self._run_job(interaction, edit)
+
+    async def _open_modal(self, interaction: discord.Interaction, modal: discord.ui.Modal) -> None:
+        """A modal must be the first response. Its submission is handled by on_modal from its custom_id,
+        so discord.py's in-memory copy is let go at once."""
+        await interaction.response.send_modal(modal)
+        modal.stop()
 
     async def history(self, interaction: discord.Interaction) -> None:
         async with self._answering(interaction):
@@ -162,6 +227,10 @@ class DiscordHandlers:
             elif payload.action is Action.VARY:
                 if await self._may_start_job(interaction):
                     await self._run_job(interaction, lambda d: self.service.vary(who, payload.target, d, key))
+            elif payload.action is Action.REMIX:
+                source = await self.service.remix_source(who, payload.target, chat)
+                modal = pictures.prompt_modal("Remix", pictures.remix_custom_id(payload.target), source.prompt)
+                await self._open_modal(interaction, modal)
             elif payload.action is Action.CANCEL:
                 await self._defer(interaction, thinking=True, ephemeral=True)
                 job = await self.service.cancel(who, payload.target, chat)

@@ -113,4 +113,5 @@ def balance_text(balance: Balance) -> str:
     )
     if not balance.credits_enabled:
         return _limit(f"Credits are off here: images are free.\n\nModels:\n{prices}")
-    return _limit(f"You have **{plural(balance.balance, 'credit')}**.\n\nCost per image:\n{prices}")
+    bought = f" (you bought {plural(balance.bought, 'credit')})" if balance.bought else ""
+    return _limit(f"You have **{plural(balance.balance, 'credit')}**{bought}.\n\nCost per image:\n{prices}")

@@ -50,7 +50,14 @@ class PageButton:
     page: int  # 0-based
 
 
-Action = Regenerate | Vary | Originals | Cancel | PageButton
+@dataclass(frozen=True)
+class Remix:
+    """✏️: asks for a new prompt for this image (a ForceReply); the reply makes the remix."""
+
+    image_id: str
+
+
+Action = Regenerate | Vary | Originals | Cancel | PageButton | Remix
 
 
 def encode(action: Action) -> str:
@@ -65,6 +72,8 @@ def encode(action: Action) -> str:
             data = f"x:{generation_id}:{owner_id}"
         case PageButton(page):
             data = f"h:{page}"
+        case Remix(image_id):
+            data = f"e:{image_id}"
     if len(data.encode()) > MAX_BYTES:  # cannot happen with 12-char ids; a guard for future actions
         raise ValueError(f"callback_data too long: {data!r}")
     return data
@@ -84,6 +93,8 @@ def decode(data: str | None) -> Action | None:
         return Originals(parts[0])
     if kind == "x" and len(parts) == 2 and is_valid_id(parts[0]) and _USER_ID.match(parts[1]):
         return Cancel(parts[0], parts[1])
+    if kind == "e" and len(parts) == 1 and is_valid_id(parts[0]):
+        return Remix(parts[0])
     if kind == "h" and len(parts) == 1 and _PAGE.match(parts[0]) and int(parts[0]) <= MAX_PAGE:
         return PageButton(int(parts[0]))
     return None
@@ -107,6 +118,11 @@ def result_keyboard(job: models.Generation, images: Sequence[models.ImageRecord]
     # At most 4 images per job today; 5 per row keeps a future larger count readable.
     variations = [_button(f"V{position}", Vary(image.id)) for position, image in enumerate(ordered, start=1)]
     rows.extend(variations[i : i + 5] for i in range(0, len(variations), 5))
+    if len(ordered) == 1:
+        rows.append([_button("✏️ Remix", Remix(ordered[0].id))])
+    else:
+        remixes = [_button(f"✏️{position}", Remix(image.id)) for position, image in enumerate(ordered, start=1)]
+        rows.extend(remixes[i : i + 5] for i in range(0, len(remixes), 5))
     return InlineKeyboardMarkup(rows)
 
 

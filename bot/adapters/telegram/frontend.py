@@ -20,6 +20,7 @@ from telegram.ext import (
     Defaults,
     ExtBot,
     MessageHandler,
+    PreCheckoutQueryHandler,
     filters,
 )
 from telegram.request import HTTPXRequest
@@ -27,20 +28,21 @@ from telegram.request import HTTPXRequest
 from bot.adapters.frontend import StartFailed
 from bot.adapters.telegram.context import PLATFORM
 from bot.adapters.telegram.delivery import ProgressTiming, TelegramObserver
-from bot.adapters.telegram.handlers import TelegramHandlers
 from bot.adapters.telegram.history import HistorySender
-from bot.adapters.telegram.processing import DeadlinesFirst
+from bot.adapters.telegram.payments import BUY_PREFIX, ShopHandlers
 from bot.adapters.telegram.ratelimit import FloodWaitLimiter
 from bot.adapters.telegram.sending import Sender
+from bot.adapters.telegram.updates import DeadlinesFirst
 from bot.adapters.telegram.webhook import WebhookServer, derived_secret, webhook_path
 from bot.config import Settings
 from bot.core.service import GenerationService
+from bot.core.shop import Shop
 
 log = logging.getLogger(__name__)
 
-ALLOWED_UPDATES = ["message", "callback_query"]
+ALLOWED_UPDATES = ["message", "callback_query", "pre_checkout_query"]
 # Updates other than callback and pre-checkout queries processed at once (those run at once:
-# processing.DeadlinesFirst). Handlers only queue work (the worker makes the images), so this bounds the
+# updates.DeadlinesFirst). Handlers only queue work (the worker makes the images), so this bounds the
 # replies in flight, not generation; Telegram limits how fast a bot may send anyway. Small, so that under
 # a burst the event loop turns quickly for everything else (the Discord gateway above all; as
 # discord.handlers.CONCURRENT_COMMANDS).
@@ -55,6 +57,10 @@ PRIVATE_COMMANDS = [
     BotCommand("history", "Your earlier images"),
     BotCommand("balance", "Your credits and the prices"),
     BotCommand("models", "The models and what each costs"),
+    BotCommand("buy", "Buy credits with Telegram Stars"),
+    BotCommand("link", "One account with your Discord: /link or /link <code>"),
+    BotCommand("paysupport", "Help with a payment"),
+    BotCommand("terms", "The terms of sale"),
     BotCommand("help", "How to use this bot"),
     BotCommand("start", "Welcome and your balance"),
 ]
@@ -69,6 +75,7 @@ ADMIN_COMMANDS = [
     *PRIVATE_COMMANDS,
     BotCommand("grant", "Admin: /grant <user id> <amount>"),
     BotCommand("revoke", "Admin: /revoke <user id> <amount>"),
+    BotCommand("refund", "Admin: /refund <charge id>"),
 ]
 
 
@@ -130,7 +137,11 @@ class TelegramFrontEnd:
         self.application = builder.build()
         self.sender = Sender(self.application.bot)
         self.observer = TelegramObserver(self.sender, service, timing)
-        self.handlers = TelegramHandlers(service, self.sender, HistorySender(self.sender, service, history_page_size))
+        shop = Shop(service.pool, settings.credit_packs, service.credit_policy, frozenset(settings.banned_users))
+        self.handlers = ShopHandlers(
+            service, self.sender, HistorySender(self.sender, service, history_page_size), shop,
+            settings.payment_support, settings.terms_text,
+        )
         self._webhook: WebhookServer | None = None
         self._register()
         self._started = False
@@ -142,6 +153,10 @@ class TelegramFrontEnd:
         new_messages = filters.UpdateType.MESSAGE  # an edited message is not a new request
         private = filters.ChatType.PRIVATE
         app = self.application
+        # Payments first: a pre-checkout query is answered at once (see updates.DeadlinesFirst), and a
+        # payment is a message that no other handler should see.
+        app.add_handler(PreCheckoutQueryHandler(h.pre_checkout))
+        app.add_handler(MessageHandler(filters.SUCCESSFUL_PAYMENT, h.paid))
         app.add_handler(CommandHandler("start", h.start, filters=new_messages))
         app.add_handler(CommandHandler("help", h.help, filters=new_messages))
         # CommandHandler also matches "/imagine@ThisBot" and ignores "/imagine@OtherBot" in groups.
@@ -151,9 +166,19 @@ class TelegramFrontEnd:
         app.add_handler(CommandHandler("models", h.models, filters=new_messages))
         app.add_handler(CommandHandler("grant", h.grant, filters=new_messages))
         app.add_handler(CommandHandler("revoke", h.revoke, filters=new_messages))
+        app.add_handler(CommandHandler("buy", h.buy, filters=new_messages))
+        app.add_handler(CommandHandler("paysupport", h.paysupport, filters=new_messages))
+        app.add_handler(CommandHandler("terms", h.terms, filters=new_messages))
+        app.add_handler(CommandHandler("refund", h.refund, filters=new_messages))
+        app.add_handler(CommandHandler("link", h.link, filters=new_messages))
         app.add_handler(MessageHandler(new_messages & private & filters.COMMAND, h.unknown_command))
+        # A photo or a file: an edit when captioned (see handlers.picture), a question when not.
+        app.add_handler(MessageHandler(new_messages & (filters.PHOTO | filters.Document.ALL), h.picture))
+        # A reply to one of the bot's questions is its answer; in groups, replies to the bot reach it too.
+        app.add_handler(MessageHandler(new_messages & filters.REPLY & filters.TEXT & ~filters.COMMAND, h.reply))
         # Privacy mode means groups only send us commands; in a private chat any text is a prompt.
         app.add_handler(MessageHandler(new_messages & private & filters.TEXT, h.prompt))
+        app.add_handler(CallbackQueryHandler(h.buy_button, pattern=f"^{BUY_PREFIX}"))
         app.add_handler(CallbackQueryHandler(h.button))
         app.add_error_handler(h.on_error)
 
@@ -237,6 +262,7 @@ class TelegramFrontEnd:
 
     async def close(self) -> None:
         await self.stop_taking_work()
+        await self.handlers.albums.close()
         await self.observer.close()
         await self.application.shutdown()
 

@@ -12,7 +12,15 @@ import logging
 import re
 from collections.abc import AsyncIterator
 
-from telegram import CallbackQuery, InlineKeyboardMarkup, MaybeInaccessibleMessage, Message, Update, User
+from telegram import (
+    CallbackQuery,
+    ForceReply,
+    InlineKeyboardMarkup,
+    MaybeInaccessibleMessage,
+    Message,
+    Update,
+    User,
+)
 from telegram.constants import ChatType, MessageEntityType
 from telegram.error import BadRequest, TelegramError
 from telegram.ext import ContextTypes
@@ -21,10 +29,12 @@ from bot.adapters import wording
 from bot.adapters.telegram import buttons, render
 from bot.adapters.telegram.context import PLATFORM, destination
 from bot.adapters.telegram.history import HistorySender
+from bot.adapters.telegram.pictures import Albums, PictureRef, download, picture_of, refuse_too_big
 from bot.adapters.telegram.sending import ChatGone, Sender
 from bot.core.errors import BotError, Forbidden, ImagesUnavailable, InvalidRequest
 from bot.core.models import UserIdentity
 from bot.core.prompt import parse_command_text
+from bot.core.prompt_questions import PromptQuestion, QuestionKind
 from bot.core.service import GenerationService
 from bot.core.storage.base import EXTENSIONS
 
@@ -72,6 +82,7 @@ class TelegramHandlers:
         self.sender = sender
         self.history_sender = history
         self.bot_username = ""  # known once the bot has called getMe (frontend.start)
+        self.albums = Albums(self._pictures)
 
     # --- replies -------------------------------------------------------------------------------
 
@@ -88,12 +99,17 @@ class TelegramHandlers:
     async def _answering(self, update: Update) -> AsyncIterator[None]:
         """Where a BotError becomes words in the chat: as a reply to the command, or to the message whose
         button was pressed. A chat we can no longer write to ends the update quietly."""
+        # The command, or the message whose button was pressed.
+        async with self._answering_to(update.effective_message):
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _answering_to(self, message: Message | MaybeInaccessibleMessage | None) -> AsyncIterator[None]:
         try:
             yield
         except ChatGone as gone:
             log.info("telegram: chat %s is gone: %s", gone.chat_id, gone.reason)
         except BotError as error:
-            message = update.effective_message  # the command, or the message whose button was pressed
             if message is not None:
                 await self._reply(message, render.plain(error.user_message))
 
@@ -129,8 +145,15 @@ class TelegramHandlers:
 
     async def imagine(self, update: Update, context: Context) -> None:
         message = update.effective_message
-        if message is not None:
-            await self._imagine(update, message, command_argument(message))
+        if message is None:
+            return
+        picture = picture_of(message.reply_to_message)
+        if picture is not None and update.effective_user is not None:
+            # `/imagine <prompt>` in reply to a picture: an edit of it.
+            async with self._answering(update):
+                await self._edit(update.effective_user, message, command_argument(message), [picture])
+            return
+        await self._imagine(update, message, command_argument(message))
 
     async def prompt(self, update: Update, context: Context) -> None:
         """Plain text in a private chat is a prompt."""
@@ -148,6 +171,119 @@ class TelegramHandlers:
                 identity(user), request, destination(message.chat, message, message.message_id), message_key(message)
             )
         # Accepted: the observer's on_queued has posted the status message. A duplicate shows nothing new.
+
+    # --- pictures: edits and remixes ----------------------------------------------------------------
+
+    async def picture(self, update: Update, context: Context) -> None:
+        """A photo, or a file. Captioned `/imagine <prompt>` (or, in a private chat, any caption) it is an
+        edit of that picture; an album's pictures are gathered first and go together; a picture with no
+        caption, in a private chat, gets a question whose reply is the prompt."""
+        message = update.effective_message
+        if message is None or update.effective_user is None:
+            return
+        if message.media_group_id:
+            self.albums.add(message)
+            return
+        await self._pictures([message])
+
+    async def _pictures(self, messages: list[Message]) -> None:
+        first = messages[0]
+        user = first.from_user
+        if user is None:
+            return
+        captioned = next((m for m in messages if m.caption), None)
+        async with self._answering_to(first):
+            prompt = self._caption_prompt(captioned) if captioned is not None else None
+            if prompt is not None:
+                explicit = captioned is not None and (captioned.caption or "").startswith("/")
+                pictures = [p for m in messages if (p := picture_of(m, any_document=explicit)) is not None]
+                await self._edit(user, captioned or first, prompt, pictures)
+            elif captioned is None and first.chat.type == ChatType.PRIVATE:
+                await self._ask_what_to_do(user, messages)
+
+    def _caption_prompt(self, message: Message) -> str | None:
+        """The prompt a caption gives: after `/imagine` (or `/imagine@ThisBot`), or all of it in a private
+        chat; None when the caption is not for us (another command, another bot, a group's chatter)."""
+        caption = message.caption or ""
+        command = next(
+            (e for e in message.caption_entities if e.type == MessageEntityType.BOT_COMMAND and e.offset == 0), None
+        )
+        if command is None:
+            return caption if message.chat.type == ChatType.PRIVATE else None
+        name, _, mention = caption[1 : command.length].partition("@")
+        if name.lower() != "imagine" or (mention and mention.lower() != self.bot_username.lower()):
+            return None
+        return _utf16_slice(caption, command.length)
+
+    async def _edit(self, user: User, message: Message, text: str, pictures: list[PictureRef]) -> None:
+        """Check what can be checked before downloading (size, how many the model takes), then download
+        the pictures and ask the core for an edit of them."""
+        request = parse_command_text(normalise_flags(text))
+        refuse_too_big(pictures)
+        self.service.refuse_edit_unless_possible(request, len(pictures))
+        inputs = [await download(self.sender.bot, picture) for picture in pictures]
+        await self.service.imagine(
+            identity(user), request, destination(message.chat, message, message.message_id), message_key(message),
+            inputs=inputs,
+        )
+
+    async def _ask_what_to_do(self, user: User, messages: list[Message]) -> None:
+        pictures = [p for m in messages if (p := picture_of(m)) is not None]
+        if not pictures:
+            raise InvalidRequest("That file isn't a picture I can use. Send a photo, or a PNG, JPEG or WebP file.")
+        refuse_too_big(pictures)
+        first = messages[0]
+        asked = await self.sender.text(
+            first.chat.id, render.what_to_do(len(pictures)), reply_to=first.message_id,
+            keyboard=ForceReply(input_field_placeholder="What should I do with it?"),
+        )
+        await self.service.remember_question(PromptQuestion(
+            PLATFORM, str(first.chat.id), str(asked.message_id), QuestionKind.EDIT, str(user.id),
+            file_refs=tuple(p.file_id for p in pictures),
+        ))
+
+    async def _ask_for_remix(
+        self, who: UserIdentity, image_id: str, message: Message | MaybeInaccessibleMessage
+    ) -> None:
+        source = await self.service.remix_source(who, image_id, str(message.chat.id))
+        asked = await self.sender.text(
+            message.chat.id, render.remix_question(source.prompt), reply_to=message.message_id,
+            keyboard=ForceReply(input_field_placeholder="The new prompt"),
+        )
+        await self.service.remember_question(PromptQuestion(
+            PLATFORM, str(message.chat.id), str(asked.message_id), QuestionKind.REMIX, who.platform_user_id,
+            image_id=image_id,
+        ))
+
+    async def reply(self, update: Update, context: Context) -> None:
+        """Text in reply to one of the bot's messages: the answer to a question it asked (the prompt for an
+        edit or a remix); anything else is, in a private chat, a plain prompt."""
+        message, user = update.effective_message, update.effective_user
+        if message is None or user is None or not message.text:
+            return
+        replied = message.reply_to_message
+        async with self._answering(update):
+            question = None
+            if replied is not None and replied.from_user is not None and replied.from_user.is_bot:
+                question = await self.service.question(PLATFORM, str(message.chat.id), str(replied.message_id))
+            if question is None:
+                if message.chat.type != ChatType.PRIVATE:
+                    return
+                picture = picture_of(replied)
+                if picture is not None:  # in the private chat, a reply to a picture is an edit of it
+                    await self._edit(user, message, message.text, [picture])
+                else:
+                    await self._imagine(update, message, message.text)
+                return
+            if question.kind == QuestionKind.REMIX:
+                assert question.image_id is not None
+                await self.service.remix(
+                    identity(user), question.image_id, message.text,
+                    destination(message.chat, message, message.message_id), message_key(message),
+                )
+            else:
+                pictures = [PictureRef(file_id, None) for file_id in question.file_refs]
+                await self._edit(user, message, message.text, pictures)
 
     async def history(self, update: Update, context: Context) -> None:
         message, user = update.effective_message, update.effective_user
@@ -246,6 +382,8 @@ class TelegramHandlers:
                     await self.service.vary(who, image_id, where, key)
                 case buttons.Cancel(generation_id, _):
                     await self.service.cancel(who, generation_id, chat_id)
+                case buttons.Remix(image_id):
+                    await self._ask_for_remix(who, image_id, message)
                 case buttons.Originals(generation_id):
                     await self._send_originals(who, generation_id, message.chat.id, message.message_id, full_message)
                 case buttons.PageButton(page) if message.chat.type == ChatType.PRIVATE:

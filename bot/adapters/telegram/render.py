@@ -165,7 +165,23 @@ def toast(action: buttons.Action) -> str | None:
             return "Cancelling…"
         case buttons.Originals():
             return "📎 Sending the original files…"
+        case buttons.Remix():
+            return "✏️ Reply with the new prompt."
     return None
+
+
+def what_to_do(pictures: int) -> str:
+    """The ForceReply a picture with no caption gets."""
+    these = "this picture" if pictures == 1 else f"these {pictures} pictures"
+    return (
+        f"What should I do with {these}? Reply to this message with a prompt, e.g. “make it snowy”. "
+        "Options work too: --ar 16:9 --n 2 --model name."
+    )
+
+
+def remix_question(prompt: str) -> str:
+    """The ForceReply a ✏️ press sends: the old prompt, to copy and change (Telegram can't prefill a reply)."""
+    return fit(f"✏️ Remix: reply to this message with the new prompt for this image.\n\nIt was:\n{prompt}", TEXT_LIMIT)
 
 
 def adjusted_text(target: UserIdentity, amount: int, applied: int, balance: int) -> str:
@@ -200,7 +216,8 @@ def models_text(models: Sequence[ModelPrice], default: str) -> str:
 def balance_text(balance: Balance) -> str:
     if not balance.credits_enabled:
         return "Credits are off here: make as many images as you like.\nModels:\n" + _prices(balance.models, False)
-    return f"You have {plural(balance.balance, 'credit')}.\nPrices:\n" + _prices(balance.models, True)
+    bought = f" ({plural(balance.bought, 'credit')} of them bought)" if balance.bought else ""
+    return f"You have {plural(balance.balance, 'credit')}{bought}.\nPrices:\n" + _prices(balance.models, True)
 
 
 def help_text(bot_username: str, models: Sequence[ModelPrice], default_model: str) -> str:
@@ -217,11 +234,15 @@ def help_text(bot_username: str, models: Sequence[ModelPrice], default_model: st
         "--no text  what to leave out\n\n"
         "In our private chat you can simply type the description.\n"
         f"In groups use /imagine{mention} <prompt>.\n\n"
+        "To change a picture of yours, send it with the caption /imagine <what to change> (or reply to it "
+        "with that); in our private chat any caption will do. An album gives several pictures.\n\n"
         "Under each result: 🔄 the same prompt with a new seed, V1… a variation of that image, "
-        "📎 the original files (Telegram compresses photos).\n\n"
+        "📎 the original files (Telegram compresses photos), ✏️ a new prompt for that image.\n\n"
         "/history  your earlier images (in our private chat)\n"
         "/balance  your credits and the prices\n"
-        "/models  the models and what each costs\n\n"
+        "/models  the models and what each costs\n"
+        "/buy  buy credits with Telegram Stars (/terms, /paysupport)\n"
+        "/link  one account with your Discord\n\n"
         "Models:\n" + _prices(models, False)
     )
 

@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from telegram import (
     Bot,
+    ForceReply,
     InlineKeyboardMarkup,
     InputMediaDocument,
     InputMediaPhoto,
@@ -136,7 +137,7 @@ class Sender:
         *,
         reply_to: int | None = None,
         thread_id: int | None = None,
-        keyboard: InlineKeyboardMarkup | None = None,
+        keyboard: InlineKeyboardMarkup | ForceReply | None = None,
     ) -> Message:
         body = fit(text, TEXT_LIMIT)
 

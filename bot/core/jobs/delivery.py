@@ -9,9 +9,11 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from bot.core import generations, queue
+from bot.core import database, generations, queue
 from bot.core.batches import GroupedWriter
-from bot.core.events import DeliveryReceipt, JobObserver
+from bot.core.events import DeliversInParts, DeliveryReceipt, JobObserver
+from bot.core.jobs.announcements import Announcements
+from bot.core.jobs.receipts import RECORD_RETRY_SECONDS, Receipts
 from bot.core.jobs.storing import StoredImages
 from bot.core.logcontext import job_id
 from bot.core.models import Generation, GenerationStatus, ImageFile
@@ -28,12 +30,17 @@ class Sent:
 
 
 class Delivery:
-    def __init__(self, pool: asyncpg.Pool, images: StoredImages, observers: Mapping[str, JobObserver]) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, images: StoredImages, observers: Mapping[str, JobObserver],
+        announcements: Announcements,
+    ) -> None:
         self.pool = pool
+        self.announcements = announcements
         self.images = images
         self.observers = observers  # filled in by the front ends as they register
+        self.receipts = Receipts(pool)
         # Jobs delivered at about the same time are marked in one statement (see batches).
-        self.receipts: GroupedWriter[queue.Delivered, None] = GroupedWriter(self.write_receipts)
+        self.marks: GroupedWriter[queue.Delivered, None] = GroupedWriter(self.write_marks)
 
     async def deliver(self, generation_id: str) -> bool:
         """Hand a finished job, as recorded, to its front end. True once delivered; on a platform error it
@@ -58,7 +65,12 @@ class Delivery:
         observer = self.observers.get(generation.destination.platform)
         if observer is None:
             return Sent(False)
+        generation = await self.announcements.settled(generation)
         try:
+            if generation.status.has_images and isinstance(observer, DeliversInParts):
+                parts = await self.receipts.for_job(generation.id)
+                receipt = await observer.on_completed_in_parts(generation, files, parts)
+                return Sent(True, receipt or parts.receipt())
             if generation.status.has_images:
                 return Sent(True, await observer.on_completed(generation, files))
             if generation.status == GenerationStatus.CANCELLED:
@@ -71,10 +83,15 @@ class Delivery:
         return Sent(True)
 
     async def record(self, generation: Generation, sent: Sent) -> None:
-        """Mark the job delivered, with its receipt. Cancelling the wait does not stop the write."""
-        await self.receipts.submit(queue.Delivered(generation.id, generation.destination.platform, sent.receipt))
+        """Mark the job delivered, with its receipt, waiting out the database being out of reach (marking
+        twice is harmless). Cancelling the wait does not stop the write."""
+        delivered = queue.Delivered(generation.id, generation.destination.platform, sent.receipt)
+        await database.persist(
+            f"job {generation.id}: recording its delivery", lambda: self.marks.submit(delivered),
+            RECORD_RETRY_SECONDS,
+        )
 
-    async def write_receipts(self, delivered: Sequence[queue.Delivered]) -> list[None]:
+    async def write_marks(self, delivered: Sequence[queue.Delivered]) -> list[None]:
         async with self.pool.acquire() as conn:
             await queue.mark_delivered(conn, delivered)
         return [None] * len(delivered)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass, field
@@ -13,12 +14,15 @@ from typing import Any
 
 import asyncpg
 
-from bot.core import queue
+from bot.core import database, inbox, queue
 from bot.core.models import Generation
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_MESSAGE = "The bot was restarted before your images were ready."
+
+# How often handled inbox entries are trimmed (the lease loop does it).
+TRIM_INBOX_EVERY_SECONDS = 3600.0
 
 # What the database failing looks like to the loops: they log it and try again on their next round.
 DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -61,6 +65,9 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
+        # When this process may next take over other processes' jobs (see recover).
+        self._takeover_after = 0.0
+        self._trim_inbox_after = 0.0
 
     @property
     def running(self) -> int:
@@ -79,14 +86,17 @@ class Scheduler:
             task.cancel()
 
     async def stop(self, grace_seconds: float) -> None:
-        """Take no new work, give running jobs `grace_seconds`, then fail and refund the rest."""
+        """Take no new work, give running jobs `grace_seconds`, then stop the rest."""
         self._stopping = True
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=grace_seconds)
-        for generation_id, task in list(self._tasks.items()):
+        # A job stopped before its images were made is failed and refunded; one stopped later was recorded
+        # by its run (charged, images kept) and is left undelivered for the next start.
+        stopped = list(self._tasks.items())
+        for generation_id, task in stopped:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -96,15 +106,31 @@ class Scheduler:
                 )
             if ended is not None:
                 await self._deliver(generation_id)
+        if stopped:
+            async with self.pool.acquire() as conn:
+                await queue.release_undelivered(conn, self.lease.owner, [generation_id for generation_id, _ in stopped])
 
     async def recover(self) -> None:
-        """Renew our leases; requeue or fail jobs whose lease ran out; deliver what nobody delivered."""
+        """Renew our leases; requeue or fail jobs whose lease ran out; deliver what nobody delivered.
+
+        After the database was out of reach, every lease ran out meanwhile, those of live processes too
+        (this one's included, still recording what it showed). So takeovers wait one lease length after
+        the database is back: each live owner renews within a third of it, before anyone takes its jobs."""
         platforms, owner, seconds = list(self.platforms), self.lease.owner, self.lease.seconds
-        async with self.pool.acquire() as conn:
-            if self._tasks:
-                await queue.renew_leases(conn, owner, list(self._tasks), seconds)
-            failed = await queue.recover_expired(conn, platforms, owner, seconds)
-            undelivered = await queue.claim_undelivered(conn, platforms, owner, seconds)
+        now = asyncio.get_running_loop().time()
+        try:
+            async with self.pool.acquire() as conn:
+                if self._tasks:
+                    await queue.renew_leases(conn, owner, list(self._tasks), seconds)
+                if self._takeover_after == math.inf:  # the first round with the database back
+                    self._takeover_after = now + seconds
+                if now < self._takeover_after:
+                    return
+                failed = await queue.recover_expired(conn, platforms, owner, seconds)
+                undelivered = await queue.claim_undelivered(conn, platforms, owner, seconds)
+        except database.UNREACHABLE:
+            self._takeover_after = math.inf
+            raise
         for generation_id in [*failed, *undelivered]:
             if generation_id not in self._tasks:
                 self._spawn(generation_id, self._deliver(generation_id))
@@ -141,13 +167,21 @@ class Scheduler:
             free = self.limits.max_jobs - len(self._tasks)
 
     async def _lease_loop(self) -> None:
-        """Keep our leases alive, and take over the jobs of processes that died."""
+        """Keep our leases alive, take over the jobs of processes that died, trim the inbox."""
         while not self._stopping:
             await asyncio.sleep(self.lease.seconds / 3)
             try:
                 await self.recover()
+                await self._trim_inbox()
             except DATABASE_ERRORS as error:
                 log.warning("lease upkeep failed, will retry: %s", error)
+
+    async def _trim_inbox(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now >= self._trim_inbox_after:
+            async with self.pool.acquire() as conn:
+                await inbox.trim_handled(conn)
+            self._trim_inbox_after = now + TRIM_INBOX_EVERY_SECONDS
 
     def _spawn(self, generation_id: str, work: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(work)

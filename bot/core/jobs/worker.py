@@ -12,9 +12,11 @@ import asyncpg
 from bot.core import queue
 from bot.core.catalogue import ModelSpec
 from bot.core.events import JobObserver
+from bot.core.jobs.announcements import Announcements
 from bot.core.jobs.delivery import Delivery
 from bot.core.jobs.job_runner import JobRunner
 from bot.core.jobs.lifecycle import JobLifecycle
+from bot.core.jobs.receipts import Receipts
 from bot.core.jobs.record_barrier import RecordBarrier
 from bot.core.jobs.scheduler import Lease, Scheduler, WorkerLimits
 from bot.core.jobs.storing import StoredImages
@@ -42,7 +44,8 @@ class Worker:
         self.lease = Lease(limits.lease_seconds)
         self.images = StoredImages(store)
         self.barrier = RecordBarrier(pool)
-        self.delivery = Delivery(pool, self.images, observers)
+        self.announcements = Announcements()
+        self.delivery = Delivery(pool, self.images, observers, self.announcements)
         job_runner = JobRunner(pool, self.images, providers, models, runner, limits.job_deadline_seconds)
         self.lifecycle = JobLifecycle(pool, job_runner, self.images, self.delivery, self.barrier, self.lease)
         self.scheduler = Scheduler(pool, observers, limits, self.lease, self.lifecycle.run, self.delivery.deliver)
@@ -67,11 +70,25 @@ class Worker:
         await self.barrier.close()
         await self.runner.limits.close()
 
+    # --- for the front ends ------------------------------------------------------------------
+
+    @property
+    def receipts(self) -> Receipts:
+        """Where a front end records each part of a result as its platform accepts it (see receipts)."""
+        return self.delivery.receipts
+
     # --- for the service -----------------------------------------------------------------------
 
     def wake(self) -> None:
         """A job was accepted: claim it now rather than at the next poll."""
         self.scheduler.wake()
+
+    def announcing(self, generation_id: str) -> None:
+        """A job's status message is about to be posted: its result waits for that message's id."""
+        self.announcements.begin(generation_id)
+
+    def announced(self, generation_id: str, message_id: str | None) -> None:
+        self.announcements.end(generation_id, message_id)
 
     async def cancel(self, generation_id: str) -> bool:
         """End a queued or running job as cancelled, refunding all of it (nothing was delivered), stop it if

@@ -1,0 +1,222 @@
+"""One account across platforms: link codes, balances that add up, histories and buttons shared, refusals
+that change nothing, and the migration that gives every existing user an account. Real database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from bot.core import accounts, credits, database
+from bot.core.errors import InvalidRequest, NotFound
+from bot.core.models import Destination, ImagineRequest, UserIdentity
+from tests.conftest import USER_BALANCE, with_database
+
+TG = UserIdentity("telegram", "111", "Tom")
+DC = UserIdentity("discord", "222", "Tom on Discord")
+TG_CHAT = Destination("telegram", "111")
+DC_CHAT = Destination("discord", "dm-222")
+
+
+async def balance(pool: asyncpg.Pool, who: UserIdentity) -> int:
+    return await pool.fetchval(
+        f"{USER_BALANCE} WHERE u.platform = $1 AND u.platform_user_id = $2", who.platform, who.platform_user_id
+    )
+
+
+async def books(pool: asyncpg.Pool) -> dict[int, tuple[int, int]]:
+    rows = await pool.fetch(
+        """SELECT a.id, a.balance, coalesce(sum(l.delta), 0) AS total FROM image.accounts a
+           LEFT JOIN image.credit_ledger l ON l.account_id = a.id GROUP BY a.id"""
+    )
+    return {r["id"]: (r["balance"], r["total"]) for r in rows}
+
+
+def test_codes_are_letters_digits_and_dashes_and_differ() -> None:
+    codes = {accounts.new_code() for _ in range(200)}
+    assert len(codes) == 200
+    assert all(re.fullmatch(r"[A-Z0-9-]{6,16}", c) for c in codes)
+
+
+async def test_link_adds_balances_and_shares_history_and_buttons(runtime_factory, pool) -> None:
+    async with runtime_factory(starting_credits=20) as rt:
+        on_telegram = await rt.service.imagine(TG, ImagineRequest("a telegram fox", count=2), TG_CHAT)
+        on_discord = await rt.service.imagine(DC, ImagineRequest("a discord owl", count=3), DC_CHAT)
+        code = await rt.service.link_code(TG)
+        linked = await rt.service.link(DC, code.lower())  # typed by hand: case doesn't matter
+        assert (linked.moved, linked.balance, linked.platforms) == (17, 18 + 17, ("discord", "telegram"))
+        assert await balance(pool, TG) == await balance(pool, DC) == 35
+        for who in (TG, DC):
+            page = await rt.service.history(who)
+            assert {i.generation.id for i in page.items} == {on_telegram.generation.id, on_discord.generation.id}
+        # Buttons of either platform's results work for the other identity: it is the same account's.
+        again = await rt.service.regenerate(DC, on_telegram.generation.id, DC_CHAT)
+        assert again.balance == 35 - 2
+        cancelled = await rt.service.cancel(TG, on_discord.generation.id, TG_CHAT.chat_id)
+        assert cancelled.credits_refunded == 3
+        assert (await rt.service.balance(DC)).balance == 36
+        # Someone else still sees none of it.
+        with pytest.raises(NotFound):
+            await rt.service.generation(UserIdentity("telegram", "999"), on_telegram.generation.id, "elsewhere")
+        with pytest.raises(InvalidRequest, match="already used"):
+            await rt.service.link(UserIdentity("discord", "333"), code)
+    link_rows = await pool.fetch("SELECT delta, reason FROM image.credit_ledger WHERE reason = 'link' ORDER BY id")
+    assert [r["delta"] for r in link_rows] == [-17, 17]
+    assert all(total == cached for cached, total in (await books(pool)).values())
+    assert await pool.fetchval("SELECT count(*) FROM image.account_links") == 1
+
+
+@pytest.mark.parametrize("case", ["wrong", "malformed", "expired", "own", "same-platform", "already-one"])
+async def test_refused_codes_change_nothing(runtime_factory, pool, case) -> None:
+    async with runtime_factory() as rt:
+        other_tg = UserIdentity("telegram", "444")
+        code = await rt.service.link_code(TG)
+        await rt.service.balance(DC)
+        await rt.service.balance(other_tg)
+        if case == "expired":
+            await pool.execute("UPDATE image.link_codes SET expires_at = now() - interval '1 second'")
+        if case == "already-one":
+            await rt.service.link(DC, code)
+            code = await rt.service.link_code(DC)
+        before = (await books(pool), await pool.fetch("SELECT id, account_id FROM image.users ORDER BY id"))
+        who, used = {
+            "wrong": (DC, "ABCD-EFGH-JKMN"),
+            "malformed": (DC, "not a code!"),
+            "expired": (DC, code),
+            "own": (TG, code),
+            "same-platform": (other_tg, code),
+            "already-one": (TG, code),
+        }[case]
+        with pytest.raises(InvalidRequest) as refused:
+            await rt.service.link(who, used)
+        after = (await books(pool), await pool.fetch("SELECT id, account_id FROM image.users ORDER BY id"))
+    assert before == after
+    expected = {"wrong": "wrong or has expired", "malformed": "wrong or has expired", "expired": "expired",
+                "own": "your own", "same-platform": "already has a Telegram identity", "already-one": "already one"}
+    assert expected[case] in refused.value.user_message
+    if case != "already-one":
+        assert await pool.fetchval("SELECT count(*) FROM image.link_codes WHERE used_at IS NOT NULL") == 0
+
+
+async def test_an_account_with_a_platform_takes_no_second_identity_of_it(runtime_factory, pool) -> None:
+    """Telegram+Discord joined; a second Telegram user can't join it through either identity's code."""
+    async with runtime_factory() as rt:
+        await rt.service.link(DC, await rt.service.link_code(TG))
+        for maker in (TG, DC):
+            with pytest.raises(InvalidRequest, match="already has a Telegram"):
+                await rt.service.link(UserIdentity("telegram", "555"), await rt.service.link_code(maker))
+
+
+async def test_two_links_at_once_one_code(runtime_factory, pool) -> None:
+    async with runtime_factory() as rt:
+        code = await rt.service.link_code(TG)
+        results = await asyncio.gather(
+            *(rt.service.link(UserIdentity("discord", f"d{i}"), code) for i in range(5)), return_exceptions=True
+        )
+    assert sum(not isinstance(r, BaseException) for r in results) == 1
+    assert all(isinstance(r, InvalidRequest) for r in results if isinstance(r, BaseException))
+    assert all(total == cached for cached, total in (await books(pool)).values())
+
+
+async def test_operator_unlinks(runtime_factory, pool) -> None:
+    async with runtime_factory() as rt:
+        await rt.service.link(DC, await rt.service.link_code(TG))
+        async with pool.acquire() as conn:
+            new_account = await accounts.unlink(conn, "discord", "222")
+            alone = await accounts.unlink(conn, "discord", "222")
+        assert new_account is not None and alone is None
+        assert (await rt.service.balance(DC)).balance == 0 and (await rt.service.balance(TG)).balance == 40
+        job = await rt.service.imagine(TG, ImagineRequest("mine again"), TG_CHAT)
+        with pytest.raises(NotFound):  # no longer its own: it looks missing
+            await rt.service.cancel(DC, job.generation.id, "dm-222")
+
+
+async def test_the_migration_gives_every_user_an_account_with_their_credits(pg_server_dsn, tmp_path: Path) -> None:
+    name = f"m_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(pg_server_dsn)
+    await admin.execute(f"CREATE DATABASE {name}")
+    dsn = with_database(pg_server_dsn, name)
+    before = tmp_path / "before"
+    before.mkdir()
+    for m in database.load_migrations():
+        if m.version < 15:
+            (before / f"{m.version:04d}_{m.name}.sql").write_text(m.sql)
+    pool = await database.create_pool(dsn, 2)
+    try:
+        await database.migrate(pool, before)
+        for uid, welcome in (("a", 20), ("b", 5)):
+            await pool.execute("SELECT image.ensure_user('telegram', $1, '', $2)", uid, welcome)
+        job = {"id": "g1", "prompt": "an old fox", "model": "m", "aspect_ratio": "1:1", "count": 2, "seed": 1,
+               "kind": "imagine", "credits_reserved": 2, "platform": "telegram", "chat_id": "1"}
+        accept = "SELECT * FROM image.accept_job('telegram', 'a', '', 20, 10, 10, $1::jsonb)"
+        await pool.execute(accept, json.dumps(job))
+        await database.migrate(pool)
+        rows = await pool.fetch(
+            f"{USER_BALANCE.replace('a.balance', 'u.platform_user_id, u.id, u.account_id, a.balance')} ORDER BY u.id"
+        )
+        assert [(r["platform_user_id"], r["balance"]) for r in rows] == [("a", 18), ("b", 5)]
+        assert all(r["id"] == r["account_id"] for r in rows)
+        assert all(cached == total for cached, total in (await books(pool)).values())
+        # A user made after the migration gets an account of its own, numbered after the old ones.
+        new = await pool.fetchval("SELECT r_user_id FROM image.ensure_user('discord', 'c', '', 7)")
+        assert await pool.fetchval("SELECT account_id FROM image.users WHERE id = $1", new) > rows[-1]["account_id"]
+        assert await pool.fetchval(
+            "SELECT g.user_id FROM image.generations g JOIN image.users u ON u.id = g.user_id WHERE g.id = 'g1'"
+        ) == rows[0]["id"]
+    finally:
+        await pool.close()
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        await admin.close()
+
+
+async def test_console_links_both_ways(runtime_factory, tmp_path: Path) -> None:
+    from bot.adapters.console import Console, ConsoleObserver
+
+    said: list[str] = []
+    async with runtime_factory() as rt:
+        console = Console(rt.service, ConsoleObserver(tmp_path, said.append), UserIdentity("console", "me"))
+        await console.handle("/link")
+        code = re.search(r"Your link code: (\S+)", said[-1]).group(1)
+        assert "/link " + code in said[-1]
+        await console.handle("/link " + code)
+        assert "your own" in said[-1]
+        await rt.service.link(TG, code)
+        await console.handle("/link " + code)
+        assert "already used" in said[-1]
+        mine = await rt.service.link_code(DC)
+        await console.handle(f"/link {mine}")
+        assert said[-1].startswith("Linked: Console, Discord and Telegram are now one account.")
+        assert "balance is 60" in said[-1]
+        # What the linked Telegram identity bought shows in the console's balance: one account.
+        async with rt.pool.acquire() as conn:
+            telegram = await credits.find_user(conn, "telegram", TG.platform_user_id)
+            await credits.purchase(conn, telegram.id, "telegram", "stxch_console", credits.CreditPack("s", 5))
+        await console.handle("/balance")
+        assert said[-1] == "Balance: 65 credits (5 credits bought)"
+
+
+def test_operator_unlinks_from_the_command_line(db_dsn: str, tmp_path: Path) -> None:
+    from tests.test_cli import bot_command
+
+    async def seed() -> None:
+
+        conn = await asyncpg.connect(db_dsn)
+        try:
+            maker = await credits.ensure_user(conn, TG, 20)
+            joiner = await credits.ensure_user(conn, DC, 20)
+            await accounts.use_code(conn, joiner.id, await accounts.issue_code(conn, maker.id))
+        finally:
+            await conn.close()
+
+    asyncio.run(seed())
+    done = bot_command("credits", "unlink", "discord:222", tmp_path=tmp_path, DATABASE_URL=db_dsn)
+    assert done.returncode == 0 and "account of its own" in done.stdout, done.stderr
+    again = bot_command("credits", "unlink", "discord:222", tmp_path=tmp_path, DATABASE_URL=db_dsn)
+    assert again.returncode == 1 and "not linked" in again.stderr
+    ledger = bot_command("credits", "ledger", "telegram:111", tmp_path=tmp_path, DATABASE_URL=db_dsn)
+    assert "balance 40" in ledger.stdout
