@@ -29,9 +29,9 @@ from bot.adapters.frontend import StartFailed
 from bot.adapters.telegram.context import PLATFORM
 from bot.adapters.telegram.delivery import ProgressTiming, TelegramObserver
 from bot.adapters.telegram.history import HistorySender
-from bot.adapters.telegram.payments import BUY_PREFIX, ShopHandlers
 from bot.adapters.telegram.ratelimit import FloodWaitLimiter
 from bot.adapters.telegram.sending import Sender
+from bot.adapters.telegram.shop import BUY_PREFIX, ShopHandlers
 from bot.adapters.telegram.updates import DeadlinesFirst
 from bot.adapters.telegram.webhook import WebhookServer, derived_secret, webhook_path
 from bot.config import Settings
