@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -38,6 +38,34 @@ from bot.observability import HealthServer
 log = logging.getLogger(__name__)
 
 
+PLATFORMS = ("discord", "telegram")
+ROLES = (*PLATFORMS, "worker")
+
+
+@dataclass(frozen=True)
+class Roles:
+    """What one process of a deployment does (`run --only`): receive the updates of some platforms, run
+    the jobs, or both. Every process that runs jobs delivers for every configured platform, through the
+    platforms' REST APIs where it receives no updates."""
+
+    receive: frozenset[str] = frozenset(PLATFORMS)
+    jobs: bool = True
+
+    @classmethod
+    def only(cls, names: Iterable[str]) -> Roles:
+        """From `--only` values (none: everything). Raises ValueError naming an unknown role."""
+        chosen = {name.strip() for name in names if name.strip()}
+        if not chosen:
+            return cls()
+        unknown = sorted(chosen - set(ROLES))
+        if unknown:
+            raise ValueError(f"unknown role {unknown[0]!r} (choose from {', '.join(ROLES)})")
+        return cls(frozenset(chosen & set(PLATFORMS)), "worker" in chosen)
+
+    def describe(self) -> str:
+        return ", ".join([*sorted(self.receive), *(["worker"] if self.jobs else [])])
+
+
 @dataclass
 class Runtime:
     """The bot, built: the core's parts and the front ends that show its jobs."""
@@ -65,14 +93,18 @@ class Runtime:
                 await front_end.start()
                 self._started.append(front_end)
 
-    async def start(self) -> None:
-        """The front ends, then the health endpoint and the worker."""
+    async def start(self, *, jobs: bool = True) -> None:
+        """The front ends, then the health endpoint and the worker. Without `jobs` (a front-end-only
+        process) the worker only listens for records written elsewhere: other processes run the jobs."""
         await self.start_front_ends()
         if self.settings.metrics_port is not None and self.health is None:
             self.health = HealthServer(self.pool, self.settings.metrics_host, self.settings.metrics_port)
             await self.health.start()
-        await self.worker.recover()
-        self.worker.start()
+        if jobs:
+            await self.worker.recover()
+            self.worker.start()
+        else:
+            self.worker.start_barrier()
         # What start-up built lives as long as the process: move it out of the garbage collector's sight,
         # so full collections under a burst stay short.
         gc.collect()

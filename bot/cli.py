@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from bot.bootstrap import Runtime, bootstrap, open_database
+from bot.bootstrap import Roles, Runtime, bootstrap, open_database
 from bot.config import Settings, load_settings
 from bot.core import accounts, database
 from bot.core.credits import PurchaseRecord
@@ -26,7 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     console = commands.add_parser("console", help="the offline front end in this terminal (or a script on stdin)")
     console.add_argument("--output", default=None, help="where images are written (default: DATA_DIR/output)")
-    commands.add_parser("run", help="start the Discord and Telegram front ends whose tokens are set")
+    run = commands.add_parser("run", help="start the Discord and Telegram front ends whose tokens are set")
+    run.add_argument(
+        "--only", action="append", default=[], metavar="ROLE", type=_role_names,
+        help="this process's roles: discord, telegram, worker (repeat or comma-separate to combine; "
+        "default: all of them)",
+    )
     commands.add_parser("migrate", help="apply database migrations and exit")
 
     credit = commands.add_parser("credits", help="operator tools: grant, revoke, show a ledger")
@@ -49,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _role_names(value: str) -> list[str]:
+    names = value.split(",")
+    try:
+        Roles.only(names)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = load_settings()
@@ -69,7 +83,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "run":
         from bot.launcher import run_front_ends
 
-        return await run_front_ends(settings)
+        return await run_front_ends(settings, Roles.only(name for names in args.only for name in names))
     raise AssertionError(args.command)
 
 

@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     # Connections kept open for acknowledging interactions: as many as interactions may arrive at once.
     # A new connection costs TCP and TLS handshakes, more than Discord's patience with a busy bot allows.
     discord_warm_connections: int = Field(default=64, ge=0, le=1000)
+    # Sharding (Discord requires it past 2,500 servers): the deployment's shard count, and the shards this
+    # process runs (comma-separated; unset: all of them). Both unset: one unsharded connection.
+    discord_shard_count: int | None = Field(default=None, ge=1, le=100_000)
+    discord_shard_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
     telegram_token: SecretStr | None = None
     telegram_base_url: str = "https://api.telegram.org/bot"
     telegram_base_file_url: str = "https://api.telegram.org/file/bot"
@@ -170,7 +174,7 @@ class Settings(BaseSettings):
             ]
         return value
 
-    @field_validator("discord_guild_ids", mode="before")
+    @field_validator("discord_guild_ids", "discord_shard_ids", mode="before")
     @classmethod
     def _split_guilds(cls, value: object) -> object:
         if isinstance(value, str):
@@ -184,6 +188,11 @@ class Settings(BaseSettings):
             raise ValueError("MODELS: model names must be unique")
         if self.default_model is not None and self.default_model not in names:
             raise ValueError(f"DEFAULT_MODEL: {self.default_model!r} is not in the model catalogue")
+        if self.discord_shard_ids and self.discord_shard_count is None:
+            raise ValueError("DISCORD_SHARD_IDS: set DISCORD_SHARD_COUNT too")
+        for shard_id in self.discord_shard_ids:
+            if not 0 <= shard_id < (self.discord_shard_count or 0):
+                raise ValueError(f"DISCORD_SHARD_IDS: {shard_id} is not below DISCORD_SHARD_COUNT")
         self._check_packs()
         if self.storage_backend == "s3" and not self.s3_bucket:
             raise ValueError("S3_BUCKET: required when STORAGE_BACKEND=s3")

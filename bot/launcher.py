@@ -1,4 +1,5 @@
-"""`run`: every platform front end whose token is configured, in one asyncio loop, until SIGTERM."""
+"""`run`: every platform front end whose token is configured, in one asyncio loop, until SIGTERM; with
+`--only`, the roles this process has in a deployment of several (bootstrap.Roles)."""
 
 from __future__ import annotations
 
@@ -7,37 +8,60 @@ import logging
 import signal
 import sys
 
+from pydantic import SecretStr
+
 from bot.adapters.frontend import FrontEnd, FrontEndFactory, StartFailed
-from bot.bootstrap import bootstrap
+from bot.bootstrap import Roles, bootstrap
 from bot.config import Settings
 from bot.core.service import GenerationService
 
 log = logging.getLogger(__name__)
 
 
-def discord_front_end(settings: Settings, service: GenerationService) -> FrontEnd:
-    from bot.adapters.discord.frontend import DiscordFrontEnd  # imported only when configured
+def discord_front_end(receive: bool) -> FrontEndFactory:
+    def make(settings: Settings, service: GenerationService) -> FrontEnd:
+        from bot.adapters.discord.frontend import DiscordFrontEnd  # imported only when configured
 
-    return DiscordFrontEnd(settings, service)
+        return DiscordFrontEnd(settings, service, receive_updates=receive)
 
-
-def telegram_front_end(settings: Settings, service: GenerationService) -> FrontEnd:
-    from bot.adapters.telegram.frontend import TelegramFrontEnd
-
-    return TelegramFrontEnd(settings, service)
+    return make
 
 
-def configured_front_ends(settings: Settings) -> list[FrontEndFactory]:
-    front_ends: list[FrontEndFactory] = []
-    if settings.discord_token is not None:
-        front_ends.append(discord_front_end)
-    if settings.telegram_token is not None:
-        front_ends.append(telegram_front_end)
-    return front_ends
+def telegram_front_end(receive: bool) -> FrontEndFactory:
+    def make(settings: Settings, service: GenerationService) -> FrontEnd:
+        from bot.adapters.telegram.frontend import TelegramFrontEnd
+
+        return TelegramFrontEnd(settings, service, receive_updates=receive)
+
+    return make
 
 
-async def run_front_ends(settings: Settings) -> int:
-    front_ends = configured_front_ends(settings)
+EVERYTHING = Roles()
+FRONT_ENDS = {"discord": discord_front_end, "telegram": telegram_front_end}
+
+
+def tokens(settings: Settings) -> dict[str, SecretStr | None]:
+    return {"discord": settings.discord_token, "telegram": settings.telegram_token}
+
+
+def configured_front_ends(settings: Settings, roles: Roles = EVERYTHING) -> list[FrontEndFactory]:
+    """A front end per configured platform this process receives updates of, and, where it runs jobs, one
+    per other configured platform that only delivers (over the platform's REST API)."""
+    return [
+        FRONT_ENDS[platform](platform in roles.receive)
+        for platform, token in tokens(settings).items()
+        if token is not None and (platform in roles.receive or roles.jobs)
+    ]
+
+
+async def run_front_ends(settings: Settings, roles: Roles = EVERYTHING) -> int:
+    # Without --only, whichever tokens are set; a platform asked for by name needs its token.
+    configured = tokens(settings)
+    missing = [f"{p.upper()}_TOKEN" for p in sorted(roles.receive) if configured[p] is None]
+    if missing and roles != EVERYTHING:
+        print(f"--only {', '.join(sorted(roles.receive))}: set {' and '.join(missing)}", file=sys.stderr)
+        return 1
+    front_ends = configured_front_ends(settings, roles)
     if not front_ends:
         print(
             "No front end configured: set DISCORD_TOKEN and/or TELEGRAM_TOKEN "
@@ -48,11 +72,12 @@ async def run_front_ends(settings: Settings) -> int:
     stop = stop_on_sigterm()
     async with bootstrap(settings, front_ends) as runtime:
         try:
-            await runtime.start()
+            await runtime.start(jobs=roles.jobs)
         except StartFailed as error:  # e.g. a token the platform rejects: one line, no traceback
             print(str(error), file=sys.stderr)
             return 1
-        log.info("running: %s", ", ".join(runtime.observers))
+        described = "all" if roles == EVERYTHING else roles.describe()
+        log.info("running: %s (roles: %s)", ", ".join(runtime.observers), described)
         await stop.wait()
         log.info("shutting down: no new work, finishing what runs")
         await runtime.stop_taking_work()

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
-from bot.runtime import open_runtime
 
+from bot.bootstrap import bootstrap
 from bot.core import database
 from bot.core.events import DeliveryReceipt
 from bot.core.models import Destination, Generation, ImageFile, ImagineRequest, UserIdentity
@@ -56,7 +56,7 @@ async def test_results_shown_during_an_outage_are_recorded_once_it_ends(db_dsn: 
         settings = make_settings(
             tmp_path, models=(scripted_model(cost=1),), job_lease_seconds=LEASE_SECONDS, starting_credits=20
         )
-        async with open_runtime(settings, bot_pool, {"scripted": provider}) as rt:
+        async with bootstrap(settings, [], pool=bot_pool, extra_providers={"scripted": provider}) as rt:
             rt.register(observer)
             accepted = [
                 await rt.service.imagine(UserIdentity("test", f"u{i}"), ImagineRequest(f"p {i}", count=2), HERE)
@@ -92,6 +92,6 @@ async def test_results_shown_during_an_outage_are_recorded_once_it_ends(db_dsn: 
     assert [(r["status"], r["attempts"], r["images"], r["reserves"], r["refunds"]) for r in rows] == [
         ("succeeded", 1, 2, 1, 0)
     ] * len(ids)
-    balances = await pool.fetch("SELECT balance FROM image.users")
+    balances = await pool.fetch("SELECT balance FROM image.accounts")
     assert [b["balance"] for b in balances] == [18] * len(ids)
     assert isinstance(pool, asyncpg.Pool)

@@ -24,10 +24,10 @@ async def fake() -> Any:
         yield server
 
 
-def start_bot(fake: FakeTelegram, dsn: str, data_dir: Path, **env: str) -> subprocess.Popen[str]:
+def start_bot(fake: FakeTelegram, dsn: str, data_dir: Path, *args: str, **env: str) -> subprocess.Popen[str]:
     clean = {k: v for k, v in os.environ.items() if not k.endswith(("_TOKEN", "_API_KEY"))}
     return subprocess.Popen(
-        [sys.executable, "-m", "bot", "run"],
+        [sys.executable, "-m", "bot", "run", *args],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=data_dir,
         env={**clean, "DATA_DIR": str(data_dir), "DATABASE_URL": dsn, "LOG_LEVEL": "INFO",
              "TELEGRAM_TOKEN": fake.token, "TELEGRAM_BASE_URL": fake.base_url,

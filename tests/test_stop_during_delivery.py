@@ -5,7 +5,7 @@ only what the chat did not get. Never shown and refunded both."""
 from __future__ import annotations
 
 from bot.core.models import Destination, ImagineRequest, UserIdentity
-from tests.conftest import wait_for
+from tests.conftest import USER_BALANCE, wait_for
 from tests.fakes.core import PartsObserver
 
 ALICE = UserIdentity("test", "alice", "Alice")
@@ -42,4 +42,4 @@ async def test_stopped_mid_upload_is_charged_and_finished_by_the_next_start(runt
         item = await rt.service.generation(ALICE, job_id, HERE.chat_id)
     assert after.posted == [(job_id, "image-1"), (job_id, "image-2")]
     assert item.generation.status == "succeeded" and len(item.images) == 3
-    assert await pool.fetchval("SELECT balance FROM image.users WHERE platform_user_id = 'alice'") == 20 - 3
+    assert await pool.fetchval(f"{USER_BALANCE} WHERE platform_user_id = 'alice'") == 20 - 3

@@ -2,6 +2,8 @@
 discord.py. Only the network is replaced: tests point discord.py's URLs here (see `point_discord_py_at`).
 
 - Gateway (websocket at /gateway): HELLO (op 10), IDENTIFY (op 2) → READY, heartbeats (op 1) → ACK (op 11).
+  IDENTIFY's `shard` [id, count] is honoured as Discord does: a guild belongs to shard
+  `(guild_id >> 22) % count`, its events go only to that shard's connection, DMs to shard 0.
   Tests push events with `dispatch`, and build realistic INTERACTION_CREATE payloads with `slash`,
   `press` and `autocomplete`.
 - REST under /api/v10: every request is recorded (method, path, JSON body or multipart `payload_json`,
@@ -221,6 +223,7 @@ class FakeDiscord:
             "flags": 0,
         }
         self.guild_id = self.snowflake()
+        self.guild_ids = [self.guild_id]  # the servers the bot is in (`add_guild` adds more)
         self.channel_id = self.snowflake()
         self.requests: list[Recorded] = []
         self.messages: dict[int, FakeMessage] = {}
@@ -237,9 +240,11 @@ class FakeDiscord:
         self.identifies: list[dict[str, Any]] = []
         self.heartbeats = 0
         self._scripted: list[_Scripted] = []
-        self._socket: web.WebSocketResponse | None = None
+        self._sockets: dict[int, web.WebSocketResponse] = {}  # by shard id
+        self.shard_count = 1  # as the connections identified
         self._sequence = 0
         self.connected = asyncio.Event()
+        self._identified = asyncio.Event()  # set by every IDENTIFY
         self._runner: web.AppRunner | None = None
         self.port = 0
         self._routes: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
@@ -275,8 +280,9 @@ class FakeDiscord:
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def stop(self) -> None:
-        if self._socket is not None and not self._socket.closed:
-            await self._socket.close()
+        for socket in list(self._sockets.values()):
+            if not socket.closed:
+                await socket.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -327,11 +333,22 @@ class FakeDiscord:
             "flags": 0,
         }
 
-    def _guild_channel(self, channel_id: int) -> dict[str, Any]:
+    def add_guild(self, shard: int = 0, shard_count: int = 1) -> int:
+        """Another server the bot is in, whose id puts it on `shard` of `shard_count`."""
+        milliseconds = int(self.now() * 1000) - DISCORD_EPOCH_MS
+        milliseconds += (shard - (milliseconds % shard_count)) % shard_count
+        guild_id = (milliseconds << 22) | (next(self._counter) % 4096)
+        self.guild_ids.append(guild_id)
+        return guild_id
+
+    def shard_of(self, guild_id: int | None) -> int:
+        return 0 if guild_id is None else (guild_id >> 22) % self.shard_count
+
+    def _guild_channel(self, channel_id: int, guild_id: int | None = None) -> dict[str, Any]:
         return {
             "id": str(channel_id),
             "type": 0,
-            "guild_id": str(self.guild_id),
+            "guild_id": str(guild_id or self.guild_id),
             "name": "general",
             "position": 0,
             "permission_overwrites": [],
@@ -364,10 +381,15 @@ class FakeDiscord:
     # --- driving the bot -----------------------------------------------------------------------
 
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        """To the connection of the shard the event's guild belongs to (once it has identified)."""
+        shard = self.shard_of(int(data["guild_id"]) if data.get("guild_id") else None)
         await asyncio.wait_for(self.connected.wait(), 5)
-        assert self._socket is not None
+        async with asyncio.timeout(5):  # with several shards, the one the event belongs to
+            while (socket := self._sockets.get(shard)) is None:
+                self._identified.clear()
+                await self._identified.wait()
         self._sequence += 1
-        await self._socket.send_json({"op": 0, "t": event, "s": self._sequence, "d": data})
+        await socket.send_json({"op": 0, "t": event, "s": self._sequence, "d": data})
 
     # --- pictures users bring ---------------------------------------------------------------------
 
@@ -436,8 +458,10 @@ class FakeDiscord:
         channel_id: int | None = None,
         app_permissions: int | None = None,
         upload_limit: int = DEFAULT_UPLOAD_LIMIT,
+        guild_id: int | None = None,
     ) -> FakeInteraction:
-        """/name [subcommand] option:value... as a user typed it. A dict value is a user option."""
+        """/name [subcommand] option:value... as a user typed it (in `guild_id`, default the first
+        server). A dict value is a user option."""
         resolved: dict[str, Any] = {}
         typed = []
         for key, value in (options or {}).items():
@@ -468,6 +492,7 @@ class FakeDiscord:
             channel_id=channel_id,
             app_permissions=app_permissions,
             upload_limit=upload_limit,
+            guild_id=guild_id,
         )
 
     async def autocomplete(
@@ -536,13 +561,15 @@ class FakeDiscord:
         message: FakeMessage | None = None,
         app_permissions: int | None = None,
         upload_limit: int = DEFAULT_UPLOAD_LIMIT,
+        guild_id: int | None = None,
     ) -> FakeInteraction:
         interaction_id = self.snowflake()
+        guild_id = guild_id or self.guild_id
         token = f"aW50ZXJhY3Rpb24{secrets.token_urlsafe(48)}"
         if dm:
             channel = self._dm_channel(user)
         else:
-            channel = self._guild_channel(channel_id or self.channel_id)
+            channel = self._guild_channel(channel_id or self.channel_id, guild_id)
         payload: dict[str, Any] = {
             "id": str(interaction_id),
             "application_id": str(self.application_id),
@@ -565,13 +592,13 @@ class FakeDiscord:
             )
         else:
             payload.update(
-                guild_id=str(self.guild_id),
-                guild={"id": str(self.guild_id), "locale": "en-US", "features": []},
+                guild_id=str(guild_id),
+                guild={"id": str(guild_id), "locale": "en-US", "features": []},
                 guild_locale="en-US",
                 member=self._member(user),
                 app_permissions=str(GUILD_BOT_PERMISSIONS if app_permissions is None else app_permissions),
                 context=0,
-                authorizing_integration_owners={"0": str(self.guild_id)},
+                authorizing_integration_owners={"0": str(guild_id)},
             )
         if message is not None:
             payload["message"] = message.to_json()
@@ -688,26 +715,34 @@ class FakeDiscord:
                     await socket.close(code=4004, message=b"Authentication failed.")
                     break
                 self.identifies.append(message["d"])
-                self._socket = socket
+                shard, self.shard_count = message["d"].get("shard") or (0, 1)
+                self._sockets[shard] = socket
                 self._sequence = 1
-                await socket.send_json({"op": 0, "t": "READY", "s": self._sequence, "d": self._ready()})
+                await socket.send_json({"op": 0, "t": "READY", "s": self._sequence, "d": self._ready(shard)})
                 self.connected.set()
+                self._identified.set()
             elif op == 1:
                 self.heartbeats += 1
                 await socket.send_json({"op": 11, "d": None, "s": None, "t": None})
             elif op == 6:
                 # No resuming here: Discord's answer to a resume it can't honour is "invalid session".
                 await socket.send_json({"op": 9, "d": False, "s": None, "t": None})
-        if self._socket is socket:
-            self._socket = None
+        for shard, held in list(self._sockets.items()):
+            if held is socket:
+                del self._sockets[shard]
+        if not self._sockets:
             self.connected.clear()
         return socket
 
-    def _ready(self) -> dict[str, Any]:
+    def _ready(self, shard: int) -> dict[str, Any]:
         return {
             "v": 10,
             "user": self.bot_user,
-            "guilds": [{"id": str(self.guild_id), "unavailable": True}],
+            "guilds": [
+                {"id": str(guild_id), "unavailable": True}
+                for guild_id in self.guild_ids
+                if self.shard_of(guild_id) == shard
+            ],
             "session_id": secrets.token_hex(16),
             "resume_gateway_url": self.gateway_url,
             "application": {"id": str(self.application_id), "flags": 0},
@@ -717,7 +752,7 @@ class FakeDiscord:
             "guild_join_requests": [],
             "geo_ordered_rtc_regions": [],
             "user_settings": {},
-            "shard": [0, 1],
+            "shard": [shard, self.shard_count],
         }
 
     # --- REST: plumbing ------------------------------------------------------------------------

@@ -51,6 +51,18 @@ class ImageBotClient(discord.Client):
             await handler.on_modal(interaction)
 
 
+class ShardedImageBotClient(ImageBotClient, discord.AutoShardedClient):
+    """The same client running the shards it is given (DISCORD_SHARD_COUNT / DISCORD_SHARD_IDS): each
+    shard's connection receives the events of its share of the servers."""
+
+
+def sharding(settings: Settings) -> dict[str, Any]:
+    """The sharded client's options; none without DISCORD_SHARD_COUNT."""
+    if settings.discord_shard_count is None:
+        return {}
+    return {"shard_count": settings.discord_shard_count, "shard_ids": settings.discord_shard_ids or None}
+
+
 def count_http_errors() -> aiohttp.TraceConfig:
     """For discord.py (`http_trace`): counts every error answer from Discord's REST API for the operator's
     metrics, including those discord.py then retries (429s, some 5xx). The early acknowledgements, sent
@@ -76,6 +88,7 @@ class DiscordFrontEnd:
         guild_ready_timeout: float = 2.0,
         ready_timeout: float | None = None,
         clock: Callable[[], float] = time.time,
+        receive_updates: bool = True,
     ) -> None:
         if settings.discord_token is None:
             raise StartFailed("DISCORD_TOKEN is not set")
@@ -85,8 +98,10 @@ class DiscordFrontEnd:
         preview_interval = settings.discord_preview_interval_seconds
         shop = Shop(service.pool, settings.credit_packs, service.credit_policy, frozenset(settings.banned_users))
         self.handlers = ShopHandlers(service, shop)
-        self.client = ImageBotClient(
+        shards = sharding(settings)
+        self.client = (ShardedImageBotClient if shards else ImageBotClient)(
             self.handlers,
+            **shards,
             # Slash commands and buttons need no intent at all; `guilds` (not privileged) keeps discord.py's
             # channel cache sound. Nothing privileged: we never read messages or member lists.
             intents=discord.Intents(guilds=True),
@@ -114,9 +129,19 @@ class DiscordFrontEnd:
         self.client.event(self.entitlements.on_entitlement_delete)
         self.observer = DiscordObserver(self.client, clock=clock, preview_interval=preview_interval)
         self._connection: asyncio.Task[None] | None = None
+        # False in a process that only runs jobs (`run --only worker`): it delivers over the REST API and
+        # never connects to the gateway, so no interaction reaches it.
+        self.receive_updates = receive_updates
 
     async def start(self) -> None:
         """Log in, connect, sync commands; return once ready. Raises StartFailed with a clear reason."""
+        await self._login()
+        if not self.receive_updates:
+            log.info("discord: delivering as %s over the REST API (no gateway)", self.client.user)
+            return
+        await self._connect()
+
+    async def _login(self) -> None:
         try:
             await self.client.login(self._token)
         except discord.LoginFailure:
@@ -125,6 +150,8 @@ class DiscordFrontEnd:
         except (OSError, aiohttp.ClientError, discord.HTTPException) as error:
             await self.client.close()
             raise StartFailed(f"Discord is unreachable: {error}") from None
+
+    async def _connect(self) -> None:
         self._connection = asyncio.create_task(self.client.connect(reconnect=True), name="discord-gateway")
         ready = asyncio.create_task(self.client.wait_until_ready())
         done, _ = await asyncio.wait(

@@ -30,10 +30,10 @@ from bot.adapters.telegram.context import PLATFORM
 from bot.adapters.telegram.delivery import ProgressTiming, TelegramObserver
 from bot.adapters.telegram.history import HistorySender
 from bot.adapters.telegram.intake import OncePerUpdate, TelegramIntake
-from bot.adapters.telegram.payments import BUY_PREFIX, ShopHandlers
 from bot.adapters.telegram.ratelimit import FloodWaitLimiter
 from bot.adapters.telegram.sending import Sender
-from bot.adapters.telegram.updates import PaymentsFirst
+from bot.adapters.telegram.shop import BUY_PREFIX, ShopHandlers
+from bot.adapters.telegram.updates import DeadlinesFirst
 from bot.adapters.telegram.webhook import WebhookServer, derived_secret, webhook_path
 from bot.config import Settings
 from bot.core.inbox import Inbox
@@ -43,7 +43,8 @@ from bot.core.shop import Shop
 log = logging.getLogger(__name__)
 
 ALLOWED_UPDATES = ["message", "callback_query", "pre_checkout_query"]
-# Updates processed at once. Handlers only queue work (the worker makes the images), so this bounds the
+# Updates other than callback and pre-checkout queries processed at once (those run at once:
+# updates.DeadlinesFirst). Handlers only queue work (the worker makes the images), so this bounds the
 # replies in flight, not generation; Telegram limits how fast a bot may send anyway. Small, so that under
 # a burst the event loop turns quickly for everything else (the Discord gateway above all; as
 # discord.handlers.CONCURRENT_COMMANDS).
@@ -104,6 +105,7 @@ class TelegramFrontEnd:
         poll_timeout: int = 10,
         history_page_size: int = 3,
         timing: ProgressTiming | None = None,
+        receive_updates: bool = True,
     ) -> None:
         if settings.telegram_token is None:
             raise StartFailed("TELEGRAM_TOKEN is not set")
@@ -112,6 +114,9 @@ class TelegramFrontEnd:
         self.poll_timeout = poll_timeout
         self._token = settings.telegram_token.get_secret_value()
         self.webhook_url = settings.telegram_webhook_url
+        # False in a process that only runs jobs (`run --only worker`): the bot sends over the Bot API but
+        # neither polls nor serves the webhook (polling would take updates from the front-end processes).
+        self.receive_updates = receive_updates
         self.intake = TelegramIntake(Inbox(service.pool, settings.inbox_claim_seconds))
         bot = PagedBot(
             self._token,
@@ -134,10 +139,10 @@ class TelegramFrontEnd:
             arbitrary_callback_data=False,
             rate_limiter=FloodWaitLimiter(),
         )
-        processor = OncePerUpdate(PaymentsFirst(CONCURRENT_UPDATES), self.intake)
+        processor = OncePerUpdate(DeadlinesFirst(CONCURRENT_UPDATES), self.intake)
         builder = Application.builder().bot(bot).concurrent_updates(processor).job_queue(None)
-        if self.webhook_url:
-            builder = builder.updater(None)  # updates come from our webhook server instead
+        if self.webhook_url or not receive_updates:
+            builder = builder.updater(None)  # updates come from our webhook server instead, or not at all
         self.application = builder.build()
         self.sender = Sender(self.application.bot)
         self.observer = TelegramObserver(self.sender, service, timing)
@@ -157,7 +162,7 @@ class TelegramFrontEnd:
         new_messages = filters.UpdateType.MESSAGE  # an edited message is not a new request
         private = filters.ChatType.PRIVATE
         app = self.application
-        # Payments first: a pre-checkout query is answered at once (see updates.PaymentsFirst), and a
+        # Payments first: a pre-checkout query is answered at once (see updates.DeadlinesFirst), and a
         # payment is a message that no other handler should see.
         app.add_handler(PreCheckoutQueryHandler(h.pre_checkout))
         app.add_handler(MessageHandler(filters.SUCCESSFUL_PAYMENT, h.paid))
@@ -190,6 +195,9 @@ class TelegramFrontEnd:
         app = self.application
         await self._initialize()
         self.handlers.bot_username = app.bot.username or ""
+        if not self.receive_updates:
+            log.info("telegram: @%s delivering over the Bot API (no polling, no webhook)", self.handlers.bot_username)
+            return
         await self._set_commands()
         await app.start()
         await self.intake.start(app)  # what an earlier process recorded, before anything new is fetched

@@ -1,9 +1,10 @@
-"""How PTB runs updates: a few at a time, except the one kind that can't wait.
+"""How PTB runs updates: a few at a time, except those Telegram waits on with a deadline.
 
-Telegram cancels a payment whose pre_checkout_query isn't answered within 10 seconds. PTB's own
-processor lets CONCURRENT_UPDATES updates run and queues the rest in arrival order, so under a burst of
-image requests a pre-checkout would wait behind all of them. This processor gives every other update
-the same few slots, and lets a pre-checkout query run at once."""
+Telegram cancels a payment whose pre_checkout_query isn't answered within 10 seconds, and a button's
+client spins until its callback query is answered (a late answer fails). PTB's own processor lets
+CONCURRENT_UPDATES updates run and queues the rest in arrival order, so under a burst of image requests
+those would wait behind all of them. This processor gives every other update the same few slots, and
+lets the deadline updates run at once."""
 
 from __future__ import annotations
 
@@ -19,13 +20,20 @@ from telegram.ext import BaseUpdateProcessor
 _UNGATED = 1_000_000
 
 
-class PaymentsFirst(BaseUpdateProcessor):
+def has_deadline(update: object) -> bool:
+    """A callback query or a pre-checkout query."""
+    return isinstance(update, Update) and (
+        update.callback_query is not None or update.pre_checkout_query is not None
+    )
+
+
+class DeadlinesFirst(BaseUpdateProcessor):
     def __init__(self, concurrent_updates: int) -> None:
         super().__init__(_UNGATED)
         self._slots = asyncio.Semaphore(concurrent_updates)
 
     async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
-        if isinstance(update, Update) and update.pre_checkout_query is not None:
+        if has_deadline(update):
             await coroutine
             return
         async with self._slots:

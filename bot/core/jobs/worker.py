@@ -53,8 +53,14 @@ class Worker:
     # --- for the runtime -----------------------------------------------------------------------
 
     def start(self) -> None:
-        self.barrier.start()
+        """Run jobs in this process (claims, leases) and hear of records from every process."""
+        self.start_barrier()
         self.scheduler.start()
+
+    def start_barrier(self) -> None:
+        """Only hear of records: a process that takes requests but runs no jobs still makes its readers
+        wait for records another process is writing. `stop` closes it either way."""
+        self.barrier.start()
 
     async def recover(self) -> None:
         await self.scheduler.recover()
