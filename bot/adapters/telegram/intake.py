@@ -110,13 +110,11 @@ class OncePerUpdate(BaseUpdateProcessor):
     """Runs each update through `inner` (which decides how many run at once) if this process claims it."""
 
     def __init__(self, inner: BaseUpdateProcessor, intake: TelegramIntake) -> None:
+        # PTB's gate (process_update, final) is this processor's, as wide as the inner one's; the inner
+        # one's do_process_update then applies its own slots.
         super().__init__(inner.max_concurrent_updates)
         self.inner = inner
         self.intake = intake
-
-    async def process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
-        # The inner processor's gate, not ours: BaseUpdateProcessor.process_update would take both.
-        await self.do_process_update(update, coroutine)
 
     async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
         await self.inner.do_process_update(update, self._once(update, coroutine))
