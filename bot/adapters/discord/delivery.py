@@ -207,12 +207,7 @@ class DiscordObserver:
     ) -> str | None:
         channel = self.client.get_partial_messageable(int(job.destination.chat_id))
         try:
-            if FIRST not in parts.sent:
-                first = await channel.send(caption, files=[u.file() for u in groups[0]], view=view)
-                await parts.record(FIRST, str(first.id))
-            for index, group in _more(groups, parts):
-                sent = await channel.send(_continued(group), files=[u.file() for u in group])
-                await parts.record(_more_part(index), str(sent.id))
+            await _send_parts(channel, caption, groups, view, parts)
         except (discord.Forbidden, discord.NotFound) as error:
             if context is not None and context.dm:
                 log.error("job %s: the DM itself refused the images (%s)", job.id, error.code)
@@ -232,12 +227,7 @@ class DiscordObserver:
         try:
             dm = await self.client.create_dm(discord.Object(int(job.owner.platform_user_id)))
             content = (note + caption)[: render.MESSAGE_LIMIT]
-            if FIRST not in parts.sent:
-                first = await dm.send(content, files=[u.file() for u in groups[0]], view=view)
-                await parts.record(FIRST, str(first.id))
-            for index, group in _more(groups, parts):
-                sent = await dm.send(_continued(group), files=[u.file() for u in group])
-                await parts.record(_more_part(index), str(sent.id))
+            await _send_parts(dm, content, groups, view, parts)
         except (discord.Forbidden, discord.NotFound) as error:
             log.error("job %s: no way to deliver to %s: %s", job.id, job.owner.platform_user_id, error)
             return None
@@ -358,3 +348,17 @@ def _more_part(index: int) -> str:
 def _more(groups: list[list[media.Upload]], parts: DeliveredParts) -> list[tuple[int, list[media.Upload]]]:
     """The follow-up messages still to post: those without a receipt."""
     return [(index, group) for index, group in enumerate(groups[1:], 1) if _more_part(index) not in parts.sent]
+
+
+async def _send_parts(
+    target: discord.abc.Messageable, content: str, groups: list[list[media.Upload]], view: discord.ui.View,
+    parts: DeliveredParts,
+) -> None:
+    """The first message (caption, buttons) and the follow-ups, each recorded as it is accepted; parts with
+    a receipt are not posted again."""
+    if FIRST not in parts.sent:
+        first = await target.send(content, files=[u.file() for u in groups[0]], view=view)
+        await parts.record(FIRST, str(first.id))
+    for index, group in _more(groups, parts):
+        sent = await target.send(_continued(group), files=[u.file() for u in group])
+        await parts.record(_more_part(index), str(sent.id))
