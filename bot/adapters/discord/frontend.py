@@ -128,7 +128,7 @@ class DiscordFrontEnd:
         self.client.event(self.entitlements.on_entitlement_create)
         self.client.event(self.entitlements.on_entitlement_delete)
         self.observer = DiscordObserver(self.client, clock=clock, preview_interval=preview_interval)
-        self._connection: asyncio.Task[None] | None = None
+        self._gateway: asyncio.Task[None] | None = None
         # False in a process that only runs jobs (`run --only worker`): it delivers over the REST API and
         # never connects to the gateway, so no interaction reaches it.
         self.receive_updates = receive_updates
@@ -152,14 +152,14 @@ class DiscordFrontEnd:
             raise StartFailed(f"Discord is unreachable: {error}") from None
 
     async def _connect(self) -> None:
-        self._connection = asyncio.create_task(self.client.connect(reconnect=True), name="discord-gateway")
+        self._gateway = asyncio.create_task(self.client.connect(reconnect=True), name="discord-gateway")
         ready = asyncio.create_task(self.client.wait_until_ready())
         done, _ = await asyncio.wait(
-            {ready, self._connection}, timeout=self.ready_timeout, return_when="FIRST_COMPLETED"
+            {ready, self._gateway}, timeout=self.ready_timeout, return_when="FIRST_COMPLETED"
         )
         if ready not in done:
             ready.cancel()
-            reason = _failure(self._connection) or f"not ready after {self.ready_timeout:.0f}s"
+            reason = _failure(self._gateway) or f"not ready after {self.ready_timeout:.0f}s"
             await self.close()
             raise StartFailed(f"Discord gateway: {reason}")
         try:
@@ -199,10 +199,10 @@ class DiscordFrontEnd:
         await self.intake.stop()
         await self.early_acks.aclose()
         await self.client.close()
-        if self._connection is not None:
+        if self._gateway is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await self._connection
-            self._connection = None
+                await self._gateway
+            self._gateway = None
 
 
 def register_commands(tree: app_commands.CommandTree[Any], handlers: DiscordHandlers) -> None:

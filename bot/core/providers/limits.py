@@ -113,7 +113,7 @@ class SharedSlots:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self._conn: asyncpg.pool.PoolConnectionProxy | None = None
+        self._locks_conn: asyncpg.pool.PoolConnectionProxy | None = None
         self._lock = asyncio.Lock()  # one query at a time on the connection
         self._held: dict[str, set[int]] = {}  # by provider: the slot numbers this process holds
         self._released: dict[str, asyncio.Event] = {}
@@ -161,7 +161,7 @@ class SharedSlots:
         self._wake(provider)
         try:
             async with self._lock:
-                conn = self._conn
+                conn = self._locks_conn
                 if conn is None:
                     return
                 await conn.execute(
@@ -177,7 +177,7 @@ class SharedSlots:
 
     async def _try(self, provider: str, ceiling: int) -> int | None:
         async with self._lock:
-            conn = await self._connection()
+            conn = await self._locks_connection()
             held = self._held.setdefault(provider, set())
             # A session may take an advisory lock it already holds: this process's own slots are left out.
             free = [s for s in range(ceiling) if s not in held]
@@ -192,13 +192,13 @@ class SharedSlots:
                 held.add(slot)
         return slot
 
-    async def _connection(self) -> asyncpg.pool.PoolConnectionProxy:
-        if self._conn is None:
+    async def _locks_connection(self) -> asyncpg.pool.PoolConnectionProxy:
+        if self._locks_conn is None:
             conn = await self.pool.acquire()
             await conn.add_listener(CHANNEL, self._notified)
-            self._conn = conn
+            self._locks_conn = conn
             self._generation += 1
-        return self._conn
+        return self._locks_conn
 
     def _notified(self, _conn: object, _pid: int, _channel: str, provider: object) -> None:
         self._wake(str(provider))
@@ -210,7 +210,7 @@ class SharedSlots:
 
     async def _drop(self, graceful: bool = False) -> None:
         """Forget the connection (and the slots on it); a live one is closed, not pooled: it held locks."""
-        conn, self._conn = self._conn, None
+        conn, self._locks_conn = self._locks_conn, None
         self._held.clear()
         self._generation += 1
         if conn is None:
