@@ -233,9 +233,6 @@ class Settings(BaseSettings):
     def local_images_dir(self) -> Path:
         return self.data_dir / "images"
 
-    def is_admin(self, platform: str, platform_user_id: str) -> bool:
-        return f"{platform}:{platform_user_id}" in self.admin_ids
-
 
 def describe_error(error: ValidationError) -> str:
     """One line naming the variable and what is wrong with it."""
