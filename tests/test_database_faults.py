@@ -6,8 +6,9 @@ import asyncio
 
 import asyncpg
 
-from bot.core.errors import BotError, TemporarilyUnavailable
+from bot.core.errors import BotError, Contended, TemporarilyUnavailable
 from bot.core.models import Destination, ImagineRequest, UserIdentity
+from bot.core.service import translates_connection_errors
 
 HERE = Destination("test", "chat-1")
 
@@ -66,3 +67,21 @@ async def test_connections_killed_mid_requests(runtime_factory, pool, db_dsn, pg
            WHERE a.balance <> (SELECT coalesce(sum(delta), 0) FROM image.credit_ledger l WHERE l.account_id = a.id)"""
     )
     assert mismatched == 0
+
+
+async def test_a_deadlock_victim_gets_plain_words(pool) -> None:
+    """Two transactions taking the same two rows in opposite orders: Postgres rolls one back, and a service
+    call that was the victim says so in plain words instead of failing with an internal error."""
+    await pool.execute("CREATE TABLE contended (id int PRIMARY KEY)")
+    await pool.execute("INSERT INTO contended VALUES (1), (2)")
+    both_hold_one = asyncio.Barrier(2)
+
+    @translates_connection_errors
+    async def take(first: int, second: int) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT 1 FROM contended WHERE id = $1 FOR UPDATE", first)
+            await both_hold_one.wait()
+            await conn.execute("SELECT 1 FROM contended WHERE id = $1 FOR UPDATE", second)
+
+    results = await asyncio.gather(take(1, 2), take(2, 1), return_exceptions=True)
+    assert sum(isinstance(r, Contended) for r in results) == 1 and results.count(None) == 1

@@ -61,6 +61,17 @@ class TemporarilyUnavailable(BotError):
         super().__init__("The bot can't reach its database right now. Nothing was charged; please try again shortly.")
 
 
+class Contended(BotError):
+    """Postgres chose this request's transaction as the victim of a deadlock (two requests on the same
+    accounts at once, e.g. a /link while a job is charged): it was rolled back whole."""
+
+    code = "contended"
+
+    def __init__(self) -> None:
+        super().__init__("Something else was changing your account at the same moment. Nothing was changed; "
+                         "please try again.")
+
+
 class ProviderError(BotError):
     """A failure reported by (or while talking to) an image provider."""
 

@@ -20,6 +20,7 @@ from bot.core.credits import AcceptOutcome, CreditPolicy
 from bot.core.database import Connection
 from bot.core.errors import (
     BotError,
+    Contended,
     Forbidden,
     ImagesUnavailable,
     InsufficientCredits,
@@ -105,7 +106,8 @@ CONNECTION_ERRORS = (
 
 
 def translates_connection_errors(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """A dropped connection becomes a plain-words error; the pool replaces the connection for the next call."""
+    """A dropped connection becomes a plain-words error; the pool replaces the connection for the next call.
+    So does a deadlock, whose victim transaction Postgres rolled back whole."""
 
     @functools.wraps(method)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -114,6 +116,9 @@ def translates_connection_errors(method: Callable[P, Awaitable[T]]) -> Callable[
         except CONNECTION_ERRORS as error:
             log.warning("database unavailable during %s: %s", method.__name__, error)
             raise TemporarilyUnavailable() from error
+        except asyncpg.DeadlockDetectedError as error:
+            log.warning("deadlock during %s, rolled back: %s", method.__name__, error)
+            raise Contended() from error
 
     return wrapper
 
