@@ -60,10 +60,7 @@ COMMON = {
     "per_user_queued_limit": 10,
     "requests_per_minute": 10_000,
     "starting_credits": 1_000_000,
-    "db_pool_max_size": 20,
     "shutdown_grace_seconds": 5.0,
-    # As README advises: about as many as may arrive at once (this burst: 250 interactions in ~60 ms).
-    "discord_warm_connections": 256,
 }
 STARTUP_TIMEOUT_S = 90.0
 CONCURRENT_CAP_S = 240.0  # the concurrent run gives up after this (it should take ~20 s)
