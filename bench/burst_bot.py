@@ -13,7 +13,7 @@ Besides CPU, it reports its event loop's lag (a 10 ms timer's lateness), its gar
 when each provider call ran, and timestamps of the steps between an event and its first answer (`Trace`).
 What-ifs (`experiments` in the config, from BENCH_EXPERIMENTS; all off by default) try changes to the bot
 from outside it, without editing it: gc_freeze, prewarm_discord_connections=N, worker_own_pool=N,
-accept_concurrency=N, telegram_pool_size=N, telegram_concurrent_updates=N, telegram_chat_action_first."""
+accept_concurrency=N, telegram_concurrent_updates=N, telegram_chat_action_first."""
 
 from __future__ import annotations
 
@@ -114,18 +114,6 @@ def _experiments_before_build(config: dict[str, Any], patch: pytest.MonkeyPatch)
         import bot.adapters.telegram.frontend as telegram_frontend
 
         patch.setattr(telegram_frontend, "CONCURRENT_UPDATES", updates)
-    pool_size = int(experiments.get("telegram_pool_size", 0))
-    if pool_size:
-        # PTB's HTTP connection pool (httpx; 256 by default), which httpcore scans on every request.
-        from telegram.ext import ApplicationBuilder
-
-        build = ApplicationBuilder.build
-
-        def sized(builder: Any) -> Any:
-            builder.connection_pool_size(pool_size)
-            return build(builder)
-
-        patch.setattr(ApplicationBuilder, "build", sized)
     if experiments.get("telegram_chat_action_first"):
         # A first sign of life ("typing…") before the request is accepted (the database work).
         from bot.adapters.telegram.handlers import TelegramHandlers

@@ -23,7 +23,6 @@ from telegram.ext import (
     PreCheckoutQueryHandler,
     filters,
 )
-from telegram.request import HTTPXRequest
 
 from bot.adapters.frontend import StartFailed
 from bot.adapters.telegram.context import PLATFORM
@@ -33,6 +32,7 @@ from bot.adapters.telegram.intake import OncePerUpdate, TelegramIntake
 from bot.adapters.telegram.ratelimit import FloodWaitLimiter
 from bot.adapters.telegram.sending import Sender
 from bot.adapters.telegram.shop import BUY_PREFIX, ShopHandlers
+from bot.adapters.telegram.transport import AiohttpRequest
 from bot.adapters.telegram.updates import DeadlinesFirst
 from bot.adapters.telegram.webhook import WebhookServer, derived_secret, webhook_path
 from bot.config import Settings
@@ -45,10 +45,10 @@ log = logging.getLogger(__name__)
 ALLOWED_UPDATES = ["message", "callback_query", "pre_checkout_query"]
 # Updates other than callback and pre-checkout queries processed at once (those run at once:
 # updates.DeadlinesFirst). Handlers only queue work (the worker makes the images), so this bounds the
-# replies in flight, not generation; Telegram limits how fast a bot may send anyway. Small, so that under
-# a burst the event loop turns quickly for everything else (the Discord gateway above all; as
-# discord.handlers.CONCURRENT_COMMANDS).
-CONCURRENT_UPDATES = 4
+# replies in flight, not generation. Enough that under a crowd a request's "Queued" doesn't wait for
+# many others' round trips to Postgres and Telegram; few enough that the event loop still turns quickly
+# for everything else (the Discord gateway above all) and the database pool isn't drained.
+CONCURRENT_UPDATES = 16
 # Updates asked for per getUpdates. PTB parses a whole batch in one go, holding the event loop while the
 # Discord gateway and everything else wait: smaller batches than Telegram's 100 keep those pauses short.
 UPDATES_PER_POLL = 20
@@ -123,16 +123,19 @@ class TelegramFrontEnd:
             intake=self.intake,
             base_url=settings.telegram_base_url,
             base_file_url=settings.telegram_base_file_url,
-            # PTB's default pool of 256 connections costs CPU on every request (httpcore scans it); a few
-            # kept-alive connections carry a burst with less. Under a burst, requests queue for a pooled
-            # connection longer than PTB's default allows, and a photo upload's answer can take a while. A
-            # timed-out send may have gone through, and retrying it would post twice, so these are generous.
-            request=HTTPXRequest(connection_pool_size=16, pool_timeout=10.0, read_timeout=15.0),
+            # More connections than update slots, so that a button's answer never waits for a connection
+            # behind the updates being handled, and deliveries have their share. Under a burst, requests
+            # queue for a pooled connection longer than PTB's default allows, and a photo upload's answer
+            # can take a while. A timed-out send may have gone through, and retrying it would post twice,
+            # so these are generous.
+            request=AiohttpRequest(
+                connection_pool_size=4 * CONCURRENT_UPDATES, pool_timeout=10.0, read_timeout=15.0
+            ),
             # Two connections: stopping cancels the long poll in flight and at once asks getUpdates again
             # to confirm what was fetched. PTB doesn't wait for the cancelled request to give its
             # connection back, so with one connection the confirmation can time out waiting for it (an
             # ERROR, and updates fetched twice after a restart).
-            get_updates_request=HTTPXRequest(connection_pool_size=2),
+            get_updates_request=AiohttpRequest(connection_pool_size=2),
             # Every reply still goes out if the message it answers was deleted meanwhile.
             defaults=Defaults(allow_sending_without_reply=True),
             # Button state lives in callback_data and Postgres; PTB's in-memory cache would die on restart.
