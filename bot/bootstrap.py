@@ -163,8 +163,9 @@ def build_store(settings: Settings) -> ImageStore:
 
 
 # The worker's own connections: its claims and results never queue behind a burst of incoming requests
-# (two of them held for good: the record barrier's LISTEN and, with a provider ceiling, the provider slots).
-WORKER_POOL_SIZE = 6
+# (three of them held for good: the record barrier's and the job signals' LISTEN and, with a provider
+# ceiling, the provider slots).
+WORKER_POOL_SIZE = 7
 
 
 @asynccontextmanager

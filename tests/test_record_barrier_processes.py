@@ -74,7 +74,7 @@ async def test_a_button_on_process_b_finds_a_result_shown_by_process_a(db_dsn, p
         a.register(shows)  # only A serves the chats: B is a process that only answers buttons
         await a.start()
         await b.start()
-        await listening(pool, 2)
+        await listening(pool, 4)  # each process: its record barrier and its job signals
         accepted = await a.service.imagine(ALICE, ImagineRequest("a red fox"), HERE)
         await asyncio.wait_for(shows.showing.wait(), 10)
         image = shows.images[accepted.generation.id][0].record

@@ -79,6 +79,9 @@ class Scheduler:
     def wake(self) -> None:
         self._wake.set()
 
+    def runs(self, generation_id: str) -> bool:
+        return generation_id in self._tasks
+
     def abort(self, generation_id: str) -> None:
         """Stop a job's task in this process, if it has one (the database already says how it ended)."""
         task = self._tasks.get(generation_id)

@@ -19,6 +19,7 @@ from bot.core.jobs.lifecycle import JobLifecycle
 from bot.core.jobs.receipts import Receipts
 from bot.core.jobs.record_barrier import RecordBarrier
 from bot.core.jobs.scheduler import Lease, Scheduler, WorkerLimits
+from bot.core.jobs.signals import JobSignals
 from bot.core.jobs.storing import StoredImages
 from bot.core.models import ImageFile, ImageRecord, UserIdentity
 from bot.core.providers.base import ImageProvider
@@ -49,13 +50,17 @@ class Worker:
         job_runner = JobRunner(pool, self.images, providers, models, runner, limits.job_deadline_seconds)
         self.lifecycle = JobLifecycle(pool, job_runner, self.images, self.delivery, self.barrier, self.lease)
         self.scheduler = Scheduler(pool, observers, limits, self.lease, self.lifecycle.run, self.delivery.deliver)
+        self.signals = JobSignals(pool)
+        self._runs_jobs = False
 
     # --- for the runtime -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Run jobs in this process (claims, leases) and hear of records from every process."""
+        """Run jobs in this process (claims, leases) and hear of records and jobs from every process."""
         self.start_barrier()
         self.scheduler.start()
+        self.signals.listen(self.scheduler.wake, self.scheduler.abort)
+        self._runs_jobs = True
 
     def start_barrier(self) -> None:
         """Only hear of records: a process that takes requests but runs no jobs still makes its readers
@@ -66,6 +71,7 @@ class Worker:
         await self.scheduler.recover()
 
     async def stop(self, grace_seconds: float) -> None:
+        await self.signals.close()
         await self.scheduler.stop(grace_seconds)
         await self.barrier.close()
         await self.runner.limits.close()
@@ -80,8 +86,12 @@ class Worker:
     # --- for the service -----------------------------------------------------------------------
 
     def wake(self) -> None:
-        """A job was accepted: claim it now rather than at the next poll."""
-        self.scheduler.wake()
+        """A job was accepted: claim it now rather than at the next poll (here, or in the processes that
+        run jobs when this one doesn't)."""
+        if self._runs_jobs:
+            self.scheduler.wake()
+        else:
+            self.signals.new_job()
 
     def announcing(self, generation_id: str) -> None:
         """A job's status message is about to be posted: its result waits for that message's id."""
@@ -99,7 +109,10 @@ class Worker:
             )
         if refunded is None:
             return False
-        self.scheduler.abort(generation_id)
+        if self.scheduler.runs(generation_id):
+            self.scheduler.abort(generation_id)
+        else:
+            self.signals.abort(generation_id)  # it may be running in another process
         await self.delivery.deliver(generation_id)
         return True
 
