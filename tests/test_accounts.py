@@ -59,7 +59,7 @@ async def test_link_adds_balances_and_shares_history_and_buttons(runtime_factory
         assert again.balance == 35 - 2
         cancelled = await rt.service.cancel(TG, on_discord.generation.id, TG_CHAT.chat_id)
         assert cancelled.credits_refunded == 3
-        assert (await rt.service.balance(DC)).balance == 36
+        assert (await rt.accounts.balance(DC)).balance == 36
         # Someone else still sees none of it.
         with pytest.raises(NotFound):
             await rt.service.generation(UserIdentity("telegram", "999"), on_telegram.generation.id, "elsewhere")
@@ -76,8 +76,8 @@ async def test_refused_codes_change_nothing(runtime_factory, pool, case) -> None
     async with runtime_factory() as rt:
         other_tg = UserIdentity("telegram", "444")
         code = await rt.service.link_code(TG)
-        await rt.service.balance(DC)
-        await rt.service.balance(other_tg)
+        await rt.accounts.balance(DC)
+        await rt.accounts.balance(other_tg)
         if case == "expired":
             await pool.execute("UPDATE image.link_codes SET expires_at = now() - interval '1 second'")
         if case == "already-one":
@@ -130,7 +130,7 @@ async def test_operator_unlinks(runtime_factory, pool) -> None:
             new_account = await accounts.unlink(conn, "discord", "222")
             alone = await accounts.unlink(conn, "discord", "222")
         assert new_account is not None and alone is None
-        assert (await rt.service.balance(DC)).balance == 0 and (await rt.service.balance(TG)).balance == 40
+        assert (await rt.accounts.balance(DC)).balance == 0 and (await rt.accounts.balance(TG)).balance == 40
         job = await rt.service.imagine(TG, ImagineRequest("mine again"), TG_CHAT)
         with pytest.raises(NotFound):  # no longer its own: it looks missing
             await rt.service.cancel(DC, job.generation.id, "dm-222")
@@ -179,7 +179,8 @@ async def test_console_links_both_ways(runtime_factory, tmp_path: Path) -> None:
 
     said: list[str] = []
     async with runtime_factory() as rt:
-        console = Console(rt.service, ConsoleObserver(tmp_path, said.append), UserIdentity("console", "me"))
+        observer = ConsoleObserver(tmp_path, said.append)
+        console = Console(rt.service, rt.accounts, observer, UserIdentity("console", "me"))
         await console.handle("/link")
         code = re.search(r"Your link code: (\S+)", said[-1]).group(1)
         assert "/link " + code in said[-1]

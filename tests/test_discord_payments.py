@@ -126,4 +126,4 @@ async def test_link_shares_balance_and_history_with_telegram(
         used = await fake.slash("link", {"code": their_code}, user=bob)
         [done] = await wait_for(lambda: fake.ephemeral_texts(used))
         assert done.startswith("Linked: Discord and Telegram are now one account.") and "balance is 40" in done
-        assert (await service.balance(bob_telegram)).balance == 40
+        assert (await bot.runtime.accounts.balance(bob_telegram)).balance == 40

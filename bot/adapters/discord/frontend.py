@@ -24,6 +24,7 @@ from bot.adapters.discord.shop import EntitlementSettler, ShopHandlers, register
 from bot.adapters.frontend import StartFailed
 from bot.adapters.wording import GENERIC_ERROR
 from bot.config import ASPECT_RATIOS, Settings
+from bot.core.account_service import AccountService
 from bot.core.inbox import Inbox
 from bot.core.metrics import PLATFORM_ERRORS
 from bot.core.models import ImagineRequest
@@ -84,6 +85,7 @@ class DiscordFrontEnd:
         self,
         settings: Settings,
         service: GenerationService,
+        accounts: AccountService,
         *,
         guild_ready_timeout: float = 2.0,
         ready_timeout: float | None = None,
@@ -97,7 +99,7 @@ class DiscordFrontEnd:
         self.ready_timeout = ready_timeout or settings.discord_ready_timeout_seconds
         preview_interval = settings.discord_preview_interval_seconds
         shop = Shop(service.pool, settings.credit_packs, service.credit_policy, frozenset(settings.banned_users))
-        self.handlers = ShopHandlers(service, shop)
+        self.handlers = ShopHandlers(service, accounts, shop)
         shards = sharding(settings)
         self.client = (ShardedImageBotClient if shards else ImageBotClient)(
             self.handlers,

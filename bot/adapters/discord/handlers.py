@@ -21,6 +21,7 @@ from bot.adapters.discord.context import PLATFORM, destination_for
 from bot.adapters.discord.history import HistorySender
 from bot.adapters.discord.intake import DiscordIntake
 from bot.adapters.wording import GENERIC_ERROR, RESTARTING, plural, refund_text
+from bot.core.account_service import AccountService
 from bot.core.errors import BotError, InvalidRequest
 from bot.core.models import Accepted, Destination, ImagineRequest, UserIdentity
 from bot.core.prompt import parse_command_text
@@ -55,8 +56,9 @@ def identity(user: discord.abc.User) -> UserIdentity:
 class DiscordHandlers:
     """What each command and button asks of the core. Thin: parse, acknowledge, call, reply."""
 
-    def __init__(self, service: GenerationService) -> None:
+    def __init__(self, service: GenerationService, accounts: AccountService) -> None:
         self.service = service
+        self.accounts = accounts
         self.history_sender = HistorySender(service)
         self.accepting = True
         self.early_acks: EarlyAcks | None = None
@@ -176,7 +178,7 @@ class DiscordHandlers:
     async def balance(self, interaction: discord.Interaction) -> None:
         async with self._answering(interaction):
             await self._defer(interaction, thinking=True, ephemeral=True)
-            balance = await self.service.balance(identity(interaction.user))
+            balance = await self.accounts.balance(identity(interaction.user))
             # The id is what an operator puts in ADMIN_IDS (discord:<id>).
             text = f"{render.balance_text(balance)}\n-# Your user id: {interaction.user.id}"
             await interaction.followup.send(text, ephemeral=True)
@@ -191,7 +193,7 @@ class DiscordHandlers:
         """`amount` > 0 grants, < 0 revokes. The core refuses anyone who isn't a configured admin."""
         async with self._answering(interaction):
             await self._defer(interaction, thinking=True, ephemeral=True)
-            result = await self.service.grant(
+            result = await self.accounts.grant(
                 identity(interaction.user), identity(target), amount, idempotency_key=str(interaction.id)
             )
             name = render.clean(target.display_name, 80)

@@ -14,6 +14,7 @@ from discord import app_commands
 from bot.adapters.discord.context import PLATFORM
 from bot.adapters.discord.handlers import DiscordHandlers
 from bot.adapters.wording import link_code_text, linked_text, plural
+from bot.core.account_service import AccountService
 from bot.core.errors import BotError, InvalidRequest
 from bot.core.models import UserIdentity
 from bot.core.service import GenerationService
@@ -27,8 +28,8 @@ MAX_PACK_BUTTONS = 25  # 5 rows of 5: Discord's limit for one message
 class ShopHandlers(DiscordHandlers):
     """The image commands (DiscordHandlers), /buy and /link."""
 
-    def __init__(self, service: GenerationService, shop: Shop) -> None:
-        super().__init__(service)
+    def __init__(self, service: GenerationService, accounts: AccountService, shop: Shop) -> None:
+        super().__init__(service, accounts)
         self.shop = shop
 
     async def buy(self, interaction: discord.Interaction) -> None:

@@ -31,6 +31,7 @@ from bot.adapters.telegram.context import PLATFORM, destination
 from bot.adapters.telegram.history import HistorySender
 from bot.adapters.telegram.pictures import Albums, PictureRef, download, picture_of, refuse_too_big
 from bot.adapters.telegram.sending import ChatGone, Sender
+from bot.core.account_service import AccountService
 from bot.core.errors import BotError, Forbidden, ImagesUnavailable, InvalidRequest
 from bot.core.models import UserIdentity
 from bot.core.prompt import parse_command_text
@@ -77,8 +78,11 @@ def message_key(message: Message) -> str:
 
 
 class TelegramHandlers:
-    def __init__(self, service: GenerationService, sender: Sender, history: HistorySender) -> None:
+    def __init__(
+        self, service: GenerationService, accounts: AccountService, sender: Sender, history: HistorySender
+    ) -> None:
         self.service = service
+        self.accounts = accounts
         self.sender = sender
         self.history_sender = history
         self.bot_username = ""  # known once the bot has called getMe (frontend.start)
@@ -127,7 +131,7 @@ class TelegramHandlers:
             if payload == HISTORY_PAYLOAD and message.chat.type == ChatType.PRIVATE:
                 await self.history_sender.send_page(identity(user), message.chat.id, 0)
                 return
-            balance = await self.service.balance(identity(user))
+            balance = await self.accounts.balance(identity(user))
             await self._reply(
                 message,
                 render.welcome_text(
@@ -324,7 +328,7 @@ class TelegramHandlers:
         if message is None or user is None:
             return
         async with self._answering(update):
-            text = render.balance_text(await self.service.balance(identity(user)))
+            text = render.balance_text(await self.accounts.balance(identity(user)))
             # Admins grant credits by numeric id, which Telegram doesn't show users: tell them theirs.
             await self._reply(message, f"{text}\n\nYour Telegram id: {user.id}")
 
@@ -342,10 +346,10 @@ class TelegramHandlers:
         admin = identity(user)
         command = "grant" if sign > 0 else "revoke"
         async with self._answering(update):
-            if not self.service.is_admin(admin):
+            if not self.accounts.is_admin(admin):
                 raise Forbidden("Only the bot's admins can change credits.")
             target, amount = _adjust_arguments(message, context.args or [], command)
-            result = await self.service.grant(admin, target, sign * amount, message_key(message))
+            result = await self.accounts.grant(admin, target, sign * amount, message_key(message))
             await self._reply(message, render.adjusted_text(target, amount, result.applied, result.balance))
 
     async def unknown_command(self, update: Update, context: Context) -> None:

@@ -15,6 +15,7 @@ from bot.adapters import wording
 from bot.adapters.telegram.handlers import TelegramHandlers, _answer, identity
 from bot.adapters.telegram.history import HistorySender
 from bot.adapters.telegram.sending import ChatGone, Sender
+from bot.core.account_service import AccountService
 from bot.core.credits import CreditPack
 from bot.core.errors import BotError, Forbidden, InvalidRequest, NotFound
 from bot.core.service import GenerationService
@@ -48,10 +49,16 @@ class ShopHandlers(TelegramHandlers):
     """The image commands (TelegramHandlers) and those of the shop and of linking accounts."""
 
     def __init__(
-        self, service: GenerationService, sender: Sender, history: HistorySender, shop: Shop, support: str,
+        self,
+        service: GenerationService,
+        accounts: AccountService,
+        sender: Sender,
+        history: HistorySender,
+        shop: Shop,
+        support: str,
         terms: str,
     ) -> None:
-        super().__init__(service, sender, history)
+        super().__init__(service, accounts, sender, history)
         self.shop = shop
         self.support = support
         self.terms_text = terms
@@ -165,7 +172,7 @@ class ShopHandlers(TelegramHandlers):
         if message is None or user is None:
             return
         async with self._answering(update):
-            if not self.service.is_admin(identity(user)):
+            if not self.accounts.is_admin(identity(user)):
                 raise Forbidden("Only the bot's admins can refund payments.")
             if len(context.args or []) != 1:
                 raise InvalidRequest("Usage: /refund <telegram payment charge id>")
