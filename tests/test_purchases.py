@@ -173,8 +173,8 @@ async def test_cached_balance_is_the_ledger_sum_and_never_negative(runtime_facto
                     pass  # not enough credits: refused, nothing written
             elif op == "link":
                 try:
-                    code = await rt.service.link_code(people[who])
-                    await rt.service.link(people[(who + n) % 3], code)
+                    code = await rt.accounts.link_code(people[who])
+                    await rt.accounts.link(people[(who + n) % 3], code)
                     event("linked")
                 except BotError:
                     pass  # its own code, or already one account

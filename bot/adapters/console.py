@@ -187,9 +187,9 @@ class Console:
             self._show_models()
         elif command == "link":
             if rest.strip():
-                self.write(linked_text(await self.service.link(self.user, rest.strip())))
+                self.write(linked_text(await self.accounts.link(self.user, rest.strip())))
             else:
-                self.write(link_code_text(await self.service.link_code(self.user)))
+                self.write(link_code_text(await self.accounts.link_code(self.user)))
         elif command == "wait":
             await self.wait_all()
         elif line.startswith("/"):

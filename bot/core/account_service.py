@@ -1,5 +1,6 @@
 """Accounts and their credits, as front ends and the operator's command line ask for them: a balance, an
-admin's grant, the operator's adjustment, the ledger. The credit rules are bot.core.credits'."""
+admin's grant, the operator's adjustment, the ledger, and one account across platforms (/link). The credit
+rules are bot.core.credits'; linking is bot.core.accounts'."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from bot.core import credits
+from bot.core import accounts, credits
 from bot.core.credits import CreditPolicy
 from bot.core.database_errors import translates_connection_errors
 from bot.core.errors import Forbidden, InvalidRequest, NotFound
@@ -78,3 +79,21 @@ class AccountService:
             if row is None:
                 raise NotFound("That user")
             return row.balance, await credits.ledger(conn, row.account_id, limit)
+
+    # --- one account across platforms ---------------------------------------------------------
+
+    @translates_connection_errors
+    async def link_code(self, who: UserIdentity) -> str:
+        """A one-time code that joins another platform's identity to the caller's account."""
+        async with self.pool.acquire() as conn:
+            user = await credits.ensure_user(conn, who, self.credit_policy.welcome)
+            return await accounts.issue_code(conn, user.id)
+
+    @translates_connection_errors
+    async def link(self, who: UserIdentity, code: str) -> accounts.Linked:
+        """Join the caller to the account whose identity made `code`: balances add up, histories join."""
+        async with self.pool.acquire() as conn:
+            user = await credits.ensure_user(conn, who, self.credit_policy.welcome)
+            linked = await accounts.use_code(conn, user.id, code)
+        log.info("accounts: %s:%s linked (%s)", who.platform, who.platform_user_id, ", ".join(linked.platforms))
+        return linked

@@ -446,24 +446,6 @@ class GenerationService:
     def model_choices(self) -> list[ModelPrice]:
         return [ModelPrice(m.name, m.label or m.name, m.cost) for m in self.models.values()]
 
-    # --- one account across platforms ---------------------------------------------------------
-
-    @translates_connection_errors
-    async def link_code(self, who: UserIdentity) -> str:
-        """A one-time code that joins another platform's identity to the caller's account."""
-        async with self.pool.acquire() as conn:
-            user = await credits.ensure_user(conn, who, self.credit_policy.welcome)
-            return await accounts.issue_code(conn, user.id)
-
-    @translates_connection_errors
-    async def link(self, who: UserIdentity, code: str) -> accounts.Linked:
-        """Join the caller to the account whose identity made `code`: balances add up, histories join."""
-        async with self.pool.acquire() as conn:
-            user = await credits.ensure_user(conn, who, self.credit_policy.welcome)
-            linked = await accounts.use_code(conn, user.id, code)
-        log.info("accounts: %s:%s linked (%s)", who.platform, who.platform_user_id, ", ".join(linked.platforms))
-        return linked
-
     # --- visibility ----------------------------------------------------------------------------
 
     @translates_connection_errors

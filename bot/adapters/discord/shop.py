@@ -52,9 +52,9 @@ class ShopHandlers(DiscordHandlers):
             await self._defer(interaction, thinking=True, ephemeral=True)
             who = UserIdentity(PLATFORM, str(interaction.user.id), interaction.user.display_name)
             if code:
-                text = linked_text(await self.service.link(who, code))
+                text = linked_text(await self.accounts.link(who, code))
             else:
-                text = link_code_text(await self.service.link_code(who), "/link")
+                text = link_code_text(await self.accounts.link_code(who), "/link")
             await interaction.followup.send(text, ephemeral=True)
 
 

@@ -202,11 +202,11 @@ class ShopHandlers(TelegramHandlers):
         async with self._answering(update):
             args = context.args or []
             if args:
-                linked = await self.service.link(identity(user), " ".join(args))
+                linked = await self.accounts.link(identity(user), " ".join(args))
                 await self._reply(message, wording.linked_text(linked))
             else:
                 # A code is as good as the account: in a group, it goes to the private chat.
-                code = await self.service.link_code(identity(user))
+                code = await self.accounts.link_code(identity(user))
                 try:
                     await self.sender.text(user.id, wording.link_code_text(code))
                 except ChatGone:  # never opened a private chat with the bot
