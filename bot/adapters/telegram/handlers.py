@@ -13,7 +13,6 @@ import re
 from collections.abc import AsyncIterator
 
 from telegram import (
-    CallbackQuery,
     ForceReply,
     InlineKeyboardMarkup,
     MaybeInaccessibleMessage,
@@ -22,7 +21,6 @@ from telegram import (
     User,
 )
 from telegram.constants import ChatType, MessageEntityType
-from telegram.error import BadRequest, TelegramError
 from telegram.ext import ContextTypes
 
 from bot.adapters import wording
@@ -30,7 +28,7 @@ from bot.adapters.telegram import buttons, render
 from bot.adapters.telegram.context import PLATFORM, destination
 from bot.adapters.telegram.history import HistorySender
 from bot.adapters.telegram.pictures import Albums, PictureRef, download, picture_of, refuse_too_big
-from bot.adapters.telegram.sending import ChatGone, Sender
+from bot.adapters.telegram.sending import ChatGone, Sender, answer_query
 from bot.core.account_service import AccountService
 from bot.core.errors import BotError, Forbidden, ImagesUnavailable, InvalidRequest
 from bot.core.models import UserIdentity
@@ -366,13 +364,13 @@ class TelegramHandlers:
         action = buttons.decode(query.data)
         message = query.message
         if action is None or message is None:
-            await _answer(query, render.UNKNOWN_BUTTON if action is None else render.NO_MESSAGE, alert=True)
+            await answer_query(query, render.UNKNOWN_BUTTON if action is None else render.NO_MESSAGE, alert=True)
             return
         if isinstance(action, buttons.Cancel) and action.owner_id != str(query.from_user.id):
-            await _answer(query, render.NOT_YOURS_TO_CANCEL, alert=True)
+            await answer_query(query, render.NOT_YOURS_TO_CANCEL, alert=True)
             return
         # Answer at once (the client spins until then, and late answers fail); the work follows.
-        await _answer(query, render.toast(action))
+        await answer_query(query, render.toast(action))
         full_message = message if isinstance(message, Message) else None
         where = destination(message.chat, full_message, message.message_id)
         who = identity(query.from_user)
@@ -430,21 +428,11 @@ class TelegramHandlers:
             return
         try:
             if update.callback_query is not None:
-                await _answer(update.callback_query, wording.GENERIC_ERROR, alert=True)
+                await answer_query(update.callback_query, wording.GENERIC_ERROR, alert=True)
             if update.effective_chat is not None and update.effective_message is not None:
                 await self._reply(update.effective_message, wording.GENERIC_ERROR)
         except Exception:
             log.warning("telegram: could not tell the user about the error", exc_info=True)
-
-
-async def _answer(query: CallbackQuery, text: str | None, alert: bool = False) -> None:
-    try:
-        await query.answer(text, show_alert=alert)
-    except BadRequest as error:
-        # Already answered, or too old (a press queued while the bot was down): the work still follows.
-        log.debug("telegram: answering callback query failed: %s", error)
-    except TelegramError:
-        log.warning("telegram: answering callback query failed", exc_info=True)
 
 
 def _page_argument(args: list[str] | None) -> int:

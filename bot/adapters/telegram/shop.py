@@ -12,9 +12,9 @@ from telegram.error import BadRequest, TelegramError
 from telegram.ext import ContextTypes
 
 from bot.adapters import wording
-from bot.adapters.telegram.handlers import TelegramHandlers, _answer, identity
+from bot.adapters.telegram.handlers import TelegramHandlers, identity
 from bot.adapters.telegram.history import HistorySender
-from bot.adapters.telegram.sending import ChatGone, Sender
+from bot.adapters.telegram.sending import ChatGone, Sender, answer_query
 from bot.core.account_service import AccountService
 from bot.core.credits import CreditPack
 from bot.core.errors import BotError, Forbidden, InvalidRequest, NotFound
@@ -84,7 +84,7 @@ class ShopHandlers(TelegramHandlers):
         query, user = update.callback_query, update.effective_user
         if query is None or user is None or query.message is None:
             return
-        await _answer(query, None)
+        await answer_query(query, None)
         pack_name = (query.data or "").removeprefix(BUY_PREFIX)
         async with self._answering(update):
             pack, order = await self.shop.order_stars(identity(user), pack_name)
