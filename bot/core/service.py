@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from bot.core import accounts, credits, generations, input_images, prompt_questions, queue
+from bot.core import accounts, credits, generations, input_images, queue
 from bot.core.catalogue import ModelSpec
 from bot.core.credits import AcceptOutcome, CreditPolicy
 from bot.core.database import Connection
@@ -48,7 +48,6 @@ from bot.core.models import (
     UserIdentity,
 )
 from bot.core.prompt import MAX_SEED, random_seed, validate_request
-from bot.core.prompt_questions import PromptQuestion
 from bot.core.providers.runner import warnings_for
 from bot.core.storage.base import ImageStore, StorageError
 
@@ -180,18 +179,6 @@ class GenerationService:
         self._replay(source, source.seed)  # refuses a model that is gone
         input_images.refuse_unless_model_takes(self.models[source.model], 1, list(self.models.values()))
         return image, source
-
-    @translates_connection_errors
-    async def remember_question(self, question: PromptQuestion) -> None:
-        """A front end asked for a prompt (a ForceReply): the reply will find this, even after a restart."""
-        async with self.pool.acquire() as conn:
-            await prompt_questions.remember(conn, question)
-
-    @translates_connection_errors
-    async def question(self, platform: str, chat_id: str, message_id: str) -> PromptQuestion | None:
-        """The question a reply answers, if the bot asked one with that message."""
-        async with self.pool.acquire() as conn:
-            return await prompt_questions.find(conn, platform, chat_id, message_id)
 
     def refuse_edit_unless_possible(self, request: ImagineRequest, count: int) -> None:
         """Before a front end downloads anything: the model asked for (or the default) must take this many

@@ -25,7 +25,7 @@ from bot.core.account_service import AccountService
 from bot.core.errors import BotError, InvalidRequest
 from bot.core.models import Accepted, Destination, ImagineRequest, UserIdentity
 from bot.core.prompt import parse_command_text
-from bot.core.prompt_questions import PromptQuestion, QuestionKind
+from bot.core.prompt_questions import PromptQuestion, PromptQuestions, QuestionKind
 from bot.core.service import GenerationService
 
 log = logging.getLogger(__name__)
@@ -56,9 +56,10 @@ def identity(user: discord.abc.User) -> UserIdentity:
 class DiscordHandlers:
     """What each command and button asks of the core. Thin: parse, acknowledge, call, reply."""
 
-    def __init__(self, service: GenerationService, accounts: AccountService) -> None:
+    def __init__(self, service: GenerationService, accounts: AccountService, questions: PromptQuestions) -> None:
         self.service = service
         self.accounts = accounts
+        self.questions = questions
         self.history_sender = HistorySender(service)
         self.accepting = True
         self.early_acks: EarlyAcks | None = None
@@ -129,7 +130,7 @@ class DiscordHandlers:
                 return
             found = pictures.pictures_of(message)
             pictures.refuse_too_big(found)
-            await self.service.remember_question(PromptQuestion(
+            await self.questions.remember(PromptQuestion(
                 PLATFORM, str(interaction.channel_id), str(interaction.id), QuestionKind.EDIT,
                 str(interaction.user.id), file_refs=tuple(a.url for a in found),
             ))
@@ -150,7 +151,7 @@ class DiscordHandlers:
             if purpose.kind == "r":
                 await self._run_job(interaction, lambda d: self.service.remix(who, purpose.target, prompt, d, key))
                 return
-            question = await self.service.question(PLATFORM, str(interaction.channel_id), purpose.target)
+            question = await self.questions.find(PLATFORM, str(interaction.channel_id), purpose.target)
             if question is None:
                 raise InvalidRequest("That request has expired. Please pick the message again.")
             request = parse_command_text(prompt)

@@ -17,6 +17,7 @@ from bot.adapters.wording import link_code_text, linked_text, plural
 from bot.core.account_service import AccountService
 from bot.core.errors import BotError, InvalidRequest
 from bot.core.models import UserIdentity
+from bot.core.prompt_questions import PromptQuestions
 from bot.core.service import GenerationService
 from bot.core.shop import DISCORD, Shop
 
@@ -28,8 +29,10 @@ MAX_PACK_BUTTONS = 25  # 5 rows of 5: Discord's limit for one message
 class ShopHandlers(DiscordHandlers):
     """The image commands (DiscordHandlers), /buy and /link."""
 
-    def __init__(self, service: GenerationService, accounts: AccountService, shop: Shop) -> None:
-        super().__init__(service, accounts)
+    def __init__(
+        self, service: GenerationService, accounts: AccountService, questions: PromptQuestions, shop: Shop
+    ) -> None:
+        super().__init__(service, accounts, questions)
         self.shop = shop
 
     async def buy(self, interaction: discord.Interaction) -> None:

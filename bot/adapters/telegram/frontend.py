@@ -38,6 +38,7 @@ from bot.adapters.telegram.webhook import WebhookServer, derived_secret, webhook
 from bot.config import Settings
 from bot.core.account_service import AccountService
 from bot.core.inbox import Inbox
+from bot.core.prompt_questions import PromptQuestions
 from bot.core.service import GenerationService
 from bot.core.shop import Shop
 
@@ -150,8 +151,9 @@ class TelegramFrontEnd:
         self.observer = TelegramObserver(self.sender, service, timing)
         shop = Shop(service.pool, settings.credit_packs, service.credit_policy, frozenset(settings.banned_users))
         self.handlers = ShopHandlers(
-            service, accounts, self.sender, HistorySender(self.sender, service, history_page_size), shop,
-            settings.payment_support, settings.terms_text,
+            service, accounts, PromptQuestions(service.pool), self.sender,
+            HistorySender(self.sender, service, history_page_size), shop, settings.payment_support,
+            settings.terms_text,
         )
         self._webhook: WebhookServer | None = None
         self._register()

@@ -33,7 +33,7 @@ from bot.core.account_service import AccountService
 from bot.core.errors import BotError, Forbidden, ImagesUnavailable, InvalidRequest
 from bot.core.models import UserIdentity
 from bot.core.prompt import parse_command_text
-from bot.core.prompt_questions import PromptQuestion, QuestionKind
+from bot.core.prompt_questions import PromptQuestion, PromptQuestions, QuestionKind
 from bot.core.service import GenerationService
 from bot.core.storage.base import EXTENSIONS
 
@@ -77,10 +77,16 @@ def message_key(message: Message) -> str:
 
 class TelegramHandlers:
     def __init__(
-        self, service: GenerationService, accounts: AccountService, sender: Sender, history: HistorySender
+        self,
+        service: GenerationService,
+        accounts: AccountService,
+        questions: PromptQuestions,
+        sender: Sender,
+        history: HistorySender,
     ) -> None:
         self.service = service
         self.accounts = accounts
+        self.questions = questions
         self.sender = sender
         self.history_sender = history
         self.bot_username = ""  # known once the bot has called getMe (frontend.start)
@@ -239,7 +245,7 @@ class TelegramHandlers:
             first.chat.id, render.what_to_do(len(pictures)), reply_to=first.message_id,
             keyboard=ForceReply(input_field_placeholder="What should I do with it?"),
         )
-        await self.service.remember_question(PromptQuestion(
+        await self.questions.remember(PromptQuestion(
             PLATFORM, str(first.chat.id), str(asked.message_id), QuestionKind.EDIT, str(user.id),
             file_refs=tuple(p.file_id for p in pictures),
         ))
@@ -252,7 +258,7 @@ class TelegramHandlers:
             message.chat.id, render.remix_question(source.prompt), reply_to=message.message_id,
             keyboard=ForceReply(input_field_placeholder="The new prompt"),
         )
-        await self.service.remember_question(PromptQuestion(
+        await self.questions.remember(PromptQuestion(
             PLATFORM, str(message.chat.id), str(asked.message_id), QuestionKind.REMIX, who.platform_user_id,
             image_id=image_id,
         ))
@@ -267,7 +273,7 @@ class TelegramHandlers:
         async with self._answering(update):
             question = None
             if replied is not None and replied.from_user is not None and replied.from_user.is_bot:
-                question = await self.service.question(PLATFORM, str(message.chat.id), str(replied.message_id))
+                question = await self.questions.find(PLATFORM, str(message.chat.id), str(replied.message_id))
             if question is None:
                 if message.chat.type != ChatType.PRIVATE:
                     return

@@ -18,6 +18,7 @@ from bot.adapters.telegram.sending import ChatGone, Sender, answer_query
 from bot.core.account_service import AccountService
 from bot.core.credits import CreditPack
 from bot.core.errors import BotError, Forbidden, InvalidRequest, NotFound
+from bot.core.prompt_questions import PromptQuestions
 from bot.core.service import GenerationService
 from bot.core.shop import STARS, TELEGRAM, Shop
 
@@ -52,13 +53,14 @@ class ShopHandlers(TelegramHandlers):
         self,
         service: GenerationService,
         accounts: AccountService,
+        questions: PromptQuestions,
         sender: Sender,
         history: HistorySender,
         shop: Shop,
         support: str,
         terms: str,
     ) -> None:
-        super().__init__(service, accounts, sender, history)
+        super().__init__(service, accounts, questions, sender, history)
         self.shop = shop
         self.support = support
         self.terms_text = terms
