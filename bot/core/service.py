@@ -1,4 +1,5 @@
-"""The generation service: the one place front ends call. It knows nothing of Discord or Telegram."""
+"""The generation service: what front ends call to ask for images and to act on them (cancel, delete, history,
+the originals). It knows nothing of Discord or Telegram."""
 
 from __future__ import annotations
 

@@ -77,11 +77,7 @@ def message_key(message: Message) -> str:
 
 class TelegramHandlers:
     def __init__(
-        self,
-        service: GenerationService,
-        accounts: AccountService,
-        questions: PromptQuestions,
-        sender: Sender,
+        self, service: GenerationService, accounts: AccountService, questions: PromptQuestions, sender: Sender,
         history: HistorySender,
     ) -> None:
         self.service = service

@@ -50,15 +50,8 @@ class ShopHandlers(TelegramHandlers):
     """The image commands (TelegramHandlers) and those of the shop and of linking accounts."""
 
     def __init__(
-        self,
-        service: GenerationService,
-        accounts: AccountService,
-        questions: PromptQuestions,
-        sender: Sender,
-        history: HistorySender,
-        shop: Shop,
-        support: str,
-        terms: str,
+        self, service: GenerationService, accounts: AccountService, questions: PromptQuestions, sender: Sender,
+        history: HistorySender, shop: Shop, support: str, terms: str,
     ) -> None:
         super().__init__(service, accounts, questions, sender, history)
         self.shop = shop
