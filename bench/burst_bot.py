@@ -66,7 +66,7 @@ async def main(config: dict[str, Any]) -> None:
         trace.install(patch)  # before the front ends are built: discord.py binds its parsers then
         # guild_ready_timeout: discord.py waits this long after READY for guilds the fake never sends.
         front_ends = [
-            lambda settings, service: DiscordFrontEnd(settings, service, guild_ready_timeout=0.01),
+            lambda settings, service, accounts: DiscordFrontEnd(settings, service, accounts, guild_ready_timeout=0.01),
             TelegramFrontEnd,
         ]
         async with contextlib.AsyncExitStack() as cleanup, bootstrap(

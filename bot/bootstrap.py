@@ -16,6 +16,7 @@ import asyncpg
 from bot.adapters.frontend import FrontEnd, FrontEndFactory
 from bot.config import Settings
 from bot.core import database
+from bot.core.account_service import AccountService
 from bot.core.catalogue import available_models, choose_default
 from bot.core.credits import CreditPolicy
 from bot.core.events import JobObserver
@@ -76,6 +77,7 @@ class Runtime:
     providers: dict[str, ImageProvider]
     worker: Worker
     service: GenerationService
+    accounts: AccountService
     front_ends: list[FrontEnd]
     observers: dict[str, JobObserver]
     health: HealthServer | None = None
@@ -201,7 +203,7 @@ def build_core(
     store: ImageStore,
     providers: Mapping[str, ImageProvider],
     observers: Mapping[str, JobObserver],
-) -> tuple[Worker, GenerationService]:
+) -> tuple[Worker, GenerationService, AccountService]:
     """The core's services, from the settings."""
     models = available_models(settings.models, providers)
     limits = ProviderLimits(settings.max_provider_calls, settings.provider_ceilings, worker_pool)
@@ -225,12 +227,13 @@ def build_core(
             job_deadline_seconds=settings.job_deadline_seconds,
         ),
     )
+    credit_policy = CreditPolicy(settings.credits_enabled, settings.starting_credits, frozenset(settings.admin_ids))
     service = GenerationService(
         pool,
         worker,
         models,
         choose_default(models, settings.default_model),
-        CreditPolicy(settings.credits_enabled, settings.starting_credits, frozenset(settings.admin_ids)),
+        credit_policy,
         observers,
         RequestPolicy(
             prompt_max_chars=settings.prompt_max_chars,
@@ -240,7 +243,7 @@ def build_core(
         ),
         store=store,
     )
-    return worker, service
+    return worker, service, AccountService(pool, credit_policy, service.model_choices())
 
 
 @asynccontextmanager
@@ -279,12 +282,12 @@ async def bootstrap(
         store = build_store(settings)
         providers = {**build_providers(settings), **(extra_providers or {})}
         # The core and the front ends need each other: the core is built with the observers' mapping, the
-        # front ends with the core's service, and the mapping is filled here, before anything runs.
+        # front ends with the core's services, and the mapping is filled here, before anything runs.
         observers: dict[str, JobObserver] = {}
-        worker, service = build_core(settings, pool, worker_pool, store, providers, observers)
-        built = [make(settings, service) for make in front_ends]
+        worker, service, accounts = build_core(settings, pool, worker_pool, store, providers, observers)
+        built = [make(settings, service, accounts) for make in front_ends]
         observers.update({front_end.observer.platform: front_end.observer for front_end in built})
-        runtime = Runtime(settings, pool, store, providers, worker, service, built, observers)
+        runtime = Runtime(settings, pool, store, providers, worker, service, accounts, built, observers)
         try:
             yield runtime
         finally:

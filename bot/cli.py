@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from bot.bootstrap import Roles, Runtime, bootstrap, open_database
 from bot.config import Settings, load_settings
 from bot.core import accounts, database
+from bot.core.account_service import AccountService
 from bot.core.credits import PurchaseRecord
 from bot.core.errors import BotError
 from bot.core.models import UserIdentity
@@ -105,8 +106,10 @@ async def _console(settings: Settings, output: str | None) -> int:
 
     output_dir = Path(output) if output else settings.data_dir / "output"
 
-    def console_front_end(settings: Settings, service: GenerationService) -> ConsoleFrontEnd:
-        return ConsoleFrontEnd(service, output_dir, lambda text: print(text, flush=True))
+    def console_front_end(
+        settings: Settings, service: GenerationService, account_service: AccountService
+    ) -> ConsoleFrontEnd:
+        return ConsoleFrontEnd(service, account_service, output_dir, lambda text: print(text, flush=True))
 
     stop = stop_on_sigterm()
     async with bootstrap(settings, [console_front_end]) as runtime:
@@ -142,7 +145,7 @@ async def _credits(settings: Settings, args: argparse.Namespace) -> int:
                     print(_purchase_line(p))
                 return 0
             if args.action == "ledger":
-                balance, entries = await runtime.service.ledger(target, args.limit)
+                balance, entries = await runtime.accounts.ledger(target, args.limit)
                 print(f"{args.user}: balance {balance}")
                 for entry in entries:
                     generation = f" {entry.generation_id}" if entry.generation_id else ""
@@ -152,7 +155,7 @@ async def _credits(settings: Settings, args: argparse.Namespace) -> int:
             if args.amount <= 0:
                 print("amount must be a positive whole number", file=sys.stderr)
                 return 2
-            result = await runtime.service.operator_adjust(target, amount)
+            result = await runtime.accounts.operator_adjust(target, amount)
         except BotError as error:
             print(error.user_message, file=sys.stderr)
             return 1

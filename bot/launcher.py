@@ -13,25 +13,26 @@ from pydantic import SecretStr
 from bot.adapters.frontend import FrontEnd, FrontEndFactory, StartFailed
 from bot.bootstrap import Roles, bootstrap
 from bot.config import Settings
+from bot.core.account_service import AccountService
 from bot.core.service import GenerationService
 
 log = logging.getLogger(__name__)
 
 
 def discord_front_end(receive: bool) -> FrontEndFactory:
-    def make(settings: Settings, service: GenerationService) -> FrontEnd:
+    def make(settings: Settings, service: GenerationService, accounts: AccountService) -> FrontEnd:
         from bot.adapters.discord.frontend import DiscordFrontEnd  # imported only when configured
 
-        return DiscordFrontEnd(settings, service, receive_updates=receive)
+        return DiscordFrontEnd(settings, service, accounts, receive_updates=receive)
 
     return make
 
 
 def telegram_front_end(receive: bool) -> FrontEndFactory:
-    def make(settings: Settings, service: GenerationService) -> FrontEnd:
+    def make(settings: Settings, service: GenerationService, accounts: AccountService) -> FrontEnd:
         from bot.adapters.telegram.frontend import TelegramFrontEnd
 
-        return TelegramFrontEnd(settings, service, receive_updates=receive)
+        return TelegramFrontEnd(settings, service, accounts, receive_updates=receive)
 
     return make
 

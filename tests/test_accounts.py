@@ -47,8 +47,8 @@ async def test_link_adds_balances_and_shares_history_and_buttons(runtime_factory
     async with runtime_factory(starting_credits=20) as rt:
         on_telegram = await rt.service.imagine(TG, ImagineRequest("a telegram fox", count=2), TG_CHAT)
         on_discord = await rt.service.imagine(DC, ImagineRequest("a discord owl", count=3), DC_CHAT)
-        code = await rt.service.link_code(TG)
-        linked = await rt.service.link(DC, code.lower())  # typed by hand: case doesn't matter
+        code = await rt.accounts.link_code(TG)
+        linked = await rt.accounts.link(DC, code.lower())  # typed by hand: case doesn't matter
         assert (linked.moved, linked.balance, linked.platforms) == (17, 18 + 17, ("discord", "telegram"))
         assert await balance(pool, TG) == await balance(pool, DC) == 35
         for who in (TG, DC):
@@ -59,12 +59,12 @@ async def test_link_adds_balances_and_shares_history_and_buttons(runtime_factory
         assert again.balance == 35 - 2
         cancelled = await rt.service.cancel(TG, on_discord.generation.id, TG_CHAT.chat_id)
         assert cancelled.credits_refunded == 3
-        assert (await rt.service.balance(DC)).balance == 36
+        assert (await rt.accounts.balance(DC)).balance == 36
         # Someone else still sees none of it.
         with pytest.raises(NotFound):
             await rt.service.generation(UserIdentity("telegram", "999"), on_telegram.generation.id, "elsewhere")
         with pytest.raises(InvalidRequest, match="already used"):
-            await rt.service.link(UserIdentity("discord", "333"), code)
+            await rt.accounts.link(UserIdentity("discord", "333"), code)
     link_rows = await pool.fetch("SELECT delta, reason FROM image.credit_ledger WHERE reason = 'link' ORDER BY id")
     assert [r["delta"] for r in link_rows] == [-17, 17]
     assert all(total == cached for cached, total in (await books(pool)).values())
@@ -75,14 +75,14 @@ async def test_link_adds_balances_and_shares_history_and_buttons(runtime_factory
 async def test_refused_codes_change_nothing(runtime_factory, pool, case) -> None:
     async with runtime_factory() as rt:
         other_tg = UserIdentity("telegram", "444")
-        code = await rt.service.link_code(TG)
-        await rt.service.balance(DC)
-        await rt.service.balance(other_tg)
+        code = await rt.accounts.link_code(TG)
+        await rt.accounts.balance(DC)
+        await rt.accounts.balance(other_tg)
         if case == "expired":
             await pool.execute("UPDATE image.link_codes SET expires_at = now() - interval '1 second'")
         if case == "already-one":
-            await rt.service.link(DC, code)
-            code = await rt.service.link_code(DC)
+            await rt.accounts.link(DC, code)
+            code = await rt.accounts.link_code(DC)
         before = (await books(pool), await pool.fetch("SELECT id, account_id FROM image.users ORDER BY id"))
         who, used = {
             "wrong": (DC, "ABCD-EFGH-JKMN"),
@@ -93,7 +93,7 @@ async def test_refused_codes_change_nothing(runtime_factory, pool, case) -> None
             "already-one": (TG, code),
         }[case]
         with pytest.raises(InvalidRequest) as refused:
-            await rt.service.link(who, used)
+            await rt.accounts.link(who, used)
         after = (await books(pool), await pool.fetch("SELECT id, account_id FROM image.users ORDER BY id"))
     assert before == after
     expected = {"wrong": "wrong or has expired", "malformed": "wrong or has expired", "expired": "expired",
@@ -106,17 +106,17 @@ async def test_refused_codes_change_nothing(runtime_factory, pool, case) -> None
 async def test_an_account_with_a_platform_takes_no_second_identity_of_it(runtime_factory, pool) -> None:
     """Telegram+Discord joined; a second Telegram user can't join it through either identity's code."""
     async with runtime_factory() as rt:
-        await rt.service.link(DC, await rt.service.link_code(TG))
+        await rt.accounts.link(DC, await rt.accounts.link_code(TG))
         for maker in (TG, DC):
             with pytest.raises(InvalidRequest, match="already has a Telegram"):
-                await rt.service.link(UserIdentity("telegram", "555"), await rt.service.link_code(maker))
+                await rt.accounts.link(UserIdentity("telegram", "555"), await rt.accounts.link_code(maker))
 
 
 async def test_two_links_at_once_one_code(runtime_factory, pool) -> None:
     async with runtime_factory() as rt:
-        code = await rt.service.link_code(TG)
+        code = await rt.accounts.link_code(TG)
         results = await asyncio.gather(
-            *(rt.service.link(UserIdentity("discord", f"d{i}"), code) for i in range(5)), return_exceptions=True
+            *(rt.accounts.link(UserIdentity("discord", f"d{i}"), code) for i in range(5)), return_exceptions=True
         )
     assert sum(not isinstance(r, BaseException) for r in results) == 1
     assert all(isinstance(r, InvalidRequest) for r in results if isinstance(r, BaseException))
@@ -125,12 +125,12 @@ async def test_two_links_at_once_one_code(runtime_factory, pool) -> None:
 
 async def test_operator_unlinks(runtime_factory, pool) -> None:
     async with runtime_factory() as rt:
-        await rt.service.link(DC, await rt.service.link_code(TG))
+        await rt.accounts.link(DC, await rt.accounts.link_code(TG))
         async with pool.acquire() as conn:
             new_account = await accounts.unlink(conn, "discord", "222")
             alone = await accounts.unlink(conn, "discord", "222")
         assert new_account is not None and alone is None
-        assert (await rt.service.balance(DC)).balance == 0 and (await rt.service.balance(TG)).balance == 40
+        assert (await rt.accounts.balance(DC)).balance == 0 and (await rt.accounts.balance(TG)).balance == 40
         job = await rt.service.imagine(TG, ImagineRequest("mine again"), TG_CHAT)
         with pytest.raises(NotFound):  # no longer its own: it looks missing
             await rt.service.cancel(DC, job.generation.id, "dm-222")
@@ -179,16 +179,17 @@ async def test_console_links_both_ways(runtime_factory, tmp_path: Path) -> None:
 
     said: list[str] = []
     async with runtime_factory() as rt:
-        console = Console(rt.service, ConsoleObserver(tmp_path, said.append), UserIdentity("console", "me"))
+        observer = ConsoleObserver(tmp_path, said.append)
+        console = Console(rt.service, rt.accounts, observer, UserIdentity("console", "me"))
         await console.handle("/link")
         code = re.search(r"Your link code: (\S+)", said[-1]).group(1)
         assert "/link " + code in said[-1]
         await console.handle("/link " + code)
         assert "your own" in said[-1]
-        await rt.service.link(TG, code)
+        await rt.accounts.link(TG, code)
         await console.handle("/link " + code)
         assert "already used" in said[-1]
-        mine = await rt.service.link_code(DC)
+        mine = await rt.accounts.link_code(DC)
         await console.handle(f"/link {mine}")
         assert said[-1].startswith("Linked: Console, Discord and Telegram are now one account.")
         assert "balance is 60" in said[-1]

@@ -84,4 +84,4 @@ async def test_every_front_end_refuses_a_missing_token_the_same_way(runtime_fact
     async with runtime_factory() as runtime:
         for front_end in (DiscordFrontEnd, TelegramFrontEnd):
             with pytest.raises(StartFailed, match="_TOKEN is not set"):
-                front_end(runtime.settings, runtime.service)
+                front_end(runtime.settings, runtime.service, runtime.accounts)

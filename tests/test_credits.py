@@ -135,12 +135,12 @@ async def test_cancel_a_queued_job(runtime_factory, pool) -> None:
 async def test_admin_grant_and_revoke(runtime_factory, pool) -> None:
     async with runtime_factory(admin_ids=["test:admin"]) as rt:
         with pytest.raises(Forbidden):
-            await rt.service.grant(BOB, ALICE, 5)
-        granted = await rt.service.grant(ADMIN, ALICE, 5, idempotency_key="cmd-1")
-        again = await rt.service.grant(ADMIN, ALICE, 5, idempotency_key="cmd-1")
-        revoked = await rt.service.grant(ADMIN, ALICE, -100)
+            await rt.accounts.grant(BOB, ALICE, 5)
+        granted = await rt.accounts.grant(ADMIN, ALICE, 5, idempotency_key="cmd-1")
+        again = await rt.accounts.grant(ADMIN, ALICE, 5, idempotency_key="cmd-1")
+        revoked = await rt.accounts.grant(ADMIN, ALICE, -100)
         with pytest.raises(InvalidRequest):
-            await rt.service.grant(ADMIN, ALICE, 0)
+            await rt.accounts.grant(ADMIN, ALICE, 0)
     assert (granted.applied, granted.balance) == (5, 25)
     assert again.applied == 0
     assert (revoked.applied, revoked.balance) == (-25, 0)
@@ -150,7 +150,7 @@ async def test_admin_grant_and_revoke(runtime_factory, pool) -> None:
 async def test_credits_off_charges_nothing(runtime_factory, pool) -> None:
     async with runtime_factory(credits_enabled=False) as rt:
         accepted = await rt.service.imagine(ALICE, ImagineRequest("free art", count=4), HERE)
-        balance = await rt.service.balance(ALICE)
+        balance = await rt.accounts.balance(ALICE)
     assert accepted.generation.credits_reserved == 0 and accepted.balance is None
     assert not balance.credits_enabled
     assert await pool.fetchval("SELECT count(*) FROM image.credit_ledger") == 0
@@ -174,7 +174,7 @@ async def test_one_welcome_grant_whichever_way_a_user_first_arrives(runtime_fact
     """image.ensure_user is the one path: the accepting call and a /balance racing for a new user."""
     async with runtime_factory(starting_credits=7) as rt:
         await asyncio.gather(
-            *(rt.service.balance(BOB) for _ in range(3)),
+            *(rt.accounts.balance(BOB) for _ in range(3)),
             *(rt.service.imagine(BOB, ImagineRequest(f"first {i}"), HERE) for i in range(3)),
         )
         async with pool.acquire() as conn:

@@ -6,9 +6,9 @@ import asyncio
 
 import asyncpg
 
+from bot.core.database_errors import translates_connection_errors
 from bot.core.errors import BotError, Contended, TemporarilyUnavailable
 from bot.core.models import Destination, ImagineRequest, UserIdentity
-from bot.core.service import translates_connection_errors
 
 HERE = Destination("test", "chat-1")
 

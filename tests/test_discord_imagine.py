@@ -67,7 +67,7 @@ async def test_a_guild_that_refuses_the_commands_fails_start_clearly(
 ) -> None:
     fake.fail_next("PUT", r"/applications/\d+/guilds/\d+/commands", 403, {"message": "Missing Access", "code": 50001})
     async with runtime_factory(discord_token=fake.token, discord_guild_ids=[fake.guild_id]) as runtime:
-        frontend = DiscordFrontEnd(runtime.settings, runtime.service, guild_ready_timeout=0.01)
+        frontend = DiscordFrontEnd(runtime.settings, runtime.service, runtime.accounts, guild_ready_timeout=0.01)
         with pytest.raises(RuntimeError, match=r"applications\.commands"):
             await frontend.start()
 
@@ -349,7 +349,7 @@ async def test_while_stopping_new_work_is_refused_politely(runtime_factory: Runt
 
 async def test_a_wrong_token_fails_start_clearly(runtime_factory: RuntimeFactory, fake: FakeDiscord) -> None:
     async with runtime_factory(discord_token="not-the-token") as runtime:
-        frontend = DiscordFrontEnd(runtime.settings, runtime.service, guild_ready_timeout=0.01)
+        frontend = DiscordFrontEnd(runtime.settings, runtime.service, runtime.accounts, guild_ready_timeout=0.01)
         with pytest.raises(RuntimeError, match="rejected DISCORD_TOKEN"):
             await frontend.start()
         await frontend.close()

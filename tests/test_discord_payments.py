@@ -104,12 +104,12 @@ async def test_link_shares_balance_and_history_with_telegram(
     alice = fake.user("alice")
     telegram = UserIdentity("telegram", "4242", "Alice on Telegram")
     async with running_bot(runtime_factory, fake) as bot:
-        service = bot.runtime.service
+        service, accounts = bot.runtime.service, bot.runtime.accounts
         made_on_telegram = await service.imagine(telegram, ImagineRequest("a telegram heron"), Destination("test", "t"))
         asked = await fake.slash("link", user=alice)
         [text] = await wait_for(lambda: fake.ephemeral_texts(asked))
         code = re.search(r"Your link code: (\S+)", text).group(1)
-        linked = await service.link(telegram, code)
+        linked = await accounts.link(telegram, code)
         assert await bot.balance(alice) == 20 + 19 == linked.balance
         assert made_on_telegram.generation.id in [g.id for g in await bot.generations(alice)]
 
@@ -122,8 +122,8 @@ async def test_link_shares_balance_and_history_with_telegram(
 
         # The other way round: a Telegram code used on Discord.
         bob, bob_telegram = fake.user("bob"), UserIdentity("telegram", "4343")
-        their_code = await service.link_code(bob_telegram)
+        their_code = await accounts.link_code(bob_telegram)
         used = await fake.slash("link", {"code": their_code}, user=bob)
         [done] = await wait_for(lambda: fake.ephemeral_texts(used))
         assert done.startswith("Linked: Discord and Telegram are now one account.") and "balance is 40" in done
-        assert (await service.balance(bob_telegram)).balance == 40
+        assert (await accounts.balance(bob_telegram)).balance == 40

@@ -65,7 +65,7 @@ async def test_a_refund_takes_back_only_what_is_left_and_records_the_rest(runtim
             refund = await credits.refund_purchase(conn, "telegram", "charge-2")
             again = await credits.refund_purchase(conn, "telegram", "charge-2")
             missing = await credits.refund_purchase(conn, "telegram", "no-such-charge")
-        balance = await rt.service.balance(ALICE)
+        balance = await rt.accounts.balance(ALICE)
     assert refund is not None and (refund.taken_back, refund.shortfall, refund.balance, refund.new) == (2, 3, 0, True)
     assert again is not None and not again.new and again.taken_back == 2
     assert missing is None
@@ -82,7 +82,7 @@ async def test_balance_shows_what_was_bought(runtime_factory, pool) -> None:
         async with pool.acquire() as conn:
             await credits.purchase(conn, uid, "discord", "ent-1", SMALL)
             await credits.purchase(conn, uid, "telegram", "charge-3", SMALL, 25, "XTR")
-        balance = await rt.service.balance(ALICE)
+        balance = await rt.accounts.balance(ALICE)
     assert (balance.balance, balance.bought) == (120, 100)
 
 
@@ -173,8 +173,8 @@ async def test_cached_balance_is_the_ledger_sum_and_never_negative(runtime_facto
                     pass  # not enough credits: refused, nothing written
             elif op == "link":
                 try:
-                    code = await rt.service.link_code(people[who])
-                    await rt.service.link(people[(who + n) % 3], code)
+                    code = await rt.accounts.link_code(people[who])
+                    await rt.accounts.link(people[(who + n) % 3], code)
                     event("linked")
                 except BotError:
                     pass  # its own code, or already one account

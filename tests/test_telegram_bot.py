@@ -561,7 +561,7 @@ async def test_a_wrong_token_stops_start_up_with_one_clear_line(
     runtime_factory: RuntimeFactory, fake: FakeTelegram
 ) -> None:
     async with runtime_factory(**telegram_settings(fake, telegram_token="123:WRONG-token")) as runtime:
-        frontend = TelegramFrontEnd(runtime.settings, runtime.service)
+        frontend = TelegramFrontEnd(runtime.settings, runtime.service, runtime.accounts)
         with pytest.raises(RuntimeError, match="rejected TELEGRAM_TOKEN") as raised:
             await frontend.start()
         await frontend.close()
@@ -644,7 +644,7 @@ async def test_a_database_outage_holds_updates_until_they_can_be_recorded(
     ann = fake.user(ANN, "Ann")
     settings = make_settings(tmp_path, **telegram_settings(fake))
     try:
-        telegram = [lambda settings, service: TelegramFrontEnd(settings, service, poll_timeout=1)]
+        telegram = [lambda settings, service, accounts: TelegramFrontEnd(settings, service, accounts, poll_timeout=1)]
         async with bootstrap(settings, telegram, pool=bot_pool) as runtime:
             await runtime.start_front_ends()  # no worker: only the intake meets the outage
             await proxy.cut()

@@ -181,7 +181,7 @@ async def test_paysupport_terms_and_link(runtime_factory, fake, pool) -> None:
         [code_message] = await fake.wait_sent("sendMessage", ANN, where=lambda c: "link code" in c.params["text"])
         code = code_message.params["text"].split("Your link code: ")[1].split()[0]
         discord_user = UserIdentity("discord", "77")
-        linked = await bot.runtime.service.link(discord_user, code)
+        linked = await bot.runtime.accounts.link(discord_user, code)
         fake.send(ann, f"/link {code}")
         await fake.wait_sent("sendMessage", ANN, where=lambda c: "already used" in c.params["text"])
         fake.send(ann, "/link WRONG-CODE")

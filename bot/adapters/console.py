@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from bot.adapters.wording import link_code_text, linked_text, plural, refund_text, seeds_text, source_text
+from bot.core.account_service import AccountService
 from bot.core.errors import BotError, InvalidRequest
 from bot.core.events import DeliveryReceipt
 from bot.core.input_images import UploadedImage, refuse_if_too_large
@@ -108,8 +109,11 @@ class ConsoleObserver:
 class ConsoleFrontEnd:
     """The console as a front end: nothing to connect; `run` reads commands until EOF or `stop`."""
 
-    def __init__(self, service: GenerationService, output_dir: Path, write: Callable[[str], None]) -> None:
+    def __init__(
+        self, service: GenerationService, accounts: AccountService, output_dir: Path, write: Callable[[str], None]
+    ) -> None:
         self.service = service
+        self.accounts = accounts
         self.observer = ConsoleObserver(output_dir, write)
 
     async def start(self) -> None:
@@ -122,14 +126,17 @@ class ConsoleFrontEnd:
         pass
 
     async def run(self, stop: asyncio.Event, stdin: TextIO = sys.stdin) -> bool:
-        return await run_console(self.service, self.observer, stop, stdin)
+        return await run_console(self.service, self.accounts, self.observer, stop, stdin)
 
 
 class Console:
     """Reads commands and calls the core: one line, one call."""
 
-    def __init__(self, service: GenerationService, observer: ConsoleObserver, user: UserIdentity) -> None:
+    def __init__(
+        self, service: GenerationService, accounts: AccountService, observer: ConsoleObserver, user: UserIdentity
+    ) -> None:
         self.service = service
+        self.accounts = accounts
         self.observer = observer
         self.user = user
         self.write = observer.write
@@ -172,7 +179,7 @@ class Console:
             self._show_history(await self.service.history(self.user, _page_number(rest), page_size=5))
         elif command == "balance":
             self._show_models()
-            balance = await self.service.balance(self.user)
+            balance = await self.accounts.balance(self.user)
             credits = plural(balance.balance, "credit")
             bought = f" ({plural(balance.bought, 'credit')} bought)" if balance.bought else ""
             self.write(f"Balance: {credits}{bought}" if balance.credits_enabled else "Credits are off.")
@@ -180,9 +187,9 @@ class Console:
             self._show_models()
         elif command == "link":
             if rest.strip():
-                self.write(linked_text(await self.service.link(self.user, rest.strip())))
+                self.write(linked_text(await self.accounts.link(self.user, rest.strip())))
             else:
-                self.write(link_code_text(await self.service.link_code(self.user)))
+                self.write(link_code_text(await self.accounts.link_code(self.user)))
         elif command == "wait":
             await self.wait_all()
         elif line.startswith("/"):
@@ -293,12 +300,16 @@ def console_user() -> UserIdentity:
 
 
 async def run_console(
-    service: GenerationService, observer: ConsoleObserver, stop: asyncio.Event, stdin: TextIO = sys.stdin
+    service: GenerationService,
+    accounts: AccountService,
+    observer: ConsoleObserver,
+    stop: asyncio.Event,
+    stdin: TextIO = sys.stdin,
 ) -> bool:
     """Read and run commands until EOF, /quit or `stop` (SIGTERM). True if it ended normally, in which case
     what was started is awaited (a script's last line may be a request); on `stop` the caller's shutdown
     gives running jobs their grace period and refunds the rest."""
-    console = Console(service, observer, console_user())
+    console = Console(service, accounts, observer, console_user())
     interactive = stdin.isatty()
     if interactive:
         observer.write("Image bot console (offline demo model unless a provider key is set). Type /help.")

@@ -1,5 +1,5 @@
 """What every front end (console, Discord, Telegram) is to the rest of the bot: built by bot.bootstrap
-from the settings and the core's service, started and stopped by the launcher."""
+from the settings and the core's services, started and stopped by the launcher."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from bot.config import Settings
+from bot.core.account_service import AccountService
 from bot.core.events import JobObserver
 from bot.core.service import GenerationService
 
@@ -35,4 +36,4 @@ class FrontEnd(Protocol):
         ...
 
 
-FrontEndFactory = Callable[[Settings, GenerationService], FrontEnd]
+FrontEndFactory = Callable[[Settings, GenerationService, AccountService], FrontEnd]

@@ -7,7 +7,9 @@ import json
 from dataclasses import dataclass
 from enum import StrEnum
 
-from bot.core.database import Connection
+import asyncpg
+
+from bot.core.database_errors import translates_connection_errors
 
 
 class QuestionKind(StrEnum):
@@ -26,25 +28,37 @@ class PromptQuestion:
     file_refs: tuple[str, ...] = ()
 
 
-async def remember(conn: Connection, question: PromptQuestion) -> None:
-    await conn.execute(
-        """INSERT INTO image.prompt_questions (platform, chat_id, message_id, kind, asked_of, image_id, file_refs)
-           VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
-           ON CONFLICT (platform, chat_id, message_id) DO NOTHING""",
-        question.platform, question.chat_id, question.message_id, question.kind, question.asked_of,
-        question.image_id, json.dumps(list(question.file_refs)),
-    )
+class PromptQuestions:
+    """The questions front ends asked, by the message that asked them."""
 
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
 
-async def find(conn: Connection, platform: str, chat_id: str, message_id: str) -> PromptQuestion | None:
-    row = await conn.fetchrow(
-        """SELECT platform, chat_id, message_id, kind, asked_of, image_id, file_refs FROM image.prompt_questions
-           WHERE platform = $1 AND chat_id = $2 AND message_id = $3""",
-        platform, chat_id, message_id,
-    )
-    if row is None:
-        return None
-    return PromptQuestion(
-        row["platform"], row["chat_id"], row["message_id"], QuestionKind(row["kind"]), row["asked_of"],
-        row["image_id"], tuple(json.loads(row["file_refs"])),
-    )
+    @translates_connection_errors
+    async def remember(self, question: PromptQuestion) -> None:
+        """A front end asked for a prompt (a ForceReply): the reply will find this, even after a restart."""
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                """INSERT INTO image.prompt_questions
+                       (platform, chat_id, message_id, kind, asked_of, image_id, file_refs)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
+                   ON CONFLICT (platform, chat_id, message_id) DO NOTHING""",
+                question.platform, question.chat_id, question.message_id, question.kind, question.asked_of,
+                question.image_id, json.dumps(list(question.file_refs)),
+            )
+
+    @translates_connection_errors
+    async def find(self, platform: str, chat_id: str, message_id: str) -> PromptQuestion | None:
+        """The question a reply answers, if the bot asked one with that message."""
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                """SELECT platform, chat_id, message_id, kind, asked_of, image_id, file_refs
+                   FROM image.prompt_questions WHERE platform = $1 AND chat_id = $2 AND message_id = $3""",
+                platform, chat_id, message_id,
+            )
+        if row is None:
+            return None
+        return PromptQuestion(
+            row["platform"], row["chat_id"], row["message_id"], QuestionKind(row["kind"]), row["asked_of"],
+            row["image_id"], tuple(json.loads(row["file_refs"])),
+        )

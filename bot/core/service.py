@@ -1,32 +1,31 @@
-"""The generation service: the one place front ends call. It knows nothing of Discord or Telegram."""
+"""The generation service: what front ends call to ask for images and to act on them (cancel, delete, history,
+the originals). It knows nothing of Discord or Telegram."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, Protocol
 
 import asyncpg
 
-from bot.core import accounts, credits, generations, input_images, prompt_questions, queue
+from bot.core import accounts, credits, generations, input_images, queue
 from bot.core.catalogue import ModelSpec
 from bot.core.credits import AcceptOutcome, CreditPolicy
 from bot.core.database import Connection
+from bot.core.database_errors import CONNECTION_ERRORS, translates_connection_errors
 from bot.core.errors import (
     BotError,
-    Contended,
     Forbidden,
     ImagesUnavailable,
     InsufficientCredits,
     InvalidRequest,
     NotFound,
-    TemporarilyUnavailable,
     TooBusy,
 )
 from bot.core.events import JobObserver
@@ -35,7 +34,6 @@ from bot.core.input_images import CheckedImage, UploadedImage
 from bot.core.metrics import CREDITS_RESERVED
 from bot.core.models import (
     Accepted,
-    Balance,
     Destination,
     Generation,
     GenerationKind,
@@ -46,19 +44,15 @@ from bot.core.models import (
     ImageRecord,
     ImagineRequest,
     InputRecord,
-    LedgerEntry,
     ModelPrice,
     Request,
     UserIdentity,
 )
 from bot.core.prompt import MAX_SEED, random_seed, validate_request
-from bot.core.prompt_questions import PromptQuestion
 from bot.core.providers.runner import warnings_for
 from bot.core.storage.base import ImageStore, StorageError
 
 log = logging.getLogger(__name__)
-P = ParamSpec("P")
-T = TypeVar("T")
 
 MAX_HISTORY_PAGE_SIZE = 10
 INPUT_NOT_SAVED_MESSAGE = "Your picture couldn't be saved just now. Nothing was charged; please try again."
@@ -86,41 +80,6 @@ class RequestPolicy:
     banned_words: tuple[str, ...]
     per_user_queued_limit: int  # unfinished jobs one user may have
     requests_per_minute: int  # new requests one user may make per minute
-
-
-@dataclass(frozen=True)
-class Adjustment:
-    applied: int
-    balance: int
-
-
-# The database connection failing, as opposed to a query being wrong.
-CONNECTION_ERRORS = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.InterfaceError,
-    # asyncpg's state machine on a connection that died mid-operation.
-    asyncpg.InternalClientError,
-    OSError,
-)
-
-
-def translates_connection_errors(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """A dropped connection becomes a plain-words error; the pool replaces the connection for the next call.
-    So does a deadlock, whose victim transaction Postgres rolled back whole."""
-
-    @functools.wraps(method)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await method(*args, **kwargs)
-        except CONNECTION_ERRORS as error:
-            log.warning("database unavailable during %s: %s", method.__name__, error)
-            raise TemporarilyUnavailable() from error
-        except asyncpg.DeadlockDetectedError as error:
-            log.warning("deadlock during %s, rolled back: %s", method.__name__, error)
-            raise Contended() from error
-
-    return wrapper
 
 
 class GenerationService:
@@ -221,18 +180,6 @@ class GenerationService:
         self._replay(source, source.seed)  # refuses a model that is gone
         input_images.refuse_unless_model_takes(self.models[source.model], 1, list(self.models.values()))
         return image, source
-
-    @translates_connection_errors
-    async def remember_question(self, question: PromptQuestion) -> None:
-        """A front end asked for a prompt (a ForceReply): the reply will find this, even after a restart."""
-        async with self.pool.acquire() as conn:
-            await prompt_questions.remember(conn, question)
-
-    @translates_connection_errors
-    async def question(self, platform: str, chat_id: str, message_id: str) -> PromptQuestion | None:
-        """The question a reply answers, if the bot asked one with that message."""
-        async with self.pool.acquire() as conn:
-            return await prompt_questions.find(conn, platform, chat_id, message_id)
 
     def refuse_edit_unless_possible(self, request: ImagineRequest, count: int) -> None:
         """Before a front end downloads anything: the model asked for (or the default) must take this many
@@ -484,74 +431,8 @@ class GenerationService:
         async with self.pool.acquire() as conn:
             await generations.set_file_refs(conn, platform, {image_id: ref})
 
-    @translates_connection_errors
-    async def balance(self, who: UserIdentity) -> Balance:
-        async with self.pool.acquire() as conn:
-            user = await credits.ensure_user(conn, who, self.credit_policy.welcome)
-            bought = await credits.bought(conn, user.account_id)
-        return Balance(self.credit_policy.enabled, user.balance, tuple(self.model_choices()), bought)
-
     def model_choices(self) -> list[ModelPrice]:
         return [ModelPrice(m.name, m.label or m.name, m.cost) for m in self.models.values()]
-
-    # --- credits administration ----------------------------------------------------------------
-
-    def is_admin(self, who: UserIdentity) -> bool:
-        return self.credit_policy.is_admin(who)
-
-    @translates_connection_errors
-    async def grant(
-        self, admin: UserIdentity, target: UserIdentity, amount: int, idempotency_key: str | None = None
-    ) -> Adjustment:
-        """An admin adds (amount > 0) or removes (amount < 0) credits. Removal stops at zero."""
-        if not self.is_admin(admin):
-            raise Forbidden("Only the bot's admins can change credits.")
-        if amount == 0 or abs(amount) > 1_000_000:
-            raise InvalidRequest("The amount must be a whole number between 1 and 1000000.")
-        async with self.pool.acquire() as conn:
-            admin_row = await credits.ensure_user(conn, admin, self.credit_policy.welcome)
-            target_row = await credits.ensure_user(conn, target, self.credit_policy.welcome)
-            key = f"admin:{admin.platform}:{idempotency_key or secrets.token_hex(8)}"
-            applied, balance = await credits.adjust(conn, target_row.id, amount, admin_id=admin_row.id, key=key)
-        log.info("credits: %s:%s changed %s:%s by %d", admin.platform, admin.platform_user_id,
-                 target.platform, target.platform_user_id, applied)
-        return Adjustment(applied, balance)
-
-    @translates_connection_errors
-    async def operator_adjust(self, target: UserIdentity, amount: int) -> Adjustment:
-        """The same, from the operator's command line (no chat admin involved)."""
-        async with self.pool.acquire() as conn:
-            row = await credits.ensure_user(conn, target, self.credit_policy.welcome)
-            applied, balance = await credits.adjust(
-                conn, row.id, amount, admin_id=None, key=f"operator:{secrets.token_hex(8)}"
-            )
-        return Adjustment(applied, balance)
-
-    @translates_connection_errors
-    async def ledger(self, target: UserIdentity, limit: int = 50) -> tuple[int, list[LedgerEntry]]:
-        async with self.pool.acquire() as conn:
-            row = await credits.find_user(conn, target.platform, target.platform_user_id)
-            if row is None:
-                raise NotFound("That user")
-            return row.balance, await credits.ledger(conn, row.account_id, limit)
-
-    # --- one account across platforms ---------------------------------------------------------
-
-    @translates_connection_errors
-    async def link_code(self, who: UserIdentity) -> str:
-        """A one-time code that joins another platform's identity to the caller's account."""
-        async with self.pool.acquire() as conn:
-            user = await credits.ensure_user(conn, who, self.credit_policy.welcome)
-            return await accounts.issue_code(conn, user.id)
-
-    @translates_connection_errors
-    async def link(self, who: UserIdentity, code: str) -> accounts.Linked:
-        """Join the caller to the account whose identity made `code`: balances add up, histories join."""
-        async with self.pool.acquire() as conn:
-            user = await credits.ensure_user(conn, who, self.credit_policy.welcome)
-            linked = await accounts.use_code(conn, user.id, code)
-        log.info("accounts: %s:%s linked (%s)", who.platform, who.platform_user_id, ", ".join(linked.platforms))
-        return linked
 
     # --- visibility ----------------------------------------------------------------------------
 

@@ -11,9 +11,9 @@ import asyncpg
 
 from bot.core import credits, orders
 from bot.core.credits import CreditPack, CreditPolicy, DayTotal, Purchased, PurchaseRecord, PurchaseRefund
+from bot.core.database_errors import translates_connection_errors
 from bot.core.errors import Forbidden, InvalidRequest, NotFound
 from bot.core.models import UserIdentity
-from bot.core.service import translates_connection_errors
 
 log = logging.getLogger(__name__)
 

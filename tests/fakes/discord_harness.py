@@ -10,6 +10,7 @@ from typing import Any
 from bot.adapters.discord.frontend import DiscordFrontEnd
 from bot.bootstrap import Runtime
 from bot.config import Settings
+from bot.core.account_service import AccountService
 from bot.core.models import Generation, UserIdentity
 from bot.core.service import GenerationService
 from tests.fakes.discord_server import FakeDiscord, FakeInteraction, FakeMessage, point_discord_py_at
@@ -22,7 +23,7 @@ class RunningBot:
     fake: FakeDiscord
 
     async def balance(self, user: dict[str, Any]) -> int:
-        return (await self.runtime.service.balance(identity(user))).balance
+        return (await self.runtime.accounts.balance(identity(user))).balance
 
     async def generations(self, user: dict[str, Any]) -> list[Generation]:
         page = await self.runtime.service.history(identity(user), 0, 10)
@@ -44,9 +45,9 @@ async def running_bot(
     start_worker: bool = True,
     **settings: Any,
 ) -> AsyncIterator[RunningBot]:
-    def discord_front_end(settings: Settings, service: GenerationService) -> DiscordFrontEnd:
+    def discord_front_end(settings: Settings, service: GenerationService, accounts: AccountService) -> DiscordFrontEnd:
         # guild_ready_timeout: discord.py waits this long after READY for guilds the fake never sends.
-        return DiscordFrontEnd(settings, service, guild_ready_timeout=0.01)
+        return DiscordFrontEnd(settings, service, accounts, guild_ready_timeout=0.01)
 
     async with runtime_factory(front_ends=[discord_front_end], discord_token=fake.token, **settings) as runtime:
         if start_worker:

@@ -11,6 +11,7 @@ from bot.adapters.telegram.delivery import ProgressTiming
 from bot.adapters.telegram.frontend import TelegramFrontEnd
 from bot.bootstrap import Runtime
 from bot.config import Settings
+from bot.core.account_service import AccountService
 from bot.core.service import GenerationService
 from tests.fakes.telegram_server import FakeTelegram
 
@@ -47,9 +48,9 @@ async def running_bot(
     history_page_size: int = 3,
     **overrides: Any,
 ) -> AsyncIterator[RunningBot]:
-    def telegram(settings: Settings, service: GenerationService) -> TelegramFrontEnd:
+    def telegram(settings: Settings, service: GenerationService, accounts: AccountService) -> TelegramFrontEnd:
         return TelegramFrontEnd(
-            settings, service, poll_timeout=1, history_page_size=history_page_size, timing=timing
+            settings, service, accounts, poll_timeout=1, history_page_size=history_page_size, timing=timing
         )
 
     async with runtime_factory(front_ends=[telegram], **telegram_settings(fake, **overrides)) as runtime:

@@ -24,10 +24,12 @@ from bot.adapters.discord.shop import EntitlementSettler, ShopHandlers, register
 from bot.adapters.frontend import StartFailed
 from bot.adapters.wording import GENERIC_ERROR
 from bot.config import ASPECT_RATIOS, Settings
+from bot.core.account_service import AccountService
 from bot.core.inbox import Inbox
 from bot.core.metrics import PLATFORM_ERRORS
 from bot.core.models import ImagineRequest
 from bot.core.prompt import MAX_COUNT, MAX_SEED
+from bot.core.prompt_questions import PromptQuestions
 from bot.core.service import GenerationService
 from bot.core.shop import Shop
 
@@ -84,6 +86,7 @@ class DiscordFrontEnd:
         self,
         settings: Settings,
         service: GenerationService,
+        accounts: AccountService,
         *,
         guild_ready_timeout: float = 2.0,
         ready_timeout: float | None = None,
@@ -97,7 +100,7 @@ class DiscordFrontEnd:
         self.ready_timeout = ready_timeout or settings.discord_ready_timeout_seconds
         preview_interval = settings.discord_preview_interval_seconds
         shop = Shop(service.pool, settings.credit_packs, service.credit_policy, frozenset(settings.banned_users))
-        self.handlers = ShopHandlers(service, shop)
+        self.handlers = ShopHandlers(service, accounts, PromptQuestions(service.pool), shop)
         shards = sharding(settings)
         self.client = (ShardedImageBotClient if shards else ImageBotClient)(
             self.handlers,

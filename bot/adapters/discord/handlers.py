@@ -21,10 +21,11 @@ from bot.adapters.discord.context import PLATFORM, destination_for
 from bot.adapters.discord.history import HistorySender
 from bot.adapters.discord.intake import DiscordIntake
 from bot.adapters.wording import GENERIC_ERROR, RESTARTING, plural, refund_text
+from bot.core.account_service import AccountService
 from bot.core.errors import BotError, InvalidRequest
 from bot.core.models import Accepted, Destination, ImagineRequest, UserIdentity
 from bot.core.prompt import parse_command_text
-from bot.core.prompt_questions import PromptQuestion, QuestionKind
+from bot.core.prompt_questions import PromptQuestion, PromptQuestions, QuestionKind
 from bot.core.service import GenerationService
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,10 @@ def identity(user: discord.abc.User) -> UserIdentity:
 class DiscordHandlers:
     """What each command and button asks of the core. Thin: parse, acknowledge, call, reply."""
 
-    def __init__(self, service: GenerationService) -> None:
+    def __init__(self, service: GenerationService, accounts: AccountService, questions: PromptQuestions) -> None:
         self.service = service
+        self.accounts = accounts
+        self.questions = questions
         self.history_sender = HistorySender(service)
         self.accepting = True
         self.early_acks: EarlyAcks | None = None
@@ -127,7 +130,7 @@ class DiscordHandlers:
                 return
             found = pictures.pictures_of(message)
             pictures.refuse_too_big(found)
-            await self.service.remember_question(PromptQuestion(
+            await self.questions.remember(PromptQuestion(
                 PLATFORM, str(interaction.channel_id), str(interaction.id), QuestionKind.EDIT,
                 str(interaction.user.id), file_refs=tuple(a.url for a in found),
             ))
@@ -148,7 +151,7 @@ class DiscordHandlers:
             if purpose.kind == "r":
                 await self._run_job(interaction, lambda d: self.service.remix(who, purpose.target, prompt, d, key))
                 return
-            question = await self.service.question(PLATFORM, str(interaction.channel_id), purpose.target)
+            question = await self.questions.find(PLATFORM, str(interaction.channel_id), purpose.target)
             if question is None:
                 raise InvalidRequest("That request has expired. Please pick the message again.")
             request = parse_command_text(prompt)
@@ -176,7 +179,7 @@ class DiscordHandlers:
     async def balance(self, interaction: discord.Interaction) -> None:
         async with self._answering(interaction):
             await self._defer(interaction, thinking=True, ephemeral=True)
-            balance = await self.service.balance(identity(interaction.user))
+            balance = await self.accounts.balance(identity(interaction.user))
             # The id is what an operator puts in ADMIN_IDS (discord:<id>).
             text = f"{render.balance_text(balance)}\n-# Your user id: {interaction.user.id}"
             await interaction.followup.send(text, ephemeral=True)
@@ -191,7 +194,7 @@ class DiscordHandlers:
         """`amount` > 0 grants, < 0 revokes. The core refuses anyone who isn't a configured admin."""
         async with self._answering(interaction):
             await self._defer(interaction, thinking=True, ephemeral=True)
-            result = await self.service.grant(
+            result = await self.accounts.grant(
                 identity(interaction.user), identity(target), amount, idempotency_key=str(interaction.id)
             )
             name = render.clean(target.display_name, 80)

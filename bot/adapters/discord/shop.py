@@ -14,8 +14,10 @@ from discord import app_commands
 from bot.adapters.discord.context import PLATFORM
 from bot.adapters.discord.handlers import DiscordHandlers
 from bot.adapters.wording import link_code_text, linked_text, plural
+from bot.core.account_service import AccountService
 from bot.core.errors import BotError, InvalidRequest
 from bot.core.models import UserIdentity
+from bot.core.prompt_questions import PromptQuestions
 from bot.core.service import GenerationService
 from bot.core.shop import DISCORD, Shop
 
@@ -27,8 +29,10 @@ MAX_PACK_BUTTONS = 25  # 5 rows of 5: Discord's limit for one message
 class ShopHandlers(DiscordHandlers):
     """The image commands (DiscordHandlers), /buy and /link."""
 
-    def __init__(self, service: GenerationService, shop: Shop) -> None:
-        super().__init__(service)
+    def __init__(
+        self, service: GenerationService, accounts: AccountService, questions: PromptQuestions, shop: Shop
+    ) -> None:
+        super().__init__(service, accounts, questions)
         self.shop = shop
 
     async def buy(self, interaction: discord.Interaction) -> None:
@@ -51,9 +55,9 @@ class ShopHandlers(DiscordHandlers):
             await self._defer(interaction, thinking=True, ephemeral=True)
             who = UserIdentity(PLATFORM, str(interaction.user.id), interaction.user.display_name)
             if code:
-                text = linked_text(await self.service.link(who, code))
+                text = linked_text(await self.accounts.link(who, code))
             else:
-                text = link_code_text(await self.service.link_code(who), "/link")
+                text = link_code_text(await self.accounts.link_code(who), "/link")
             await interaction.followup.send(text, ephemeral=True)
 
 

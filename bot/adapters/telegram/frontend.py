@@ -36,7 +36,9 @@ from bot.adapters.telegram.transport import AiohttpRequest
 from bot.adapters.telegram.updates import DeadlinesFirst
 from bot.adapters.telegram.webhook import WebhookServer, derived_secret, webhook_path
 from bot.config import Settings
+from bot.core.account_service import AccountService
 from bot.core.inbox import Inbox
+from bot.core.prompt_questions import PromptQuestions
 from bot.core.service import GenerationService
 from bot.core.shop import Shop
 
@@ -101,6 +103,7 @@ class TelegramFrontEnd:
         self,
         settings: Settings,
         service: GenerationService,
+        accounts: AccountService,
         *,
         poll_timeout: int = 10,
         history_page_size: int = 3,
@@ -151,8 +154,9 @@ class TelegramFrontEnd:
         self.observer = TelegramObserver(self.sender, service, timing)
         shop = Shop(service.pool, settings.credit_packs, service.credit_policy, frozenset(settings.banned_users))
         self.handlers = ShopHandlers(
-            service, self.sender, HistorySender(self.sender, service, history_page_size), shop,
-            settings.payment_support, settings.terms_text,
+            service, accounts, PromptQuestions(service.pool), self.sender,
+            HistorySender(self.sender, service, history_page_size), shop, settings.payment_support,
+            settings.terms_text,
         )
         self._webhook: WebhookServer | None = None
         self._register()

@@ -13,7 +13,6 @@ import re
 from collections.abc import AsyncIterator
 
 from telegram import (
-    CallbackQuery,
     ForceReply,
     InlineKeyboardMarkup,
     MaybeInaccessibleMessage,
@@ -22,7 +21,6 @@ from telegram import (
     User,
 )
 from telegram.constants import ChatType, MessageEntityType
-from telegram.error import BadRequest, TelegramError
 from telegram.ext import ContextTypes
 
 from bot.adapters import wording
@@ -30,11 +28,12 @@ from bot.adapters.telegram import buttons, render
 from bot.adapters.telegram.context import PLATFORM, destination
 from bot.adapters.telegram.history import HistorySender
 from bot.adapters.telegram.pictures import Albums, PictureRef, download, picture_of, refuse_too_big
-from bot.adapters.telegram.sending import ChatGone, Sender
+from bot.adapters.telegram.sending import ChatGone, Sender, answer_query
+from bot.core.account_service import AccountService
 from bot.core.errors import BotError, Forbidden, ImagesUnavailable, InvalidRequest
 from bot.core.models import UserIdentity
 from bot.core.prompt import parse_command_text
-from bot.core.prompt_questions import PromptQuestion, QuestionKind
+from bot.core.prompt_questions import PromptQuestion, PromptQuestions, QuestionKind
 from bot.core.service import GenerationService
 from bot.core.storage.base import EXTENSIONS
 
@@ -77,8 +76,13 @@ def message_key(message: Message) -> str:
 
 
 class TelegramHandlers:
-    def __init__(self, service: GenerationService, sender: Sender, history: HistorySender) -> None:
+    def __init__(
+        self, service: GenerationService, accounts: AccountService, questions: PromptQuestions, sender: Sender,
+        history: HistorySender,
+    ) -> None:
         self.service = service
+        self.accounts = accounts
+        self.questions = questions
         self.sender = sender
         self.history_sender = history
         self.bot_username = ""  # known once the bot has called getMe (frontend.start)
@@ -127,7 +131,7 @@ class TelegramHandlers:
             if payload == HISTORY_PAYLOAD and message.chat.type == ChatType.PRIVATE:
                 await self.history_sender.send_page(identity(user), message.chat.id, 0)
                 return
-            balance = await self.service.balance(identity(user))
+            balance = await self.accounts.balance(identity(user))
             await self._reply(
                 message,
                 render.welcome_text(
@@ -237,7 +241,7 @@ class TelegramHandlers:
             first.chat.id, render.what_to_do(len(pictures)), reply_to=first.message_id,
             keyboard=ForceReply(input_field_placeholder="What should I do with it?"),
         )
-        await self.service.remember_question(PromptQuestion(
+        await self.questions.remember(PromptQuestion(
             PLATFORM, str(first.chat.id), str(asked.message_id), QuestionKind.EDIT, str(user.id),
             file_refs=tuple(p.file_id for p in pictures),
         ))
@@ -250,7 +254,7 @@ class TelegramHandlers:
             message.chat.id, render.remix_question(source.prompt), reply_to=message.message_id,
             keyboard=ForceReply(input_field_placeholder="The new prompt"),
         )
-        await self.service.remember_question(PromptQuestion(
+        await self.questions.remember(PromptQuestion(
             PLATFORM, str(message.chat.id), str(asked.message_id), QuestionKind.REMIX, who.platform_user_id,
             image_id=image_id,
         ))
@@ -265,7 +269,7 @@ class TelegramHandlers:
         async with self._answering(update):
             question = None
             if replied is not None and replied.from_user is not None and replied.from_user.is_bot:
-                question = await self.service.question(PLATFORM, str(message.chat.id), str(replied.message_id))
+                question = await self.questions.find(PLATFORM, str(message.chat.id), str(replied.message_id))
             if question is None:
                 if message.chat.type != ChatType.PRIVATE:
                     return
@@ -324,7 +328,7 @@ class TelegramHandlers:
         if message is None or user is None:
             return
         async with self._answering(update):
-            text = render.balance_text(await self.service.balance(identity(user)))
+            text = render.balance_text(await self.accounts.balance(identity(user)))
             # Admins grant credits by numeric id, which Telegram doesn't show users: tell them theirs.
             await self._reply(message, f"{text}\n\nYour Telegram id: {user.id}")
 
@@ -342,10 +346,10 @@ class TelegramHandlers:
         admin = identity(user)
         command = "grant" if sign > 0 else "revoke"
         async with self._answering(update):
-            if not self.service.is_admin(admin):
+            if not self.accounts.is_admin(admin):
                 raise Forbidden("Only the bot's admins can change credits.")
             target, amount = _adjust_arguments(message, context.args or [], command)
-            result = await self.service.grant(admin, target, sign * amount, message_key(message))
+            result = await self.accounts.grant(admin, target, sign * amount, message_key(message))
             await self._reply(message, render.adjusted_text(target, amount, result.applied, result.balance))
 
     async def unknown_command(self, update: Update, context: Context) -> None:
@@ -362,13 +366,13 @@ class TelegramHandlers:
         action = buttons.decode(query.data)
         message = query.message
         if action is None or message is None:
-            await _answer(query, render.UNKNOWN_BUTTON if action is None else render.NO_MESSAGE, alert=True)
+            await answer_query(query, render.UNKNOWN_BUTTON if action is None else render.NO_MESSAGE, alert=True)
             return
         if isinstance(action, buttons.Cancel) and action.owner_id != str(query.from_user.id):
-            await _answer(query, render.NOT_YOURS_TO_CANCEL, alert=True)
+            await answer_query(query, render.NOT_YOURS_TO_CANCEL, alert=True)
             return
         # Answer at once (the client spins until then, and late answers fail); the work follows.
-        await _answer(query, render.toast(action))
+        await answer_query(query, render.toast(action))
         full_message = message if isinstance(message, Message) else None
         where = destination(message.chat, full_message, message.message_id)
         who = identity(query.from_user)
@@ -426,21 +430,11 @@ class TelegramHandlers:
             return
         try:
             if update.callback_query is not None:
-                await _answer(update.callback_query, wording.GENERIC_ERROR, alert=True)
+                await answer_query(update.callback_query, wording.GENERIC_ERROR, alert=True)
             if update.effective_chat is not None and update.effective_message is not None:
                 await self._reply(update.effective_message, wording.GENERIC_ERROR)
         except Exception:
             log.warning("telegram: could not tell the user about the error", exc_info=True)
-
-
-async def _answer(query: CallbackQuery, text: str | None, alert: bool = False) -> None:
-    try:
-        await query.answer(text, show_alert=alert)
-    except BadRequest as error:
-        # Already answered, or too old (a press queued while the bot was down): the work still follows.
-        log.debug("telegram: answering callback query failed: %s", error)
-    except TelegramError:
-        log.warning("telegram: answering callback query failed", exc_info=True)
 
 
 def _page_argument(args: list[str] | None) -> int:

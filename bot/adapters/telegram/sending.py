@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from telegram import (
     Bot,
+    CallbackQuery,
     ForceReply,
     InlineKeyboardMarkup,
     InputMediaDocument,
@@ -96,6 +97,17 @@ def largest_file_id(message: Message) -> str | None:
     if not message.photo:
         return None
     return max(message.photo, key=lambda size: size.width * size.height).file_id
+
+
+async def answer_query(query: CallbackQuery, text: str | None, alert: bool = False) -> None:
+    """Answer a button press (a toast, or an alert); a press that can't be answered any more is only logged."""
+    try:
+        await query.answer(text, show_alert=alert)
+    except BadRequest as error:
+        # Already answered, or too old (a press queued while the bot was down): the work still follows.
+        log.debug("telegram: answering callback query failed: %s", error)
+    except TelegramError:
+        log.warning("telegram: answering callback query failed", exc_info=True)
 
 
 class Sender:

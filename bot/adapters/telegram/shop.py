@@ -12,11 +12,13 @@ from telegram.error import BadRequest, TelegramError
 from telegram.ext import ContextTypes
 
 from bot.adapters import wording
-from bot.adapters.telegram.handlers import TelegramHandlers, _answer, identity
+from bot.adapters.telegram.handlers import TelegramHandlers, identity
 from bot.adapters.telegram.history import HistorySender
-from bot.adapters.telegram.sending import ChatGone, Sender
+from bot.adapters.telegram.sending import ChatGone, Sender, answer_query
+from bot.core.account_service import AccountService
 from bot.core.credits import CreditPack
 from bot.core.errors import BotError, Forbidden, InvalidRequest, NotFound
+from bot.core.prompt_questions import PromptQuestions
 from bot.core.service import GenerationService
 from bot.core.shop import STARS, TELEGRAM, Shop
 
@@ -48,10 +50,10 @@ class ShopHandlers(TelegramHandlers):
     """The image commands (TelegramHandlers) and those of the shop and of linking accounts."""
 
     def __init__(
-        self, service: GenerationService, sender: Sender, history: HistorySender, shop: Shop, support: str,
-        terms: str,
+        self, service: GenerationService, accounts: AccountService, questions: PromptQuestions, sender: Sender,
+        history: HistorySender, shop: Shop, support: str, terms: str,
     ) -> None:
-        super().__init__(service, sender, history)
+        super().__init__(service, accounts, questions, sender, history)
         self.shop = shop
         self.support = support
         self.terms_text = terms
@@ -77,7 +79,7 @@ class ShopHandlers(TelegramHandlers):
         query, user = update.callback_query, update.effective_user
         if query is None or user is None or query.message is None:
             return
-        await _answer(query, None)
+        await answer_query(query, None)
         pack_name = (query.data or "").removeprefix(BUY_PREFIX)
         async with self._answering(update):
             pack, order = await self.shop.order_stars(identity(user), pack_name)
@@ -165,7 +167,7 @@ class ShopHandlers(TelegramHandlers):
         if message is None or user is None:
             return
         async with self._answering(update):
-            if not self.service.is_admin(identity(user)):
+            if not self.accounts.is_admin(identity(user)):
                 raise Forbidden("Only the bot's admins can refund payments.")
             if len(context.args or []) != 1:
                 raise InvalidRequest("Usage: /refund <telegram payment charge id>")
@@ -195,11 +197,11 @@ class ShopHandlers(TelegramHandlers):
         async with self._answering(update):
             args = context.args or []
             if args:
-                linked = await self.service.link(identity(user), " ".join(args))
+                linked = await self.accounts.link(identity(user), " ".join(args))
                 await self._reply(message, wording.linked_text(linked))
             else:
                 # A code is as good as the account: in a group, it goes to the private chat.
-                code = await self.service.link_code(identity(user))
+                code = await self.accounts.link_code(identity(user))
                 try:
                     await self.sender.text(user.id, wording.link_code_text(code))
                 except ChatGone:  # never opened a private chat with the bot
