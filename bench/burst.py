@@ -25,7 +25,8 @@ Scenario 4 runs the same burst against one job at a time (how most bots work) fo
 concurrent run took (plus a margin), then stops: 500 × 2 s would take over 16 minutes.
 
 Diagnostics, all off by default (environment variables, so `python -m bench` stays as it is):
-BENCH_BURST_PLATFORMS=discord|telegram (one platform's half only); BENCH_EXPERIMENTS='{"gc_freeze": true}'
+BENCH_BURST_PLATFORMS=discord|telegram (one platform's half only); BENCH_BURST_USERS=100 (users per platform,
+each sending PER_USER requests; 50 by default); BENCH_EXPERIMENTS='{"gc_freeze": true}'
 (what-ifs for the bot, tried from outside it: see burst_bot.py); BENCH_PROFILE_SECONDS=3 (with --profile:
 only the arrival); BENCH_SLOW_CALLBACK_MS=50 (asyncio's slow-callback log); BENCH_KEEP_BOT_LOG=path."""
 
@@ -98,7 +99,7 @@ async def burst(
     profile: Path | None = None,
 ) -> dict[str, Any]:
     """One burst; returns its table row. `budget_s` (FIFO only): how long to let it run."""
-    users_per_platform = 10 if quick else 50
+    users_per_platform = 10 if quick else int(os.environ.get("BENCH_BURST_USERS", 50))
     platforms = tuple(os.environ.get("BENCH_BURST_PLATFORMS", "discord,telegram").split(","))
     events_total = len(platforms) * users_per_platform * PER_USER
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
