@@ -1,11 +1,12 @@
 -- One order for every lock on accounts, so a /link, a charge, a refund and a purchase on the same accounts
 -- at once never deadlock: a transaction locks all the accounts it needs in one go, in ascending id order,
--- before it writes any image.users row. Two paths broke that order (migration 0015):
+-- before it changes an existing image.users row. Three paths broke that order (migration 0015):
 -- - Following a link. A transaction that waited for an account a link was emptying kept that lock, then
---   locked the user's new account, whichever of the two ids was lower (image.lock_account, and the link's
---   own pair in bot/core/accounts.py); three links in a ring, or a link and a charge, waited on each other.
+--   locked the user's new account, even when its id was the lower (image.lock_account, and the link's own
+--   pair in bot/core/accounts.py); three links in a ring, or a link and a charge, waited on each other.
 -- - image.accept_job wrote the display name (locking the user's row) before locking the account, while a
 --   link locks the account and then moves the account's users.
+-- - A batch of refunds (bot/core/queue.py) locked its users' accounts one by one, in the users' order.
 
 -- The accounts that pay for these users, locked for the rest of the transaction. If a link moved one of
 -- the users while this waited, what it locked is let go (the block is a subtransaction) and it starts over.
