@@ -7,20 +7,24 @@ import asyncio
 import json
 import re
 import secrets
+from collections.abc import Awaitable
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from bot.core import accounts, credits, database
-from bot.core.errors import InvalidRequest, NotFound
-from bot.core.models import Destination, ImagineRequest, UserIdentity
-from tests.conftest import USER_BALANCE, with_database
+from bot.core import accounts, credits, database, queue
+from bot.core.credits import CreditPack
+from bot.core.errors import BotError, Contended, InvalidRequest, NotFound
+from bot.core.models import Destination, GenerationStatus, ImagineRequest, UserIdentity
+from tests.conftest import USER_BALANCE, wait_for, with_database
 
 TG = UserIdentity("telegram", "111", "Tom")
 DC = UserIdentity("discord", "222", "Tom on Discord")
 TG_CHAT = Destination("telegram", "111")
 DC_CHAT = Destination("discord", "dm-222")
+HERE = Destination("test", "chat-1")
+SMALL = CreditPack("small", 5)
 
 
 async def balance(pool: asyncpg.Pool, who: UserIdentity) -> int:
@@ -35,6 +39,11 @@ async def books(pool: asyncpg.Pool) -> dict[int, tuple[int, int]]:
            LEFT JOIN image.credit_ledger l ON l.account_id = a.id GROUP BY a.id"""
     )
     return {r["id"]: (r["balance"], r["total"]) for r in rows}
+
+
+async def user_id_of(pool: asyncpg.Pool, who: UserIdentity) -> int:
+    async with pool.acquire() as conn:
+        return (await credits.ensure_user(conn, who, 50)).id
 
 
 def test_codes_are_letters_digits_and_dashes_and_differ() -> None:
@@ -221,3 +230,103 @@ def test_operator_unlinks_from_the_command_line(db_dsn: str, tmp_path: Path) -> 
     assert again.returncode == 1 and "not linked" in again.stderr
     ledger = bot_command("credits", "ledger", "telegram:111", tmp_path=tmp_path, DATABASE_URL=db_dsn)
     assert "balance 40" in ledger.stdout
+
+
+async def test_links_charges_refunds_and_purchases_at_once_never_deadlock(runtime_factory, pool) -> None:
+    """Three identities linking in a ring (each code used by the next), while each is charged (renamed on
+    the way), refunded (a cancel, and a worker's batch of failed runs), credited and has a purchase taken
+    back, all at once, round after round: every lock on the accounts is taken in one order, so Postgres
+    never has to pick a deadlock victim."""
+    rounds = 30
+    failures: list[BaseException] = []
+    async with runtime_factory(starting_credits=50) as rt:
+
+        async def attempt(work: Awaitable[object]) -> object:
+            try:
+                return await work
+            except (Contended, asyncpg.DeadlockDetectedError) as error:
+                failures.append(error)
+            except BotError:
+                pass  # refused (already one account, a platform taken, not enough credits): nothing changed
+            return None
+
+        async def one_round(run: str) -> None:
+            people = [UserIdentity(f"p{i}", run, "before") for i in range(3)]
+            renamed = [UserIdentity(who.platform, run, "after") for who in people]
+            ids = [await user_id_of(pool, who) for who in people]
+            codes = [await rt.accounts.link_code(who) for who in people]
+            for who in people:
+                await rt.service.imagine(who, ImagineRequest("a fox that fails"), HERE)
+            async with pool.acquire() as conn:
+                running = await queue.claim(conn, [HERE.platform], 10, "worker", 60, 100)
+            jobs = [await rt.service.imagine(who, ImagineRequest("a fox"), HERE) for who in people]
+            async with pool.acquire() as conn:
+                for i, who in enumerate(ids):
+                    await credits.purchase(conn, who, "test", f"{run}-{i}", SMALL)
+
+            async def buy(i: int) -> None:
+                async with pool.acquire() as conn:
+                    await credits.purchase(conn, ids[i], "test", f"{run}-{i}-again", SMALL)
+
+            async def take_back(i: int) -> None:
+                async with pool.acquire() as conn:
+                    await credits.refund_purchase(conn, "test", f"{run}-{i}")
+
+            async def fail_all() -> None:  # as a worker records the runs that ended together: one batch
+                failed = [
+                    queue.Finished(job.id, queue.Outcome(GenerationStatus.FAILED, (), job.credits_reserved, "x", "x"))
+                    for job in running
+                ]
+                async with pool.acquire() as conn:
+                    await queue.finish(conn, "worker", 60, failed)
+
+            await asyncio.gather(attempt(fail_all()), *(
+                attempt(work) for i in range(3) for work in (
+                    rt.accounts.link(people[(i + 1) % 3], codes[i]),
+                    rt.service.imagine(renamed[i], ImagineRequest("a fox"), HERE),
+                    rt.service.cancel(people[i], jobs[i].generation.id, HERE.chat_id),
+                    buy(i),
+                    take_back(i),
+                )
+            ))
+
+        for _ in range(rounds):
+            await one_round(secrets.token_hex(4))
+    assert not failures, f"{len(failures)} deadlocks in {rounds} rounds: {failures[0]!r}"
+    assert all(total == cached for cached, total in (await books(pool)).values())
+
+
+async def test_a_batch_of_refunds_takes_its_accounts_in_the_one_order(runtime_factory, pool) -> None:
+    """A worker's batch refunds two identities whose accounts' order differs from theirs (linked, then the
+    first unlinked into a new account), while another transaction holds the lower account and then takes
+    the higher: the batch waits for both at once, holding neither, instead of holding one."""
+    async with runtime_factory(starting_credits=20) as rt:
+        await rt.accounts.link(DC, await rt.accounts.link_code(TG))
+        async with pool.acquire() as conn:
+            await accounts.unlink(conn, "telegram", "111")
+        await rt.accounts.operator_adjust(TG, 5)  # its new account starts empty
+        for who, chat in ((TG, TG_CHAT), (DC, DC_CHAT)):
+            await rt.service.imagine(who, ImagineRequest("a fox that fails"), chat)
+        async with pool.acquire() as conn:
+            running = await queue.claim(conn, ["telegram", "discord"], 10, "worker", 60, 10)
+            first, second = [await credits.ensure_user(conn, who, 0) for who in (TG, DC)]
+        assert first.id < second.id and first.account_id > second.account_id
+        failed = [
+            queue.Finished(job.id, queue.Outcome(GenerationStatus.FAILED, (), job.credits_reserved, "x", "x"))
+            for job in running
+        ]
+
+        async def batch() -> None:
+            async with pool.acquire() as conn:
+                await queue.finish(conn, "worker", 60, failed)
+
+        async with pool.acquire() as conn, conn.transaction():
+            await credits.lock_accounts(conn, [second.id])  # the lower account
+            batched = asyncio.create_task(batch())
+            await wait_for(lambda: pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ))
+            await credits.lock_accounts(conn, [first.id])  # the higher: the batch must not be holding it
+        await batched
+    assert await pool.fetchval("SELECT count(*) FROM image.generations WHERE status = 'failed'") == 2
+    assert all(total == cached for cached, total in (await books(pool)).values())

@@ -156,7 +156,8 @@ async def test_regenerate_and_vary(runtime_factory, pool) -> None:
     assert again.generation.kind == "regenerate" and again.generation.parent_generation_id == first.generation.id
     assert again.generation.seed != 7 and again.generation.prompt == "a red fox"
     assert varied.generation.kind == "variation" and varied.generation.parent_image_id == second_image.id
-    variation_call = provider.calls[-1]
+    # The regeneration runs alongside: the variation's call is the one with its seed, not the last one.
+    [variation_call] = [call for call in provider.calls if call.seed == varied.generation.seed]
     assert len(variation_call.input_images) == 1
     assert variation_call.input_images[0].data == observer.images[first.generation.id][1].data
     assert await pool.fetchval(f"{USER_BALANCE} WHERE platform_user_id = 'bob'") == 20 - 4

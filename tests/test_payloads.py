@@ -44,6 +44,9 @@ def test_telegram_payloads_fit_and_round_trip(action) -> None:
 @settings(max_examples=500)
 @given(telegram_actions.flatmap(lambda a: mutations(callback_data.encode(a))))
 @example("\ud800:q7ZVJ6SZQ6FW")  # a lone surrogate, which JSON can carry: found by this test in CI
+@example("h:0\n")  # "$" matches before a trailing newline: found by this test
+@example("v:q7ZVJ6SZQ6FW\n")
+@example("x:q7ZVJ6SZQ6FW:42\n")
 def test_telegram_forged_payloads_decode_to_nothing_or_a_valid_action(data: str) -> None:
     decoded = callback_data.decode(data)
     if decoded is None:

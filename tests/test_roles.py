@@ -1,6 +1,6 @@
 """`python -m bot run --only ...`: a deployment's front ends and workers as separate processes, against a
-local Bot API server. A worker-only process receives no updates; a front end without a worker runs no jobs
-but still waits for records another process writes; the two together deliver a result end to end."""
+local Bot API server. A worker-only process receives no updates; a front end without a worker runs no jobs;
+the two together deliver a result end to end."""
 
 from __future__ import annotations
 
@@ -14,11 +14,7 @@ import pytest
 
 from bot.bootstrap import Roles
 from bot.cli import build_parser
-from bot.core import database
-from bot.core.jobs.record_barrier import RecordBarrier
-from bot.core.models import UserIdentity
 from tests.fakes.telegram_server import FakeTelegram, fake_telegram_server
-from tests.test_record_barrier_processes import listening
 from tests.test_run_process import start_bot, wait_exit
 
 
@@ -114,24 +110,3 @@ async def test_a_role_without_its_token_is_one_line_and_exit_1(fake: FakeTelegra
     output = bot.stdout.read() if bot.stdout else ""
     assert code == 1
     assert "DISCORD_TOKEN" in output and "Traceback" not in output
-
-
-async def test_a_front_end_alone_still_waits_for_records_written_elsewhere(runtime_factory, db_dsn, pool) -> None:
-    # A worker in another process has shown a result and is recording it: a button pressed on the front end
-    # meanwhile must wait for the record, as it would in the worker's own process.
-    elsewhere = await database.create_pool(db_dsn, 2)
-    worker_barrier = RecordBarrier(elsewhere)
-    worker_barrier.start()
-    try:
-        async with runtime_factory() as runtime:
-            await runtime.start(jobs=False)
-            await listening(pool, 2)
-            with worker_barrier.hold("job-1", UserIdentity("test", "alice"), ["image-1"]):
-                await asyncio.sleep(0.2)
-                reader = asyncio.create_task(runtime.worker.wait_for_records(["image-1"]))
-                await asyncio.sleep(0.3)
-                assert not reader.done()
-            await asyncio.wait_for(reader, 2)
-    finally:
-        await worker_barrier.close()
-        await elsewhere.close()

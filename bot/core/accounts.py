@@ -74,7 +74,8 @@ async def use_code(conn: Connection, user_id: int, code: str) -> Linked:
         maker = row["user_id"]
         if maker == user_id:
             raise InvalidRequest(OWN_CODE)
-        into_account, from_account = await _lock_both(conn, maker, user_id)
+        locked = await credits.lock_accounts(conn, [maker, user_id])
+        into_account, from_account = locked[maker], locked[user_id]
         if into_account == from_account:
             raise InvalidRequest(ALREADY_LINKED)
         shared = await conn.fetchval(
@@ -104,23 +105,6 @@ async def use_code(conn: Connection, user_id: int, code: str) -> Linked:
         )
     log.info("accounts: account %d joined into %d (%d credits moved)", from_account, into_account, moved)
     return Linked(moved, balance, tuple(r["platform"] for r in platforms))
-
-
-async def _lock_both(conn: Connection, first_user: int, second_user: int) -> tuple[int, int]:
-    """Both users' accounts, locked in id order (two links at once can't deadlock), re-read after locking
-    in case a link moved either user meanwhile."""
-    while True:
-        first = await conn.fetchval("SELECT account_id FROM image.users WHERE id = $1", first_user)
-        second = await conn.fetchval("SELECT account_id FROM image.users WHERE id = $1", second_user)
-        await conn.execute(
-            "SELECT id FROM image.accounts WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE", [first, second]
-        )
-        again = await conn.fetch(
-            "SELECT id, account_id FROM image.users WHERE id = ANY($1::bigint[])", [first_user, second_user]
-        )
-        now = {r["id"]: r["account_id"] for r in again}
-        if (now[first_user], now[second_user]) == (first, second):
-            return first, second
 
 
 async def same_account(conn: Connection, user_id: int, platform: str, platform_user_id: str) -> bool:

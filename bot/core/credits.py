@@ -5,19 +5,21 @@ balance never goes below zero and a unique idempotency key so the same event nev
 that must run inside another statement, for atomicity, are SQL functions; each is called from here only:
 
 - the welcome grant: image.ensure_user (migrations/0005), through `ensure_user` and the accepting call;
-- the reservation, with the request's limits: image.accept_job (migrations/0006), `accept`;
+- the reservation, with the request's limits: image.accept_job (migrations/0016), `accept`;
 - refunds: image.refund (migrations/0002), in the statements `refund_sql` writes, for a finished job (the
   images not made, `refund_for_missing`) and for one ended early (all of it, `end_with_full_refund`).
 
 Grants and revokes by admins are `adjust`. Purchases are `purchase` (one ledger row, reason 'purchase', keyed by
 the platform's charge or entitlement id) and taking one back is `refund_purchase` (reason 'purchase_refund',
 at most the balance; what was already spent is recorded as the purchase's shortfall and logged).
-Every ledger row written from Python goes through `_entry`."""
+Every ledger row written from Python goes through `_entry`. Every account is locked through
+image.lock_accounts (migrations/0016): all a transaction needs at once, in one order, so none deadlock."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
@@ -190,6 +192,24 @@ async def end_with_full_refund(
     JOBS_FINISHED.labels(status).inc()
     CREDITS_REFUNDED.inc(refunded)
     return refunded
+
+
+# --- locking accounts ----------------------------------------------------------------------------
+
+
+def lock_accounts_sql(user_ids: str) -> str:
+    """The SQL expression that locks the accounts paying for `user_ids` (a bigint[] expression) until the
+    transaction ends: all at once, in the one order every account lock follows, so none deadlock; a link
+    moving one of the users meanwhile is followed (image.lock_accounts, migrations/0016)."""
+    return f"image.lock_accounts({user_ids})"
+
+
+async def lock_accounts(conn: Connection, user_ids: Sequence[int]) -> dict[int, int]:
+    """Lock the accounts paying for these users (as `lock_accounts_sql`); each user's account, by user id."""
+    await conn.execute(f"SELECT {lock_accounts_sql('$1::bigint[]')}", list(user_ids))
+    # A statement of its own: its snapshot is taken after the locks, so it sees where a link moved a user.
+    rows = await conn.fetch("SELECT id, account_id FROM image.users WHERE id = ANY($1::bigint[])", list(user_ids))
+    return {r["id"]: r["account_id"] for r in rows}
 
 
 # --- admins' grants and revokes ----------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{12}$")
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{12}")
 
 
 def new_id() -> str:
@@ -14,4 +14,4 @@ def new_id() -> str:
 
 
 def is_valid_id(value: str) -> bool:
-    return bool(ID_PATTERN.match(value))
+    return bool(ID_PATTERN.fullmatch(value))  # fullmatch: "$" would let a trailing newline in

@@ -114,10 +114,12 @@ _FINISH = f"""
             $8::text[], $9::text[], $10::smallint[], $11::text[], $12::text[], $13::text[],
             $14::integer[], $15::integer[], $16::integer[], $17::bigint[], $18::jsonb[]) AS i({IMAGE_COLUMNS})
         WHERE i.generation_id IN (SELECT job.id FROM job)
+    ), locked AS (
+        -- The accounts refunded, all locked before the first refund: a batch never holds one account
+        -- while it waits for another.
+        SELECT {credits.lock_accounts_sql("array_agg(job.user_id)")} FROM job WHERE job.credits_refunded > 0
     )
-    SELECT job.*, {credits.refund_sql("job.user_id", "job.credits_refunded", "job.id")} FROM job
-    -- Refunds lock their users in one order, so two processes' batches cannot deadlock on them.
-    ORDER BY job.user_id"""
+    SELECT job.*, {credits.refund_sql("job.user_id", "job.credits_refunded", "job.id")} FROM job, locked"""
 
 
 @dataclass(frozen=True)

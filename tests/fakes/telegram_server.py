@@ -260,16 +260,21 @@ class FakeTelegram:
 
     def press(self, user: dict[str, Any], message: dict[str, Any], data: str) -> str:
         """The user presses an inline button with `data` on the bot's `message`. Returns the query id."""
+        update = self.press_update(user, message, data)
+        self.push(update)
+        return str(update["callback_query"]["id"])
+
+    def press_update(self, user: dict[str, Any], message: dict[str, Any], data: str) -> dict[str, Any]:
+        """The update of a button press, not queued (for a webhook: the test posts it)."""
         query_id = str(secrets.randbits(63))
         self.queries[query_id] = False
         current = self.messages.get((message["chat"]["id"], message["message_id"]), message)
-        self.push({
+        return {
             "update_id": next(self._update_ids),
             "callback_query": {
                 "id": query_id, "from": user, "message": current, "chat_instance": "-4242", "data": data,
             },
-        })
-        return query_id
+        }
 
     def pre_checkout(self, user: dict[str, Any], payload: str, total: int, currency: str = "XTR") -> str:
         """The user pressed Pay on an invoice: Telegram asks the bot to confirm. Returns the query id."""

@@ -17,8 +17,8 @@ from bot.core.ids import is_valid_id
 
 MAX_BYTES = 64
 MAX_PAGE = 99_999
-_USER_ID = re.compile(r"^[0-9]{1,20}$")
-_PAGE = re.compile(r"^(0|[1-9][0-9]{0,4})$")  # canonical: no leading zeros
+_USER_ID = re.compile(r"[0-9]{1,20}")
+_PAGE = re.compile(r"0|[1-9][0-9]{0,4}")  # canonical: no leading zeros
 FAILED_NO_RETRY = frozenset({"content_refused"})  # retrying the same prompt would be refused again
 
 
@@ -91,11 +91,11 @@ def decode(data: str | None) -> Action | None:
         return Vary(parts[0])
     if kind == "o" and len(parts) == 1 and is_valid_id(parts[0]):
         return Originals(parts[0])
-    if kind == "x" and len(parts) == 2 and is_valid_id(parts[0]) and _USER_ID.match(parts[1]):
+    if kind == "x" and len(parts) == 2 and is_valid_id(parts[0]) and _USER_ID.fullmatch(parts[1]):
         return Cancel(parts[0], parts[1])
     if kind == "e" and len(parts) == 1 and is_valid_id(parts[0]):
         return Remix(parts[0])
-    if kind == "h" and len(parts) == 1 and _PAGE.match(parts[0]) and int(parts[0]) <= MAX_PAGE:
+    if kind == "h" and len(parts) == 1 and _PAGE.fullmatch(parts[0]) and int(parts[0]) <= MAX_PAGE:
         return PageButton(int(parts[0]))
     return None
 
