@@ -50,7 +50,7 @@ ALLOWED_UPDATES = ["message", "callback_query", "pre_checkout_query"]
 # replies in flight, not generation. Enough that under a crowd a request's "Queued" doesn't wait for
 # many others' round trips to Postgres and Telegram; few enough that the event loop still turns quickly
 # for everything else (the Discord gateway above all) and the database pool isn't drained.
-CONCURRENT_UPDATES = 16
+CONCURRENT_UPDATES = 32
 # Updates asked for per getUpdates. PTB parses a whole batch in one go, holding the event loop while the
 # Discord gateway and everything else wait: smaller batches than Telegram's 100 keep those pauses short.
 UPDATES_PER_POLL = 20
