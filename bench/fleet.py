@@ -28,8 +28,8 @@ taken" after a restart, or Discord never had its acknowledgement (the user sees 
 acknowledged and never resolved is lost. The run waits until every request is resolved, no generation is
 left unfinished or undelivered and the inbox has nothing unhandled (a dead front end's claims run out
 first), or until two leases or two inbox claims after the kill. Then, per user: the balance is the sum of
-the ledger, and what was charged is the images shown times the model's cost. The takeover: from the kill
-until the jobs the killed worker held were shown (again)."""
+the ledger, and what was charged is the images shown (a request's once) times the model's cost. The
+takeover: from the kill until the jobs the killed worker held were shown (again)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ import asyncpg
 from bench.burst import _replies_to, _token
 from bench.core_scenarios import percentile
 from bot.adapters.discord.intake import NOT_TAKEN
+from bot.adapters.telegram.delivery import PHOTO as TELEGRAM_PHOTO_PART
 from bot.adapters.telegram.webhook import SECRET_HEADER
 from bot.config import Settings
 from bot.core.catalogue import DEFAULT_MODELS, OFFLINE_MODEL
@@ -84,6 +85,7 @@ class Request:
     where: Any  # Discord: the server's id; Telegram: the user, as the fake has it
     wave: int = 1
     key: Any = None  # once sent. Discord: the interaction token; Telegram: (chat id, message id)
+    event_id: str = ""  # once sent: the inbox's name for it (Discord: the interaction id; Telegram: the update id)
     emitted: float = 0.0
 
 
@@ -204,6 +206,7 @@ async def fleet(data_dir: Path, dsn: str, kill: str = "worker", quick: bool = Fa
                 await asyncio.sleep(SETTLE_S)
                 found = _seen(discord, telegram, requests)
                 database = await _database_checks(pool, requests, found, cost)
+                database["photo_to_receipt_ms"] = await _photo_to_receipt(pool, telegram, requests)
         codes = {m.name: await m.stop() for m in members}
     finally:
         for member in members:
@@ -342,11 +345,11 @@ async def _emit(discord: FakeDiscord, telegram: FakeTelegram, webhook: Webhook, 
             interaction = await discord.slash(
                 "imagine", {"prompt": request.prompt}, user=user, guild_id=request.where
             )
-            request.key = interaction.token
+            request.key, request.event_id = interaction.token, str(interaction.id)
         else:
             update = telegram.message_update(request.where, f"/imagine {request.prompt}")
             message = update["message"]
-            request.key = (message["chat"]["id"], message["message_id"])
+            request.key, request.event_id = (message["chat"]["id"], message["message_id"]), str(update["update_id"])
             posts.append(asyncio.create_task(webhook.post(update)))
     await asyncio.gather(*posts)
 
@@ -513,10 +516,15 @@ async def _database_checks(
     images_per_user: dict[tuple[str, str], int] = {}
     for request in requests:
         who = (request.platform, request.user)
-        # Every request is for one image: one per message showing it.
-        images_per_user[who] = images_per_user.get(who, 0) + len(found[request.key].messages)
+        # Every request is for one image (a duplicate shows it again; it is counted as such, not here).
+        images_per_user[who] = images_per_user.get(who, 0) + (1 if found[request.key].messages else 0)
     asked = {(r.platform, r.user) for r in requests}
     balance_off = [dict(a) for a in accounts if a["balance"] != a["ledger"]]
+    inbox = {
+        (row["platform"], row["event_id"]): row["handled"]
+        for row in await pool.fetch("SELECT platform, event_id, handled_at IS NOT NULL AS handled FROM image.inbox")
+    }
+    lost = [r for r in requests if not (found[r.key].messages or found[r.key].not_taken) and found[r.key].acknowledged]
     charged_off = [
         {**dict(a), "images": images_per_user.get((a["platform"], a["platform_user_id"]), 0)}
         for a in accounts
@@ -528,9 +536,36 @@ async def _database_checks(
         "statuses": {f"{r['status']}{'' if r['delivered'] else ' undelivered'}": r["n"] for r in statuses},
         "unfinished": sum(r["n"] for r in statuses if r["status"] in ("queued", "running") or not r["delivered"]),
         "users": len(asked),
+        "inbox_unhandled": sum(1 for handled in inbox.values() if not handled),
+        # The lost requests (acknowledged, neither shown nor answered "not taken"): in the inbox, or not at all.
+        "lost_in_inbox": {
+            state: sum(1 for r in lost if inbox.get((r.platform, r.event_id), "absent") == value)
+            for state, value in (("handled", True), ("unhandled", False), ("absent", "absent"))
+        },
         "balance_not_ledger": balance_off,
         "charged_not_images": charged_off,
     }
+
+
+async def _photo_to_receipt(pool: asyncpg.Pool, telegram: FakeTelegram, requests: list[Request]) -> list[float]:
+    """Telegram: from the fake answering a photo until the worker had recorded it as sent (p50, p99, max,
+    ms). A worker killed meanwhile leaves a job whose photo is in the chat but not in the database: whoever
+    takes the job over sends it again (the Bot API has no idempotency key)."""
+    offset = time.time() - time.monotonic()  # the database's now() is this machine's wall clock
+    rows = await pool.fetch(
+        """SELECT g.chat_id, p.message_id, extract(epoch FROM p.created_at)::float8 AS at
+           FROM image.delivery_parts p JOIN image.generations g ON g.id = p.generation_id WHERE p.part = $1""",
+        TELEGRAM_PHOTO_PART,
+    )
+    recorded = {(row["chat_id"], row["message_id"]): row["at"] for row in rows}
+    ours = {r.key for r in requests if r.platform == "telegram"}
+    delays = []
+    for call in telegram.calls:
+        if call.method == "sendPhoto" and call.ok and _replies_to(call) in ours:
+            at = recorded.get((str(call.chat_id), str(call.result["message_id"])))
+            if at is not None:
+                delays.append((at - (call.finished + offset)) * 1000)
+    return [round(percentile(delays, 50), 1), round(percentile(delays, 99), 1), round(max(delays, default=0.0), 1)]
 
 
 def _row(
@@ -567,6 +602,10 @@ def _row(
         not lost and not duplicates and database["unfinished"] == 0 and resolved_at is not None
         and not database["balance_not_ledger"] and not database["charged_not_images"]
     )
+    per_platform_duplicates = {
+        p: sum(len(v.messages) - 1 for r, v in zip(requests, seen, strict=True) if r.platform == p and v.messages)
+        for p in ("discord", "telegram")
+    }
     troubled = {name: text.count("Traceback") + text.count(" ERROR ") for name, text in logs.items()}
     return {
         "scenario": f"fleet ({total} /imagine, 5 processes, {kill} SIGKILLed)",
@@ -588,9 +627,14 @@ def _row(
             "all_resolved_after_kill_s": round(resolved_at - killed.at, 2) if resolved_at else None,
             "killed_worker_held_shown_before_kill": len(shown_before),
             "time_to_image_p50_p99_s": [round(percentile(times, 50), 2), round(percentile(times, 99), 2)],
+            "shown_after_over_30s": {
+                p: sum(1 for r in requests if r.platform == p and r.key in shown and shown[r.key] - r.emitted > 30)
+                for p in ("discord", "telegram")
+            },
             "per_platform_delivered": {
                 p: sum(1 for r in requests if r.platform == p and r.key in shown) for p in ("discord", "telegram")
             },
+            "per_platform_duplicates": per_platform_duplicates,
             "images_written_again_onto_the_same_message": rewritten,
             "lost": [r.prompt for r in lost][:20],
             "second_wave_delivered": sum(1 for r in requests if r.wave == 2 and r.key in shown),
