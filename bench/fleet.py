@@ -27,7 +27,7 @@ duplicate. A request is resolved when its image is shown, or (Discord) its defer
 taken" after a restart, or Discord never had its acknowledgement (the user sees "did not respond"); one
 acknowledged and never resolved is lost. The run waits until every request is resolved, no generation is
 left unfinished or undelivered and the inbox has nothing unhandled (a dead front end's claims run out
-first), or until two leases or two inbox claims after the kill. Then, per user: the balance is the sum of
+first), or until two leases or two inbox claims and a minute after the kill. Then, per user: the balance is the sum of
 the ledger, and what was charged is the images shown (a request's once) times the model's cost. The
 takeover: from the kill until the jobs the killed worker held were shown (again)."""
 
@@ -100,7 +100,6 @@ class Member:
     cwd: Path
     process: subprocess.Popen[bytes] | None = None
     since: int = 0  # where this start's output begins in the log
-    starts: int = 0
 
     def start(self) -> None:
         self.since = self.log.stat().st_size if self.log.exists() else 0
@@ -109,7 +108,6 @@ class Member:
                 [sys.executable, "-m", "tests.fakes.discord_process", "run", *self.args],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd, env=self.env,
             )
-        self.starts += 1
 
     def text(self, whole: bool = False) -> str:
         data = self.log.read_bytes()
