@@ -31,7 +31,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="./dev bench")
     parser.add_argument("--quick", action="store_true", help="fewer samples, for a smoke run")
     parser.add_argument("--only", nargs="*", default=None,
-                        help="scenarios: overhead edit throughput burst burst30 startup (default: all)")
+                        help="scenarios: overhead edit throughput burst burst30 startup fleet "
+                        "(default: all but fleet)")
+    parser.add_argument("--fleet-kill", nargs="+", default=["worker"], choices=["worker", "shard", "webhook"],
+                        help="fleet: the process SIGKILLed mid-burst, one run each (default: worker)")
     parser.add_argument("--profile", action="store_true",
                         help="write pyinstrument profiles of the throughput run and of the bot in the burst")
     parser.add_argument("--json", type=Path, default=RESULTS / "latest.json")
@@ -117,6 +120,11 @@ async def _scenarios(root: Path, dsn: str, wanted: set[str], args: argparse.Name
         from bench import burst30
 
         rows.append(await burst30.burst30(root / "b30", await fresh_db()))
+    if "fleet" in wanted:
+        from bench import fleet
+
+        for kill in args.fleet_kill:
+            rows.append(await fleet.fleet(root / f"f{kill}", await fresh_db(), kill, args.quick))
     if "startup" in wanted:
         rows.append(await asyncio.to_thread(core_scenarios.startup_and_idle, root / "s", await fresh_db()))
     return rows
