@@ -1,0 +1,129 @@
+"""A real Discord `python -m bot run` process SIGKILLed at each step of one /imagine, from the moment the
+interaction arrives, then a new process started on the same database. After it the user sees exactly one
+outcome: the image (once), or a plain message that the request was not taken, never two and never a
+"thinking…" left forever; the credits charged are those of the images delivered."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from bot.adapters.discord.intake import NOT_TAKEN
+from tests.conftest import wait_for
+from tests.fakes.discord_harness import finished, serving_fake
+from tests.fakes.discord_server import ACK_WINDOW_SECONDS, FakeDiscord, FakeInteraction
+from tests.test_discord_shards import start_discord
+from tests.test_roles import Output
+from tests.test_run_process import wait_exit
+
+STARTING_CREDITS = 20
+# Short claims and leases: what the killed process held is taken over within seconds.
+FAST = {"INBOX_CLAIM_SECONDS": "1", "JOB_LEASE_SECONDS": "1.5", "STARTING_CREDITS": str(STARTING_CREDITS)}
+CALLBACK = r"/interactions/\d+/[^/]+/callback"
+WEBHOOK_MESSAGE = r"/webhooks/\d+/[^/]+/messages/(@original|\d+)"
+
+
+@pytest.fixture
+async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
+    async with serving_fake(monkeypatch) as fake:
+        yield fake
+
+
+class Crash:
+    """One /imagine: the first process, killed when the test says, then the second on the same database."""
+
+    def __init__(self, fake: FakeDiscord, dsn: str, tmp_path: Path) -> None:
+        self.fake, self.dsn, self.tmp_path = fake, dsn, tmp_path
+        self.interaction: FakeInteraction | None = None
+
+    async def start(self, **env: str) -> Output:
+        bot = start_discord(self.fake, self.dsn, self.tmp_path / "first", **FAST, **env)
+        await bot.wait_for("running:")
+        return bot
+
+    async def imagine(self) -> FakeInteraction:
+        self.interaction = await self.fake.slash(
+            "imagine", {"prompt": "a lighthouse that outlives its bot"}, user=self.fake.user("ann")
+        )
+        return self.interaction
+
+    async def kill_and_restart(self, bot: Output, **env: str) -> Output:
+        bot.process.kill()
+        await wait_exit(bot.process)
+        return start_discord(self.fake, self.dsn, self.tmp_path / "second", **FAST, **env)
+
+
+async def settled(pool: asyncpg.Pool) -> bool:
+    """Nothing left to do: every inbox entry handled, every job finished and delivered."""
+    return bool(await pool.fetchval(
+        """SELECT NOT EXISTS (SELECT 1 FROM image.inbox WHERE handled_at IS NULL)
+              AND NOT EXISTS (SELECT 1 FROM image.generations WHERE delivered_at IS NULL)"""
+    ))
+
+
+async def outcome(fake: FakeDiscord, pool: asyncpg.Pool, interaction: FakeInteraction) -> str:
+    """Waits for the end, then checks there is exactly one outcome and the books agree: "image" or
+    "not taken"."""
+
+    def shown() -> bool:
+        original = fake.original(interaction)
+        return finished(fake, interaction)() is not None or (original is not None and original.content == NOT_TAKEN)
+
+    await wait_for(shown, within=30)
+    await wait_for(lambda: settled(pool), within=30)
+    with_images = [m for m in fake.messages.values() if m.attachments and not m.deleted]
+    original = fake.original(interaction)
+    assert original is not None and not original.deleted and not original.loading
+    charged = await pool.fetchval(
+        "SELECT coalesce(sum(credits_reserved - credits_refunded), 0) FROM image.generations"
+    )
+    balances = await pool.fetch(
+        """SELECT a.balance, coalesce(sum(l.delta), 0) AS total FROM image.accounts a
+           LEFT JOIN image.credit_ledger l ON l.account_id = a.id GROUP BY a.id"""
+    )
+    assert all(r["balance"] == r["total"] for r in balances), balances
+    assert sum(r["balance"] for r in balances) == STARTING_CREDITS * len(balances) - charged
+    told_not_taken = [r for r in fake.requests_for(interaction) if isinstance(r.json, dict)
+                      and r.json.get("content") == NOT_TAKEN and r.status < 300]
+    if finished(fake, interaction)() is not None:
+        assert told_not_taken == [], "told the request was not taken, then delivered it"
+        assert with_images == [original] and len(original.attachments) == 1, [m.content for m in with_images]
+        assert charged == 1  # the offline model's one image
+        return "image"
+    assert with_images == [] and charged == 0
+    return "not taken"
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["deferred", "deferral-too-late"])
+async def test_killed_while_the_deferral_is_answered(
+    fake: FakeDiscord, db_dsn: str, pool: asyncpg.Pool, tmp_path: Path, late: bool
+) -> None:
+    """Step 1: the INTERACTION_CREATE is read and its deferral reached Discord, whose answer is on its way
+    back. Deferred in time, Discord shows "thinking…": the next process must settle it. Too late (the
+    process was stalled past Discord's 3 seconds), Discord itself tells the user the application did not
+    respond: the interaction is dead, nothing was charged, and the bot posts nothing more."""
+    crash = Crash(fake, db_dsn, tmp_path)
+    bot = await crash.start()
+    held = fake.hold("POST", CALLBACK, carried_out=not late)
+    interaction = await crash.imagine()
+    await wait_for(lambda: held.arrived, within=30)
+    restarted = await crash.kill_and_restart(bot)
+    if late:
+        fake.advance(ACK_WINDOW_SECONDS + 1)
+        held.release()  # reaches Discord now: refused, the interaction is dead
+    try:
+        if late:
+            # Nothing to wait for but the restarted process going through the inbox.
+            await restarted.wait_for("running:")
+            await wait_for(lambda: settled(pool), within=30)
+            assert fake.original(interaction) is None and fake.followups(interaction) == []
+            assert await pool.fetchval("SELECT count(*) FROM image.generations") == 0
+        else:
+            assert await outcome(fake, pool, interaction) == "not taken"
+    finally:
+        log = await restarted.stop()
+    assert "Traceback" not in log
+
