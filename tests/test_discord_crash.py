@@ -37,7 +37,6 @@ class Crash:
 
     def __init__(self, fake: FakeDiscord, dsn: str, tmp_path: Path) -> None:
         self.fake, self.dsn, self.tmp_path = fake, dsn, tmp_path
-        self.interaction: FakeInteraction | None = None
 
     async def start(self, **env: str) -> Output:
         bot = start_discord(self.fake, self.dsn, self.tmp_path / "first", **FAST, **env)
@@ -45,10 +44,9 @@ class Crash:
         return bot
 
     async def imagine(self) -> FakeInteraction:
-        self.interaction = await self.fake.slash(
+        return await self.fake.slash(
             "imagine", {"prompt": "a lighthouse that outlives its bot"}, user=self.fake.user("ann")
         )
-        return self.interaction
 
     async def kill_and_restart(self, bot: Output, **env: str) -> Output:
         bot.process.kill()
@@ -101,15 +99,18 @@ async def outcome(fake: FakeDiscord, pool: asyncpg.Pool, interaction: FakeIntera
 async def test_killed_while_the_deferral_is_answered(
     fake: FakeDiscord, db_dsn: str, pool: asyncpg.Pool, tmp_path: Path, late: bool
 ) -> None:
-    """Step 1: the INTERACTION_CREATE is read and its deferral reached Discord, whose answer is on its way
-    back. Deferred in time, Discord shows "thinking…": the next process must settle it. Too late (the
-    process was stalled past Discord's 3 seconds), Discord itself tells the user the application did not
-    respond: the interaction is dead, nothing was charged, and the bot posts nothing more."""
+    """Step 1: the INTERACTION_CREATE is read and its deferral sent. Deferred: Discord shows "thinking…"
+    and its answer is on its way back; the interaction was recorded meanwhile (the write goes out with
+    the deferral, not after its answer), and the next process must settle it. Too late: the deferral was
+    still on its way and reaches Discord after its 3 seconds; Discord itself tells the user the
+    application did not respond, the interaction is dead, nothing is charged, the bot posts nothing."""
     crash = Crash(fake, db_dsn, tmp_path)
     bot = await crash.start()
     held = fake.hold("POST", CALLBACK, carried_out=not late)
     interaction = await crash.imagine()
     await wait_for(lambda: held.arrived, within=30)
+    if not late:
+        await wait_for(lambda: pool.fetchval("SELECT count(*) = 1 FROM image.inbox"), within=30)
     restarted = await crash.kill_and_restart(bot)
     if late:
         fake.advance(ACK_WINDOW_SECONDS + 1)
@@ -125,5 +126,106 @@ async def test_killed_while_the_deferral_is_answered(
             assert await outcome(fake, pool, interaction) == "not taken"
     finally:
         log = await restarted.stop()
+        print(log)  # shown when the test fails
     assert "Traceback" not in log
 
+
+async def waiting_on_a_lock(pool: asyncpg.Pool, statement: str) -> bool:
+    """A statement containing `statement` is waiting for a lock (the test's)."""
+    return bool(await pool.fetchval(
+        "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND strpos(query, $1) > 0",
+        statement,
+    ))
+
+
+async def no_statement(pool: asyncpg.Pool, statement: str) -> bool:
+    return not await pool.fetchval(
+        "SELECT count(*) > 0 FROM pg_stat_activity WHERE state = 'active' AND strpos(query, $1) > 0", statement
+    )
+
+
+@pytest.mark.parametrize("released", ["at-the-kill", "after-the-restart-answered"])
+async def test_killed_while_the_job_is_being_accepted(
+    fake: FakeDiscord, db_dsn: str, pool: asyncpg.Pool, tmp_path: Path, released: str
+) -> None:
+    """Step 2: deferred and recorded, the accept waiting for the database (a lock this test holds on the
+    table it writes). Released at once, the killed process's statement may still commit (Postgres has not
+    noticed its client is gone yet): the next process then finds the job accepted and delivers it, or else
+    says nothing was taken. Released only after the next process said so, it must not commit any more."""
+    crash = Crash(fake, db_dsn, tmp_path)
+    bot = await crash.start()
+    async with pool.acquire() as conn:
+        lock = conn.transaction()
+        await lock.start()
+        try:
+            await conn.execute("LOCK TABLE image.generations IN EXCLUSIVE MODE")
+            interaction = await crash.imagine()
+            await wait_for(lambda: waiting_on_a_lock(pool, "accept_job"), within=30)
+            assert await pool.fetchval("SELECT handled_at IS NULL FROM image.inbox") is True
+            restarted = await crash.kill_and_restart(bot)
+            if released == "after-the-restart-answered":
+                await wait_for(lambda: pool.fetchval("SELECT handled_at IS NOT NULL FROM image.inbox"), within=30)
+        finally:
+            await lock.rollback()
+    # The killed process's statement has ended, committed or not: nothing can be accepted after this.
+    await wait_for(lambda: no_statement(pool, "accept_job"), within=30)
+    try:
+        told = await outcome(fake, pool, interaction)
+        if released == "after-the-restart-answered":
+            assert told == "not taken"  # and the killed process's accept was aborted, not committed
+    finally:
+        log = await restarted.stop()
+        print(log)  # shown when the test fails
+    assert "Traceback" not in log
+
+
+async def test_killed_while_the_provider_runs(
+    fake: FakeDiscord, db_dsn: str, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """Step 3: accepted, the image being made: the next process takes the job over once its lease ran out."""
+    crash = Crash(fake, db_dsn, tmp_path)
+    bot = await crash.start(OFFLINE_DELAY_SECONDS="30")
+    interaction = await crash.imagine()
+    await wait_for(lambda: pool.fetchval("SELECT status = 'running' FROM image.generations"), within=30)
+    restarted = await crash.kill_and_restart(bot, OFFLINE_DELAY_SECONDS="0.1")
+    try:
+        assert await outcome(fake, pool, interaction) == "image"
+    finally:
+        log = await restarted.stop()
+        print(log)  # shown when the test fails
+    assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("when", ["upload-in-flight", "answered-receipt-unwritten"])
+async def test_killed_while_the_image_is_delivered(
+    fake: FakeDiscord, db_dsn: str, pool: asyncpg.Pool, tmp_path: Path, when: str
+) -> None:
+    """Step 4: the edit carrying the image reached Discord and its answer is on its way back; or it was
+    answered and its receipt is still to be written (a lock on the receipts' table). The next process
+    delivers again: the same message edited, not a second one."""
+    crash = Crash(fake, db_dsn, tmp_path)
+    bot = await crash.start()
+    async with pool.acquire() as conn:
+        lock = conn.transaction()
+        await lock.start()
+        try:
+            if when == "upload-in-flight":
+                held = fake.hold("PATCH", WEBHOOK_MESSAGE, uploads_only=True)
+                interaction = await crash.imagine()
+                await wait_for(lambda: held.arrived, within=30)
+            else:
+                await conn.execute("LOCK TABLE image.delivery_parts IN EXCLUSIVE MODE")
+                interaction = await crash.imagine()
+                await wait_for(lambda: waiting_on_a_lock(pool, "delivery_parts"), within=30)
+                assert finished(fake, interaction)() is not None
+            restarted = await crash.kill_and_restart(bot)
+            if when == "upload-in-flight":
+                held.release()  # the next process's edit goes through
+        finally:
+            await lock.rollback()
+    try:
+        assert await outcome(fake, pool, interaction) == "image"
+    finally:
+        log = await restarted.stop()
+        print(log)  # shown when the test fails
+    assert "Traceback" not in log
