@@ -15,6 +15,7 @@ from bot.adapters.discord.intake import NOT_TAKEN
 from tests.conftest import wait_for
 from tests.fakes.discord_harness import finished, serving_fake
 from tests.fakes.discord_server import ACK_WINDOW_SECONDS, FakeDiscord, FakeInteraction
+from tests.test_discord_edits import picture
 from tests.test_discord_shards import start_discord
 from tests.test_roles import Output
 from tests.test_run_process import wait_exit
@@ -43,9 +44,9 @@ class Crash:
         await bot.wait_for("running:")
         return bot
 
-    async def imagine(self) -> FakeInteraction:
+    async def imagine(self, **options: object) -> FakeInteraction:
         return await self.fake.slash(
-            "imagine", {"prompt": "a lighthouse that outlives its bot"}, user=self.fake.user("ann")
+            "imagine", {"prompt": "a lighthouse that outlives its bot", **options}, user=self.fake.user("ann")
         )
 
     async def kill_and_restart(self, bot: Output, **env: str) -> Output:
@@ -95,19 +96,22 @@ async def outcome(fake: FakeDiscord, pool: asyncpg.Pool, interaction: FakeIntera
     return "not taken"
 
 
-@pytest.mark.parametrize("late", [False, True], ids=["deferred", "deferral-too-late"])
+@pytest.mark.parametrize("deferral", ["from-the-gateway-event", "the-usual-way", "too-late"])
 async def test_killed_while_the_deferral_is_answered(
-    fake: FakeDiscord, db_dsn: str, pool: asyncpg.Pool, tmp_path: Path, late: bool
+    fake: FakeDiscord, db_dsn: str, pool: asyncpg.Pool, tmp_path: Path, deferral: str
 ) -> None:
-    """Step 1: the INTERACTION_CREATE is read and its deferral sent. Deferred: Discord shows "thinking…"
-    and its answer is on its way back; the interaction was recorded meanwhile (the write goes out with
-    the deferral, not after its answer), and the next process must settle it. Too late: the deferral was
-    still on its way and reaches Discord after its 3 seconds; Discord itself tells the user the
-    application did not respond, the interaction is dead, nothing is charged, the bot posts nothing."""
+    """Step 1: the INTERACTION_CREATE is read and its deferral sent: from the gateway event (acks.py), or
+    the usual way once the command runs (an /imagine with a picture). Discord shows "thinking…" and its
+    answer is on its way back; the interaction was recorded meanwhile (the write goes out with the
+    deferral, not after its answer), and the next process must settle it. Too late: the deferral was still
+    on its way and reaches Discord after its 3 seconds; Discord itself tells the user the application did
+    not respond, the interaction is dead, nothing is charged, the bot posts nothing."""
+    late = deferral == "too-late"
     crash = Crash(fake, db_dsn, tmp_path)
     bot = await crash.start()
     held = fake.hold("POST", CALLBACK, carried_out=not late)
-    interaction = await crash.imagine()
+    options = {"image": fake.attachment(picture(), "holiday.png")} if deferral == "the-usual-way" else {}
+    interaction = await crash.imagine(**options)
     await wait_for(lambda: held.arrived, within=30)
     if not late:
         await wait_for(lambda: pool.fetchval("SELECT count(*) = 1 FROM image.inbox"), within=30)

@@ -258,6 +258,8 @@ class DiscordHandlers:
     ) -> None:
         """Answer publicly ("thinking…"), then hand the job to the core with that message as its home:
         the observer edits it from queued to the images."""
+        if self.intake is not None:  # recorded while the deferral travels (see intake)
+            self.intake.deferring(interaction.id, interaction.application_id, interaction.token)
         message_id = await self._defer(interaction, thinking=True)
         interaction.extras["public_thinking"] = True
         if message_id is None:

@@ -1,7 +1,7 @@
 """Durable intake for Discord: an interaction the bot defers is written into the inbox with its token, so that
 a process dying before the job is accepted doesn't leave "thinking…" forever. One deferred from its raw
-gateway event (acks.py) is written while the deferral is on its way, not once Discord answered it: a
-process dying while the answer travels back leaves it recorded too. The next start answers each one still
+gateway event (acks.py) or the usual way is written while the deferral is on its way, not once Discord
+answered it: a process dying while the answer travels back leaves it recorded too. The next start answers each one still
 unhandled while its token is good (15 minutes): if its job was accepted after all (the same interaction id
 is the request's idempotency key) nothing needs saying, otherwise the deferred message says the request
 was not taken."""
@@ -58,12 +58,14 @@ class DiscordIntake:
                 log.warning("discord: the inbox could not be read (%r); trying again later", error)
             await asyncio.sleep(self.inbox.claim_seconds)
 
-    def deferring(self, data: dict[str, Any]) -> None:
-        """An interaction whose deferral was just sent from its raw gateway event: recorded (and claimed) in
-        the background; `deferred` then waits for that instead of recording it again."""
-        event_id = str(data.get("id"))
-        payload = {"application_id": str(data.get("application_id")), "token": data.get("token"),
-                   "deferred_at": time.time()}
+    def deferring(self, interaction_id: int | str, application_id: int | str | None, token: str) -> None:
+        """An interaction whose deferral is being sent (from its raw gateway event, or the usual way):
+        recorded (and claimed) in the background, once; `deferred` then waits for that instead of
+        recording it again."""
+        event_id = str(interaction_id)
+        if event_id in self._recording:
+            return
+        payload = {"application_id": str(application_id), "token": token, "deferred_at": time.time()}
         self._recording[event_id] = asyncio.create_task(self._record(event_id, payload))
         # A command that never ran (discord.py refused the event) must not leave its entry behind.
         asyncio.get_running_loop().call_later(TOKEN_SECONDS, self._recording.pop, event_id, None)
