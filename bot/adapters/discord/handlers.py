@@ -260,12 +260,18 @@ class DiscordHandlers:
         the observer edits it from queued to the images."""
         if self.intake is not None:  # recorded while the deferral travels (see intake)
             self.intake.deferring(interaction.id, interaction.application_id, interaction.token)
-        message_id = await self._defer(interaction, thinking=True)
+        try:
+            message_id = await self._defer(interaction, thinking=True)
+        except Exception:
+            # Refused or failed: it is answered some other way, or can't be; nothing for a restart to say.
+            if self.intake is not None and await self.intake.deferred(interaction):
+                await self.intake.handled(interaction)
+            raise
         interaction.extras["public_thinking"] = True
         if message_id is None:
             message_id = (await interaction.original_response()).id
         # Recorded until its job is accepted or refused: a restart meanwhile answers it (see intake).
-        recorded = self.intake is not None and await self.intake.deferred(interaction, message_id)
+        recorded = self.intake is not None and await self.intake.deferred(interaction)
         try:
             accepted = await start(destination_for(interaction, message_id))
         finally:

@@ -1,10 +1,10 @@
 """Durable intake for Discord: an interaction the bot defers is written into the inbox with its token, so that
-a process dying before the job is accepted doesn't leave "thinking…" forever. One deferred from its raw
-gateway event (acks.py) or the usual way is written while the deferral is on its way, not once Discord
-answered it: a process dying while the answer travels back leaves it recorded too. The next start answers each one still
-unhandled while its token is good (15 minutes): if its job was accepted after all (the same interaction id
-is the request's idempotency key) nothing needs saying, otherwise the deferred message says the request
-was not taken."""
+a process dying before the job is accepted doesn't leave "thinking…" forever. It is written while the
+deferral is on its way (from the raw gateway event, acks.py, or the usual way), not once Discord answered
+it: a process dying while the answer travels back leaves it recorded too. The next start answers each one
+still unhandled while its token is good (15 minutes): if its job was accepted after all (the same
+interaction id is the request's idempotency key) nothing needs saying, otherwise the deferred message says
+the request was not taken."""
 
 from __future__ import annotations
 
@@ -70,20 +70,12 @@ class DiscordIntake:
         # A command that never ran (discord.py refused the event) must not leave its entry behind.
         asyncio.get_running_loop().call_later(TOKEN_SECONDS, self._recording.pop, event_id, None)
 
-    async def deferred(self, interaction: discord.Interaction, message_id: int) -> bool:
-        """Record (and claim) a deferred interaction; False if the database couldn't take it (the command
-        goes on regardless: only a crash in the next moments would then leave it unanswered)."""
-        event_id = str(interaction.id)
-        early = self._recording.pop(event_id, None)
-        if early is not None:
-            return await early
-        payload = {
-            "application_id": str(interaction.application_id),
-            "token": interaction.token,
-            "message_id": str(message_id),
-            "deferred_at": time.time(),
-        }
-        return await self._record(event_id, payload)
+    async def deferred(self, interaction: discord.Interaction) -> bool:
+        """Once deferred: whether the interaction is recorded and claimed by this process. False if the
+        database couldn't take it (the command goes on regardless: only a crash in the next moments would
+        then leave it unanswered)."""
+        self.deferring(interaction.id, interaction.application_id, interaction.token)  # if it wasn't already
+        return await self._recording.pop(str(interaction.id))
 
     async def _record(self, event_id: str, payload: dict[str, Any]) -> bool:
         try:
@@ -126,7 +118,7 @@ class DiscordIntake:
     async def _tell(self, client: discord.Client, interaction_id: str, payload: Any) -> int:
         try:
             webhook = internals.interaction_webhook(int(payload["application_id"]), payload["token"], client)
-            # Recorded as its deferral went out, it has no message id: the deferral's message is "@original".
+            # Recorded as its deferral went out, it has no message id (older versions wrote one down).
             message_id = int(payload["message_id"]) if "message_id" in payload else internals.ORIGINAL_RESPONSE
             await webhook.edit_message(message_id, content=NOT_TAKEN, view=None)
         except (KeyError, TypeError, ValueError):
