@@ -14,7 +14,13 @@ import pytest
 from bot.adapters.discord.intake import NOT_TAKEN
 from tests.conftest import wait_for
 from tests.fakes.discord_harness import finished, serving_fake
-from tests.fakes.discord_server import ACK_WINDOW_SECONDS, FakeDiscord, FakeInteraction
+from tests.fakes.discord_server import (
+    ACK_WINDOW_SECONDS,
+    TOKEN_LIFETIME_SECONDS,
+    FakeDiscord,
+    FakeInteraction,
+    FakeMessage,
+)
 from tests.test_discord_edits import picture
 from tests.test_discord_shards import start_discord
 from tests.test_roles import Output
@@ -67,9 +73,12 @@ async def outcome(fake: FakeDiscord, pool: asyncpg.Pool, interaction: FakeIntera
     """Waits for the end, then checks there is exactly one outcome and the books agree: "image" or
     "not taken"."""
 
+    def results() -> list[FakeMessage]:
+        return [m for m in fake.messages.values() if not m.deleted and "🔄" in m.labels()]
+
     def shown() -> bool:
         original = fake.original(interaction)
-        return finished(fake, interaction)() is not None or (original is not None and original.content == NOT_TAKEN)
+        return bool(results()) or (original is not None and original.content == NOT_TAKEN)
 
     await wait_for(shown, within=30)
     await wait_for(lambda: settled(pool), within=30)
@@ -87,9 +96,11 @@ async def outcome(fake: FakeDiscord, pool: asyncpg.Pool, interaction: FakeIntera
     assert sum(r["balance"] for r in balances) == STARTING_CREDITS * len(balances) - charged
     told_not_taken = [r for r in fake.requests_for(interaction) if isinstance(r.json, dict)
                       and r.json.get("content") == NOT_TAKEN and r.status < 300]
-    if finished(fake, interaction)() is not None:
+    if results():
         assert told_not_taken == [], "told the request was not taken, then delivered it"
-        assert with_images == [original] and len(original.attachments) == 1, [m.content for m in with_images]
+        assert with_images == results() and len(with_images[0].attachments) == 1, [m.content for m in with_images]
+        # In the interaction's message, or (its token dead) in the channel, the stale status retired.
+        assert with_images == [original] or original.buttons() == []
         assert charged == 1  # the offline model's one image
         return "image"
     assert with_images == [] and charged == 0
@@ -183,17 +194,23 @@ async def test_killed_while_the_job_is_being_accepted(
     assert "Traceback" not in log
 
 
+@pytest.mark.parametrize("token", ["alive", "expired-meanwhile"])
 async def test_killed_while_the_provider_runs(
-    fake: FakeDiscord, db_dsn: str, pool: asyncpg.Pool, tmp_path: Path
+    fake: FakeDiscord, db_dsn: str, pool: asyncpg.Pool, tmp_path: Path, token: str
 ) -> None:
-    """Step 3: accepted, the image being made: the next process takes the job over once its lease ran out."""
+    """Step 3: accepted, the image being made: the next process takes the job over once its lease ran out.
+    Back after the interaction's 15 minutes, Discord refuses the token: the image goes to the channel."""
     crash = Crash(fake, db_dsn, tmp_path)
     bot = await crash.start(OFFLINE_DELAY_SECONDS="30")
     interaction = await crash.imagine()
     await wait_for(lambda: pool.fetchval("SELECT status = 'running' FROM image.generations"), within=30)
     restarted = await crash.kill_and_restart(bot, OFFLINE_DELAY_SECONDS="0.1")
+    if token == "expired-meanwhile":
+        fake.advance(TOKEN_LIFETIME_SECONDS + 60)
     try:
         assert await outcome(fake, pool, interaction) == "image"
+        # The image in the interaction's own message while its token lives, else in a channel message.
+        assert (finished(fake, interaction)() is not None) == (token == "alive")
     finally:
         log = await restarted.stop()
         print(log)  # shown when the test fails
@@ -205,8 +222,9 @@ async def test_killed_while_the_image_is_delivered(
     fake: FakeDiscord, db_dsn: str, pool: asyncpg.Pool, tmp_path: Path, when: str
 ) -> None:
     """Step 4: the edit carrying the image reached Discord and its answer is on its way back; or it was
-    answered and its receipt is still to be written (a lock on the receipts' table). The next process
-    delivers again: the same message edited, not a second one."""
+    answered and its receipt is still to be written (a lock on the receipts' table). The job is still
+    running then (its images are recorded once shown): the next process takes it over, makes the image
+    again and shows it by editing the same message, not in a second one."""
     crash = Crash(fake, db_dsn, tmp_path)
     bot = await crash.start()
     async with pool.acquire() as conn:
