@@ -32,7 +32,7 @@ class DiscordIntake:
     def __init__(self, inbox: Inbox) -> None:
         self.inbox = inbox
         self._sweeper: asyncio.Task[None] | None = None
-        # Interactions being recorded as their early deferral goes out (`deferring`), by id, for `deferred`.
+        # Interactions being recorded as their deferral goes out (`deferring`), by id, for `deferred`.
         self._recording: dict[str, asyncio.Task[bool]] = {}
 
     def start(self, client: discord.Client) -> None:
