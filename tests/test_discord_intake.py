@@ -108,3 +108,18 @@ async def test_a_redelivery_posts_only_the_messages_without_a_receipt(
     assert "continued" in posted[1].content
     parts = await pool.fetch("SELECT part FROM image.delivery_parts ORDER BY created_at")
     assert [p["part"] for p in parts] == ["first", "more-1"]
+
+
+async def test_a_deferral_refused_as_too_late_leaves_nothing_to_answer(
+    runtime_factory: RuntimeFactory, fake: FakeDiscord, pool: asyncpg.Pool
+) -> None:
+    # Recorded as the deferral went out; Discord refused it (the interaction is dead): handled at once, so
+    # that no later sweep tries to say anything about it.
+    alice = fake.user("alice")
+    async with running_bot(runtime_factory, fake):
+        fake.fail_next("POST", r"/interactions/\d+/[^/]+/callback", 404, {"message": "Unknown interaction",
+                                                                          "code": 10062})
+        interaction = await fake.slash("imagine", {"prompt": "a lighthouse too late"}, user=alice)
+        await wait_for(lambda: _handled(pool, interaction.id), within=10)
+    assert fake.original(interaction) is None
+    assert await pool.fetchval("SELECT count(*) FROM image.generations") == 0

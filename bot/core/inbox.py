@@ -49,6 +49,21 @@ async def record(conn: Connection, platform: str, events: Sequence[tuple[str, An
     return {row["event_id"] for row in rows}
 
 
+async def record_claimed(
+    conn: Connection, platform: str, event_id: str, payload: Any, owner: str, claim_seconds: float
+) -> bool:
+    """Write one event already claimed by `owner`, in one statement: no other process can take it between
+    the two. False if it was recorded before (see `claim`)."""
+    recorded = await conn.fetchval(
+        """INSERT INTO image.inbox (platform, event_id, payload, claimed_by, claimed_until)
+           VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
+           ON CONFLICT (platform, event_id) DO NOTHING
+           RETURNING true""",
+        platform, event_id, json.dumps(payload), owner, claim_seconds,
+    )
+    return bool(recorded)
+
+
 async def unhandled(conn: Connection, platform: str, limit: int = 1000) -> list[InboxEvent]:
     """Recorded, not handled, not claimed by anyone alive: oldest first."""
     rows = await conn.fetch(
@@ -103,6 +118,10 @@ class Inbox:
     async def record(self, platform: str, events: Sequence[tuple[str, Any]]) -> set[str]:
         async with self.pool.acquire() as conn:
             return await record(conn, platform, events)
+
+    async def record_claimed(self, platform: str, event_id: str, payload: Any) -> bool:
+        async with self.pool.acquire() as conn:
+            return await record_claimed(conn, platform, event_id, payload, self.owner, self.claim_seconds)
 
     async def unhandled(self, platform: str, limit: int = 1000) -> list[InboxEvent]:
         async with self.pool.acquire() as conn:

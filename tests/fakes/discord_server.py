@@ -15,6 +15,9 @@ discord.py. Only the network is replaced: tests point discord.py's URLs here (se
   custom_ids over 100 characters or repeated → 400 (50035).
 - Scripted trouble: users whose DMs are closed (403, 50007), channels the bot may not post in
   (403, 50013), and one-off failures such as a 429 with `retry_after` (`fail_next`, `rate_limit_next`).
+- Requests in flight (`hold`): a request is carried out, as Discord would on receiving it, but its answer
+  waits until the test releases it (for killing the bot while it waits); or, with `carried_out=False`,
+  the request itself waits, on its way to Discord.
 
 The fake's clock can be moved forward (`advance`) to age interaction tokens without waiting.
 """
@@ -205,6 +208,27 @@ class _Scripted:
     where: Callable[[Any], bool] | None = None
 
 
+@dataclass
+class Hold:
+    """Requests whose answers wait (see FakeDiscord.hold); `arrived` lists them as they are carried out."""
+
+    method: str
+    pattern: re.Pattern[str]
+    uploads_only: bool
+    carried_out: bool
+    arrived: list[Recorded] = field(default_factory=list)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def matches(self, record: Recorded) -> bool:
+        return (
+            not self.released.is_set() and record.method == self.method and bool(self.pattern.fullmatch(record.path))
+            and (record.files != [] or not self.uploads_only)
+        )
+
+    def release(self) -> None:
+        self.released.set()
+
+
 class FakeDiscord:
     def __init__(self, token: str = "test-token", heartbeat_interval_ms: int = 500) -> None:
         self.token = token
@@ -240,6 +264,7 @@ class FakeDiscord:
         self.identifies: list[dict[str, Any]] = []
         self.heartbeats = 0
         self._scripted: list[_Scripted] = []
+        self._holds: list[Hold] = []
         self._sockets: dict[int, web.WebSocketResponse] = {}  # by shard id
         self.shard_count = 1  # as the connections identified
         self._sequence = 0
@@ -280,6 +305,8 @@ class FakeDiscord:
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def stop(self) -> None:
+        for hold in self._holds:
+            hold.release()
         for socket in list(self._sockets.values()):
             if not socket.closed:
                 await socket.close()
@@ -659,6 +686,16 @@ class FakeDiscord:
             },
         )
 
+    def hold(
+        self, method: str, path_pattern: str, *, uploads_only: bool = False, carried_out: bool = True
+    ) -> Hold:
+        """From now on, matching requests are carried out but not answered until the hold is released (or
+        the fake stops): Discord has done what was asked, the answer is on its way back. With
+        `carried_out=False` they wait before being carried out: still on their way to Discord."""
+        hold = Hold(method, re.compile(path_pattern), uploads_only, carried_out)
+        self._holds.append(hold)
+        return hold
+
     def plant_message(self, channel_id: int, buttons: list[dict[str, Any]]) -> FakeMessage:
         """A bot message that exists without this run having sent it (an older version's, say)."""
         message = self._new_message(channel_id)
@@ -762,8 +799,15 @@ class FakeDiscord:
         body, files = await _read_body(request)
         record = Recorded(request.method, path, dict(request.query), body, files, time.monotonic())
         self.requests.append(record)
+        hold = next((hold for hold in self._holds if hold.matches(record)), None)
+        if hold is not None and not hold.carried_out:
+            hold.arrived.append(record)
+            await hold.released.wait()
         response = await self._answer(request, path, body, files)
         record.status = response.status
+        if hold is not None and hold.carried_out:
+            hold.arrived.append(record)
+            await hold.released.wait()
         return response
 
     async def _answer(self, request: web.Request, path: str, body: Any, files: list[Upload]) -> web.StreamResponse:

@@ -51,11 +51,16 @@ class Deferral:
 
 
 class EarlyAcks:
-    """`wanted(raw_interaction)` says whether the command would answer with a public deferral."""
+    """`wanted(raw_interaction)` says whether the command would answer with a public deferral;
+    `deferring(interaction_id, application_id, token)` is told of each deferral as soon as it is sent."""
 
-    def __init__(self, client: discord.Client, wanted: Callable[[dict[str, Any]], bool], *, warm: int) -> None:
+    def __init__(
+        self, client: discord.Client, wanted: Callable[[dict[str, Any]], bool], *, warm: int,
+        deferring: Callable[[str, str | None, str], None] | None = None,
+    ) -> None:
         self.client = client
         self.wanted = wanted
+        self.deferring = deferring
         self.warm = warm
         self._pending: dict[int, asyncio.Task[Response]] = {}
         self._backlog: collections.deque[dict[str, Any]] = collections.deque()
@@ -74,6 +79,8 @@ class EarlyAcks:
         path = f"/interactions/{data['id']}/{data['token']}/callback?with_response=true"
         interaction_id = int(data["id"])
         self._pending[interaction_id] = self._http().post(path, {"type": DEFERRED_CHANNEL_MESSAGE.value})
+        if self.deferring is not None:
+            self.deferring(data["id"], data.get("application_id"), data["token"])
         loop = asyncio.get_running_loop()
         # A command that never ran (discord.py refused the event) must not leave its entry behind.
         loop.call_later(FORGET_AFTER_SECONDS, self._pending.pop, interaction_id, None)

@@ -120,11 +120,12 @@ class DiscordFrontEnd:
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=300),
             http_trace=count_http_errors(),
         )
+        self.intake = self.handlers.intake = DiscordIntake(Inbox(service.pool, settings.inbox_claim_seconds))
         self.early_acks = EarlyAcks(
-            self.client, self.handlers.acknowledges_early, warm=settings.discord_warm_connections
+            self.client, self.handlers.acknowledges_early, warm=settings.discord_warm_connections,
+            deferring=self.intake.deferring,
         )
         self.handlers.early_acks = self.early_acks
-        self.intake = self.handlers.intake = DiscordIntake(Inbox(service.pool, settings.inbox_claim_seconds))
         register_commands(self.client.tree, self.handlers)
         register_shop_commands(self.client.tree, self.handlers)
         self.entitlements = EntitlementSettler(self.client, shop)

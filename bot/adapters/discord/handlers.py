@@ -258,12 +258,20 @@ class DiscordHandlers:
     ) -> None:
         """Answer publicly ("thinking…"), then hand the job to the core with that message as its home:
         the observer edits it from queued to the images."""
-        message_id = await self._defer(interaction, thinking=True)
+        if self.intake is not None:  # recorded while the deferral travels (see intake)
+            self.intake.deferring(interaction.id, interaction.application_id, interaction.token)
+        try:
+            message_id = await self._defer(interaction, thinking=True)
+        except Exception:
+            # Refused or failed: it is answered some other way, or can't be; nothing for a restart to say.
+            if self.intake is not None and await self.intake.deferred(interaction):
+                await self.intake.handled(interaction)
+            raise
         interaction.extras["public_thinking"] = True
         if message_id is None:
             message_id = (await interaction.original_response()).id
         # Recorded until its job is accepted or refused: a restart meanwhile answers it (see intake).
-        recorded = self.intake is not None and await self.intake.deferred(interaction, message_id)
+        recorded = self.intake is not None and await self.intake.deferred(interaction)
         try:
             accepted = await start(destination_for(interaction, message_id))
         finally:

@@ -11,6 +11,8 @@ pins them); tests/test_discord_internals.py fails when either library changes wh
 - discord.py: `Webhook.type`, read by `Webhook.send` on every call. `Webhook.partial` has no way to say an
   interaction token's webhook is an application webhook, the only kind discord.py sends ephemeral
   messages through.
+- discord.py: `Webhook.edit_message` puts the message id into the request's path as given, so Discord's
+  "@original" (the interaction's response, whose id may be unknown) can stand in for it.
 - aiohttp: `BytesIOPayload` (what aiohttp sends a BytesIO with) calls `getbuffer()` only to learn the size,
   then reads. BytesIO's `getbuffer()` copies the bytes the BytesIO shared with its creator; an
   ImageUpload answers it with a view of those bytes instead, so an upload in flight holds no second copy
@@ -32,6 +34,9 @@ CHECKED_WITH = {"discord.py": ("2.7.1",), "aiohttp": ("3.14.5",)}
 INTERACTION_CREATE = "INTERACTION_CREATE"
 
 RawHandler = Callable[[dict[str, Any]], None]
+
+# For `Webhook.edit_message` on an interaction token's webhook: the interaction's original response.
+ORIGINAL_RESPONSE: Any = "@original"
 
 
 def intercept_interactions(client: discord.Client, handler: RawHandler) -> RawHandler:
