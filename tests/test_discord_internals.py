@@ -76,6 +76,19 @@ async def test_only_an_application_webhook_sends_ephemeral_messages(fake: FakeDi
         await client.close()
 
 
+async def test_editing_the_original_response_by_its_path_name(fake: FakeDiscord) -> None:
+    # A deferral recorded before Discord answered it has no message id: "@original" goes into the path as is.
+    client = discord.Client(intents=discord.Intents.none())
+    await client.login(fake.token)
+    try:
+        webhook = internals.interaction_webhook(1, "token", client)
+        with pytest.raises(discord.HTTPException):  # sent: the fake knows no such interaction
+            await webhook.edit_message(internals.ORIGINAL_RESPONSE, content="not taken")
+    finally:
+        await client.close()
+    assert any(r.method == "PATCH" and r.path.endswith("/webhooks/1/token/messages/@original") for r in fake.requests)
+
+
 class _Sink:
     def __init__(self) -> None:
         self.received = 0
