@@ -61,3 +61,26 @@ async def test_handled_entries_older_than_a_day_are_trimmed(pool) -> None:
     assert [r["event_id"] for r in left] == ["pending", "recent"]
     async with pool.acquire() as conn:
         assert await inbox.trim_handled(conn) == 0
+
+
+class CountingInbox(Inbox):
+    """Counts the statements its claimed records take."""
+
+    writes = 0
+
+    async def _write_claimed(self, events):  # type: ignore[no-untyped-def]
+        self.writes += 1
+        return await super()._write_claimed(events)
+
+
+async def test_a_burst_of_claimed_records_shares_statements_and_each_is_ours(pool) -> None:
+    box = CountingInbox(pool)
+    ids = [f"burst-{i}" for i in range(100)]
+    recorded = await asyncio.gather(*(box.record_claimed("discord", i, {"token": i}) for i in ids))
+    assert all(recorded)
+    # A burst waits for one statement at a time, not for a hundred round trips (each a pool connection).
+    assert box.writes <= 3
+    again = await asyncio.gather(box.record_claimed("discord", ids[0], {}), box.record_claimed("discord", "new", {}))
+    assert again == [False, True]
+    assert not await Inbox(pool).claim("discord", ids[-1]), "claimed by the recording process"
+    assert await box.handled("discord", ids[-1])

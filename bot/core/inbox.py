@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from bot.core.batches import GroupedWriter
 from bot.core.database import Connection
 
 # How long a claim holds before another process may handle the event (the claimer died mid-way).
@@ -50,18 +51,20 @@ async def record(conn: Connection, platform: str, events: Sequence[tuple[str, An
 
 
 async def record_claimed(
-    conn: Connection, platform: str, event_id: str, payload: Any, owner: str, claim_seconds: float
-) -> bool:
-    """Write one event already claimed by `owner`, in one statement: no other process can take it between
-    the two. False if it was recorded before (see `claim`)."""
-    recorded = await conn.fetchval(
+    conn: Connection, platform: str, events: Sequence[tuple[str, Any]], owner: str, claim_seconds: float
+) -> set[str]:
+    """Write events already claimed by `owner`, all in one statement: no other process can take one between
+    the two. The ids of those that were new (one recorded before is left as it was: see `claim`)."""
+    rows = await conn.fetch(
         """INSERT INTO image.inbox (platform, event_id, payload, claimed_by, claimed_until)
-           VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
+           SELECT $1, e.id, e.payload, $4, now() + make_interval(secs => $5)
+           FROM unnest($2::text[], $3::jsonb[]) AS e(id, payload)
            ON CONFLICT (platform, event_id) DO NOTHING
-           RETURNING true""",
-        platform, event_id, json.dumps(payload), owner, claim_seconds,
+           RETURNING event_id""",
+        platform, [event_id for event_id, _ in events], [json.dumps(payload) for _, payload in events],
+        owner, claim_seconds,
     )
-    return bool(recorded)
+    return {row["event_id"] for row in rows}
 
 
 async def unhandled(conn: Connection, platform: str, limit: int = 1000) -> list[InboxEvent]:
@@ -114,14 +117,25 @@ class Inbox:
         self.pool = pool
         self.claim_seconds = claim_seconds
         self.owner = f"inbox-{secrets.token_hex(6)}"
+        self._claimed: GroupedWriter[tuple[str, str, Any], bool] = GroupedWriter(self._write_claimed)
 
     async def record(self, platform: str, events: Sequence[tuple[str, Any]]) -> set[str]:
         async with self.pool.acquire() as conn:
             return await record(conn, platform, events)
 
     async def record_claimed(self, platform: str, event_id: str, payload: Any) -> bool:
+        """One event, recorded claimed by this process; under a burst, many callers' events share one
+        statement (see batches). False if it was recorded before."""
+        return await self._claimed.submit((platform, event_id, payload))
+
+    async def _write_claimed(self, events: Sequence[tuple[str, str, Any]]) -> list[bool]:
+        new: set[tuple[str, str]] = set()
         async with self.pool.acquire() as conn:
-            return await record_claimed(conn, platform, event_id, payload, self.owner, self.claim_seconds)
+            for platform in {platform for platform, _, _ in events}:
+                mine = [(event_id, payload) for p, event_id, payload in events if p == platform]
+                written = await record_claimed(conn, platform, mine, self.owner, self.claim_seconds)
+                new.update((platform, event_id) for event_id in written)
+        return [(platform, event_id) in new for platform, event_id, _ in events]
 
     async def unhandled(self, platform: str, limit: int = 1000) -> list[InboxEvent]:
         async with self.pool.acquire() as conn:
