@@ -67,3 +67,21 @@ async def test_a_job_cancelled_in_one_process_stops_in_the_one_running_it(db_dsn
         assert not provider.release.is_set()  # stopped, not finished
         status = await pool.fetchval("SELECT status FROM image.generations WHERE id = $1", job)
         assert status == "cancelled"
+
+
+async def test_the_signals_are_heard_again_after_the_listening_connection_drops(db_dsn, pool, tmp_path) -> None:
+    provider = ScriptedProvider()
+    async with process(db_dsn, tmp_path, "front", ScriptedProvider()) as front, process(
+        db_dsn, tmp_path, "worker", provider
+    ) as worker:
+        await front.start(jobs=False)
+        await worker.start()
+        await wait_for(lambda: worker.worker.signals.listening)
+        dropped = await pool.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE 'LISTEN%image_jobs%'"
+        )
+        assert dropped == 1
+        await wait_for(lambda: not worker.worker.signals.listening)
+        await wait_for(lambda: worker.worker.signals.listening)
+        await front.service.imagine(ALICE, ImagineRequest("a heron"), HERE)
+        await asyncio.wait_for(provider.started.wait(), 5)

@@ -19,11 +19,12 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
 
+from bot.core.listening import Connection, listen_forever
 from bot.core.models import UserIdentity
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,6 @@ RECORD_WAIT_SECONDS = 5.0
 CHANNEL = "record_holds"
 # Longer than any window between showing a job and recording it.
 REMOTE_HOLD_SECONDS = 300.0
-RECONNECT_SECONDS = 1.0
-CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 @dataclass(frozen=True)
@@ -122,32 +121,21 @@ class RecordBarrier:
     async def _connected(self) -> None:
         """Listen and publish on one connection; take another when it drops."""
         assert self.pool is not None
-        while True:
-            try:
-                conn = await self.pool.acquire()
-            except CONNECTION_ERRORS as error:
-                log.warning("record barrier: no connection (%s), retrying", error)
-                await asyncio.sleep(RECONNECT_SECONDS)
-                continue
-            lost = asyncio.Event()
+        await listen_forever(self.pool, CHANNEL, self._heard, self._publish_while_listening, "record barrier")
 
-            def dropped(_conn: object, lost: asyncio.Event = lost) -> None:
-                lost.set()
-                self._pending.set()
+    async def _publish_while_listening(self, conn: Connection, lost: asyncio.Event) -> None:
+        self._own_pid = conn.get_server_pid()
+        woken = asyncio.create_task(self._wake_when(lost))  # the publisher waits for an announcement
+        try:
+            await self._publish(conn, lost)
+        finally:
+            woken.cancel()
 
-            try:
-                conn.add_termination_listener(dropped)
-                await conn.add_listener(CHANNEL, self._heard)
-                self._own_pid = conn.get_server_pid()
-                await self._publish(conn, lost)
-            except CONNECTION_ERRORS as error:
-                log.warning("record barrier: connection failed (%s)", error)
-            finally:
-                await self._let_go(conn, dropped)
-            log.warning("record barrier: listening connection lost, reconnecting")
-            await asyncio.sleep(RECONNECT_SECONDS)
+    async def _wake_when(self, lost: asyncio.Event) -> None:
+        await lost.wait()
+        self._pending.set()
 
-    async def _publish(self, conn: asyncpg.pool.PoolConnectionProxy, lost: asyncio.Event) -> None:
+    async def _publish(self, conn: Connection, lost: asyncio.Event) -> None:
         """Send what was announced, several announcements per round trip, until the connection is lost."""
         while not lost.is_set():
             if not self._outbox:
@@ -161,16 +149,6 @@ class RecordBarrier:
                 self._unsent -= len(batch)  # sent, or lost with the connection
                 if not self._unsent:
                     self._sent.set()
-
-    async def _let_go(self, conn: asyncpg.pool.PoolConnectionProxy, dropped: Callable[[object], None]) -> None:
-        # The pool does not reset connections: neither the LISTEN nor our listeners may go back to it. (A
-        # connection that died was taken back by the pool already.)
-        with contextlib.suppress(*CONNECTION_ERRORS):
-            conn.remove_termination_listener(dropped)
-            if not conn.is_closed():
-                await asyncio.shield(conn.remove_listener(CHANNEL, self._heard))
-        with contextlib.suppress(*CONNECTION_ERRORS):
-            await asyncio.shield(self.pool.release(conn))  # type: ignore[union-attr]
 
     def _heard(self, _conn: object, pid: int, _channel: str, payload: object) -> None:
         if pid == self._own_pid:

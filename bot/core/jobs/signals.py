@@ -20,12 +20,11 @@ from collections.abc import Callable, Sequence
 import asyncpg
 
 from bot.core.batches import GroupedWriter
+from bot.core.listening import Connection, Heard, listen_forever
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "image_jobs"
-RECONNECT_SECONDS = 1.0
-CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 NEW_JOB = json.dumps({"new": True})
 
 
@@ -70,45 +69,15 @@ class JobSignals:
 
         self._listening = asyncio.create_task(self._listen(heard), name="job-signals")
 
-    async def _listen(self, heard: Callable[[object, int, str, object], None]) -> None:
-        while True:
-            try:
-                conn = await self.pool.acquire()
-            except CONNECTION_ERRORS as error:
-                log.warning("job signals: no connection (%s), retrying", error)
-                await asyncio.sleep(RECONNECT_SECONDS)
-                continue
-            lost = asyncio.Event()
+    async def _listen(self, heard: Heard) -> None:
+        await listen_forever(self.pool, CHANNEL, heard, self._while_listening, "job signals")
 
-            def dropped(_conn: object, lost: asyncio.Event = lost) -> None:
-                lost.set()
-
-            try:
-                conn.add_termination_listener(dropped)
-                await conn.add_listener(CHANNEL, heard)
-                self.listening = True
-                await lost.wait()
-            except CONNECTION_ERRORS as error:
-                log.warning("job signals: connection failed (%s)", error)
-            finally:
-                self.listening = False
-                await self._let_go(conn, heard, dropped)
-            log.warning("job signals: listening connection lost, reconnecting")
-            await asyncio.sleep(RECONNECT_SECONDS)
-
-    async def _let_go(
-        self,
-        conn: asyncpg.pool.PoolConnectionProxy,
-        heard: Callable[[object, int, str, object], None],
-        dropped: Callable[[object], None],
-    ) -> None:
-        # The pool does not reset connections: neither the LISTEN nor our listeners may go back to it.
-        with contextlib.suppress(*CONNECTION_ERRORS):
-            conn.remove_termination_listener(dropped)
-            if not conn.is_closed():
-                await asyncio.shield(conn.remove_listener(CHANNEL, heard))
-        with contextlib.suppress(*CONNECTION_ERRORS):
-            await asyncio.shield(self.pool.release(conn))
+    async def _while_listening(self, _conn: Connection, lost: asyncio.Event) -> None:
+        self.listening = True
+        try:
+            await lost.wait()
+        finally:
+            self.listening = False
 
     async def close(self) -> None:
         if self._listening is not None:
