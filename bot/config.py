@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     max_jobs_in_flight: int = Field(default=64, ge=1, le=1024)
     per_user_jobs_in_flight: int = Field(default=2, ge=1, le=100)
     per_user_queued_limit: int = Field(default=10, ge=1, le=1000)
-    job_lease_seconds: float = Field(default=60.0, ge=1)
+    job_lease_seconds: float = Field(default=30.0, ge=1)
     worker_poll_seconds: float = Field(default=1.0, gt=0)
     job_deadline_seconds: float = Field(default=600.0, gt=0)
     shutdown_grace_seconds: float = Field(default=20.0, ge=0)
