@@ -33,14 +33,24 @@ async def process(dsn: str, tmp_path: Path, name: str, provider: ScriptedProvide
         await pool.close()
 
 
-async def test_a_job_accepted_by_a_front_end_only_process_runs_elsewhere_at_once(db_dsn, pool, tmp_path) -> None:
-    provider = ScriptedProvider()
-    async with process(db_dsn, tmp_path, "front", ScriptedProvider()) as front, process(
-        db_dsn, tmp_path, "worker", provider
+@asynccontextmanager
+async def front_and_worker(
+    dsn: str, tmp_path: Path, provider: ScriptedProvider
+) -> AsyncIterator[tuple[Runtime, Runtime]]:
+    """A front-end-only process and a worker process (running `provider`), both started, the worker
+    hearing the signals."""
+    async with process(dsn, tmp_path, "front", ScriptedProvider()) as front, process(
+        dsn, tmp_path, "worker", provider
     ) as worker:
         await front.start(jobs=False)
         await worker.start()
         await wait_for(lambda: worker.worker.signals.listening)
+        yield front, worker
+
+
+async def test_a_job_accepted_by_a_front_end_only_process_runs_elsewhere_at_once(db_dsn, pool, tmp_path) -> None:
+    provider = ScriptedProvider()
+    async with front_and_worker(db_dsn, tmp_path, provider) as (front, _):
         await asyncio.sleep(0.2)  # the worker's first claim has found nothing
         accepted = await front.service.imagine(ALICE, ImagineRequest("a red fox"), HERE)
         await asyncio.wait_for(provider.started.wait(), 5)
@@ -51,12 +61,7 @@ async def test_a_job_accepted_by_a_front_end_only_process_runs_elsewhere_at_once
 
 async def test_a_job_cancelled_in_one_process_stops_in_the_one_running_it(db_dsn, pool, tmp_path) -> None:
     provider = ScriptedProvider(steps=["block"])
-    async with process(db_dsn, tmp_path, "front", ScriptedProvider()) as front, process(
-        db_dsn, tmp_path, "worker", provider
-    ) as worker:
-        await front.start(jobs=False)
-        await worker.start()
-        await wait_for(lambda: worker.worker.signals.listening)
+    async with front_and_worker(db_dsn, tmp_path, provider) as (front, worker):
         accepted = await worker.service.imagine(ALICE, ImagineRequest("a slow owl"), HERE)
         job = accepted.generation.id
         await asyncio.wait_for(provider.started.wait(), 5)
@@ -71,12 +76,7 @@ async def test_a_job_cancelled_in_one_process_stops_in_the_one_running_it(db_dsn
 
 async def test_the_signals_are_heard_again_after_the_listening_connection_drops(db_dsn, pool, tmp_path) -> None:
     provider = ScriptedProvider()
-    async with process(db_dsn, tmp_path, "front", ScriptedProvider()) as front, process(
-        db_dsn, tmp_path, "worker", provider
-    ) as worker:
-        await front.start(jobs=False)
-        await worker.start()
-        await wait_for(lambda: worker.worker.signals.listening)
+    async with front_and_worker(db_dsn, tmp_path, provider) as (front, worker):
         dropped = await pool.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE 'LISTEN%image_jobs%'"
         )
